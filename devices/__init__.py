@@ -1,0 +1,1 @@
+"""Stream sources: LSL inlets, the simulated amplifier, file replay (``rtbci.devices``)."""

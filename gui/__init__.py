@@ -1,0 +1,1 @@
+"""The Qt/pyqtgraph display (``rtbci.gui``)."""

@@ -1,0 +1,1 @@
+"""Decoders, their training, export and compiled runtimes (``rtbci.models``)."""

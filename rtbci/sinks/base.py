@@ -1,0 +1,31 @@
+"""The sink interface."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from rtbci.messages import Result
+
+
+class Sink(ABC):
+    """A destination for results. All methods are called on the engine's event loop.
+
+    ``publish`` must return at once (no I/O wait): a sink that talks to the network queues
+    the message and sends it from its own task, so a slow consumer never delays a decoder.
+    """
+
+    kind: str = "sink"
+
+    async def start(self, status: dict) -> None:
+        """Connect / open; ``status`` is the engine status (session, streams, decoders)."""
+
+    @abstractmethod
+    def publish(self, result: Result) -> None:
+        """Hand over one result (non-blocking)."""
+
+    async def close(self) -> None:
+        """Flush what can be flushed quickly and disconnect."""
+
+    def stats(self) -> dict:
+        """Counters for ``--stats-json`` (e.g. delivered / dropped)."""
+        return {}
