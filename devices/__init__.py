@@ -1,1 +1,31 @@
 """Stream sources: LSL inlets, the simulated amplifier, file replay (``rtbci.devices``)."""
+
+from __future__ import annotations
+
+from rtbci.devices.base import Source, SourceLost
+
+__all__ = ["Source", "SourceLost", "make_source"]
+
+
+def make_source(config) -> tuple[Source, dict[str, str] | None, object | None]:
+    """Build the source for a ``[[sources]]`` entry.
+
+    Returns ``(source, marker_query, companion)``: the LSL query of the source's marker
+    stream (or None), and for ``simulate`` the started
+    :class:`~rtbci.devices.simulate.SimulatedAmplifier` whose LSL outlets the source reads
+    (stop it at shutdown; otherwise None).
+    """
+    from rtbci.devices.lsl import LSLSource
+
+    if config.kind == "lsl":
+        markers = config.markers.as_dict() if config.markers else None
+        return LSLSource(config.name, config.stream.as_dict(), config.processing), markers, None
+    if config.kind == "simulate":
+        from rtbci.devices.simulate import SimulatedAmplifier
+
+        amp = SimulatedAmplifier(config.profile, name=config.stream_name or config.name,
+                                 seed=config.seed, snr=config.snr, classes=tuple(config.classes))
+        source = LSLSource(config.name, {"source_id": amp.info.source_id},
+                           ("clocksync", "dejitter"))
+        return source, {"source_id": amp.marker_source_id}, amp.start()
+    raise ValueError(f"unknown source kind {config.kind!r}")

@@ -86,10 +86,11 @@ class RingBuffer:
                 f"chunk shape {data.shape} does not match (n_samples={n}, "
                 f"n_channels={self.n_channels})"
             )
+        self._count_gaps(timestamps, n)
         if n > self.capacity:  # only the newest `capacity` samples can be kept
             self.count += n - self.capacity
-            data, timestamps, n = data[-self.capacity :], timestamps[-self.capacity :], self.capacity
-        self._count_gaps(timestamps, n)
+            n = self.capacity
+            data, timestamps = data[-n:], timestamps[-n:]
         start = self.count % self.capacity
         first = min(n, self.capacity - start)  # samples before the wrap point
         for offset in (start, start + self.capacity):
@@ -108,6 +109,8 @@ class RingBuffer:
         if self.count:
             self._note_step(timestamps[0] - self.last_timestamp)
         if n > 1:
+            if n - 1 > len(self._dt):  # oversized chunk (rare): grow the scratch once
+                self._dt = np.empty(n - 1, dtype=np.float64)
             dt = self._dt[: n - 1]
             np.subtract(timestamps[1:], timestamps[:-1], out=dt)
             if dt.max() > self._max_step:

@@ -137,8 +137,9 @@ class Stream:
         start = buf.count
         buf.write(data, timestamps)
         self._mark_arrival(start, buf.count, arrived)
-        self._latency[self._n_chunks % self.LATENCY_HISTORY] = arrived - timestamps[-1]
-        self._n_chunks += 1
+        if start:  # the first chunk holds the backlog from before the connection
+            self._latency[self._n_chunks % self.LATENCY_HISTORY] = arrived - timestamps[-1]
+            self._n_chunks += 1
         for callback in self._listeners:
             callback()
 
@@ -167,9 +168,12 @@ class Stream:
         return {"p50": float(p50), "p99": float(p99), "max": float(lat.max() * 1e3)}
 
     def stats(self) -> dict:
-        """Counters as written to ``--stats-json`` (``rate_hz``: samples per second of stamps)."""
+        """Counters as written to ``--stats-json``.
+
+        ``rate_hz`` is the sampling rate measured from the timestamps, time inside gaps excluded.
+        """
         buf = self.buffer
-        span = buf.last_timestamp - self._first_timestamp if buf.count > 1 else 0.0
+        span = buf.last_timestamp - self._first_timestamp - buf.gap_seconds if buf.count > 1 else 0
         rate = (buf.count - 1) / span if span > 0 else 0.0
         return {
             "samples": buf.count,

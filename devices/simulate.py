@@ -1,0 +1,317 @@
+"""A simulated amplifier with known ground truth, published as a real LSL outlet.
+
+Generative model (per profile; all of it seeded, so a seed reproduces the stream exactly)
+----------------------------------------------------------------------------------------
+x(t) = M · p(t) + a(t) · alpha + l(t) · line + Σ_trials snr · σ · w(t − t_k) · pattern[c_k]
+
+- ``p(t)``: independent pink (1/f) noise per channel (white noise through a 3-pole 1/f
+  filter), mixed by ``M``, a row-normalised Gaussian kernel of sensor distances (8 cm wide:
+  volume conduction), scaled to ``σ`` RMS (``Profile.noise_rms``).
+- ``alpha``: a 10 Hz rhythm, amplitude-modulated at 0.13 Hz, strongest over posterior
+  sensors (weights ∝ exp(−distance to the back of the head / 6 cm)), RMS ``σ``.
+- ``line``: 50 Hz mains, RMS 0.1 ``σ`` on every channel.
+- Trials: a marker ``stim/<class>`` every 1.25–1.75 s (uniform), class drawn uniformly from
+  ``classes``. Each class ``c`` has a fixed smooth random spatial pattern (unit RMS over
+  channels) and the response waveform ``w(τ) = sin(2π·4 Hz·τ)·exp(−τ/0.15 s)`` for
+  0 ≤ τ < 0.6 s, normalised to unit RMS over that 0.6 s. ``snr`` is therefore the ratio of
+  the evoked response's RMS to the background's RMS over the response window.
+
+The marker's timestamp is the exact timestamp of the response's first sample. Timestamps are
+``t0 + k / srate`` for sample ``k`` (a crystal-clocked amplifier), pushed in chunks of
+``chunk_ms`` when the wall clock reaches the chunk's last sample.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+
+import numpy as np
+import pylsl
+from scipy import signal
+
+from rtbci.devices.lsl import lsl_from_info
+from rtbci.stream import StreamInfo
+
+log = logging.getLogger("rtbci.devices.simulate")
+
+PROFILES = ("eeg64", "meg306", "seeg128")
+DEFAULT_CLASSES = ("left", "right")
+MARKER_PREFIX = "stim/"
+
+# Pink-noise filter (Paul Kellet's 3-pole approximation of 1/f).
+_PINK_B = [0.049922035, -0.095993537, 0.050612699, -0.004408786]
+_PINK_A = [1.0, -2.494956002, 2.017265875, -0.522189400]
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A simulated device: channel layout, rate, and background noise level (in its units)."""
+
+    name: str
+    stream_type: str
+    srate: float
+    ch_names: tuple[str, ...]
+    ch_types: tuple[str, ...]
+    ch_units: tuple[str, ...]
+    positions: np.ndarray  # (n_channels, 3) metres
+    noise_rms: np.ndarray  # (n_channels,) background RMS in the channel's unit
+
+
+@cache
+def get_profile(name: str) -> Profile:
+    """``eeg64`` (BioSemi 64 10-20 cap, 1 kHz, µV), ``meg306`` (Neuromag-like 102 magnetometers
+    + 204 gradiometers, 1 kHz, fT and fT/cm) or ``seeg128`` (8 shafts × 16 contacts, 2048 Hz, µV).
+    """
+    if name == "eeg64":
+        return _eeg64()
+    if name == "meg306":
+        return _meg306()
+    if name == "seeg128":
+        return _seeg128()
+    raise ValueError(f"unknown profile {name!r}; expected one of {', '.join(PROFILES)}")
+
+
+def _eeg64() -> Profile:
+    import mne
+
+    montage = mne.channels.make_standard_montage("biosemi64")
+    pos = montage.get_positions()["ch_pos"]
+    names = tuple(montage.ch_names)
+    return Profile("eeg64", "EEG", 1000.0, names, ("eeg",) * 64, ("microvolts",) * 64,
+                   np.array([pos[n] for n in names]), np.full(64, 10.0))
+
+
+def _meg306() -> Profile:
+    import mne
+
+    layout = mne.channels.read_layout("Vectorview-all")
+    names = tuple(n.replace(" ", "") for n in layout.names)
+    xy = layout.pos[:, :2] + layout.pos[:, 2:] / 2 - 0.5  # centre of each box, about ±0.5
+    theta = np.hypot(*xy.T) * np.pi * 0.9  # azimuthal projection onto a 12 cm helmet
+    phi = np.arctan2(xy[:, 1], xy[:, 0])
+    r = 0.12
+    positions = np.column_stack([r * np.sin(theta) * np.cos(phi),
+                                 r * np.sin(theta) * np.sin(phi), r * np.cos(theta)])
+    is_mag = np.array([n.endswith("1") for n in names])
+    types = tuple("mag" if m else "grad" for m in is_mag)
+    units = tuple("fT" if m else "fT/cm" for m in is_mag)
+    return Profile("meg306", "MEG", 1000.0, names, types, units, positions,
+                   np.where(is_mag, 200.0, 40.0))
+
+
+def _seeg128() -> Profile:
+    rng = np.random.default_rng(128)
+    names, positions = [], []
+    for shaft in "ABCDEFGH":
+        entry = rng.uniform(-1, 1, 3) * np.array([0.06, 0.07, 0.02]) + [0, 0, 0.05]
+        direction = -entry / np.linalg.norm(entry)
+        for contact in range(16):
+            names.append(f"{shaft}{contact + 1}")
+            positions.append(entry + direction * 0.0035 * contact)
+    return Profile("seeg128", "sEEG", 2048.0, tuple(names), ("seeg",) * 128,
+                   ("microvolts",) * 128, np.array(positions), np.full(128, 30.0))
+
+
+def stream_info(profile: Profile, name: str, source_id: str) -> StreamInfo:
+    return StreamInfo(name=name, type=profile.stream_type, source_id=source_id,
+                      srate=profile.srate, ch_names=profile.ch_names, ch_types=profile.ch_types,
+                      ch_units=profile.ch_units, positions=profile.positions)
+
+
+class SignalModel:
+    """The generative model above, producing consecutive samples chunk by chunk.
+
+    Output does not depend on how it is chunked: ``next(a)`` then ``next(b)`` equals
+    ``next(a + b)``.
+
+    Parameters
+    ----------
+    profile : Profile
+    seed : int
+    snr : float
+        Evoked-response RMS over background RMS (0 = background only).
+    classes : sequence of str
+    """
+
+    RESPONSE_S = 0.6
+    ISI_S = (1.25, 1.75)
+
+    def __init__(self, profile: Profile, seed: int = 0, snr: float = 1.0,
+                 classes: tuple[str, ...] = DEFAULT_CLASSES):
+        self.profile, self.snr, self.classes = profile, float(snr), tuple(classes)
+        n_ch, fs = len(profile.ch_names), profile.srate
+        seeds = np.random.SeedSequence(seed).spawn(3)
+        self._noise_rng = np.random.default_rng(seeds[0])
+        self._trial_rng = np.random.default_rng(seeds[1])
+        layout_rng = np.random.default_rng(seeds[2])
+        pos = profile.positions
+        dist = np.linalg.norm(pos[:, None] - pos[None], axis=-1)
+        mix = np.exp(-(dist**2) / (2 * 0.08**2))
+        self.mixing = mix / np.linalg.norm(mix, axis=1, keepdims=True)  # (n_ch, n_ch)
+        self._pink_sos = signal.tf2sos(_PINK_B, _PINK_A)
+        self._pink_gain = self._pink_rms_gain()
+        self._pink_zi = np.zeros((self._pink_sos.shape[0], 2, n_ch))
+        back = pos[:, 1].min()
+        self.alpha_pattern = np.exp(-(pos[:, 1] - back) / 0.06)
+        self.alpha_pattern /= np.sqrt(np.mean(self.alpha_pattern**2))
+        smooth = layout_rng.standard_normal((len(self.classes), n_ch)) @ self.mixing.T
+        self.patterns = smooth / np.sqrt(np.mean(smooth**2, axis=1, keepdims=True))
+        tau = np.arange(int(round(self.RESPONSE_S * fs))) / fs
+        wave = np.sin(2 * np.pi * 4.0 * tau) * np.exp(-tau / 0.15)
+        self.waveform = wave / np.sqrt(np.mean(wave**2))
+        self.sample = 0  # index of the next sample
+        self._next_trial = self._draw_isi()
+        self._trials: list[tuple[int, int]] = []  # (onset sample, class index) still active
+
+    def _pink_rms_gain(self) -> float:
+        _, h = signal.sosfreqz(self._pink_sos, worN=4096)
+        return float(np.sqrt(np.mean(np.abs(h) ** 2)))
+
+    def _draw_isi(self) -> int:
+        return int(round(self._trial_rng.uniform(*self.ISI_S) * self.profile.srate))
+
+    def next(self, n: int) -> tuple[np.ndarray, list[tuple[int, str]]]:
+        """The next ``n`` samples.
+
+        Returns
+        -------
+        data : array, shape (n, n_channels), float32, in the profile's units
+        events : list of (sample index, class label) for trials starting in this chunk
+        """
+        p, fs, start = self.profile, self.profile.srate, self.sample
+        white = self._noise_rng.standard_normal((n, len(p.ch_names)))
+        pink, self._pink_zi = signal.sosfilt(self._pink_sos, white, axis=0, zi=self._pink_zi)
+        x = (pink @ self.mixing.T) * (p.noise_rms / self._pink_gain)
+        t = (start + np.arange(n)) / fs
+        alpha = np.sqrt(2) * np.sin(2 * np.pi * 10 * t) * (1 + 0.5 * np.sin(2 * np.pi * 0.13 * t))
+        x += np.outer(alpha, self.alpha_pattern * p.noise_rms)
+        x += np.outer(0.1 * np.sqrt(2) * np.sin(2 * np.pi * 50 * t), p.noise_rms)
+        events = self._start_trials(start + n)
+        self._add_responses(x, start)
+        self.sample += n
+        return x.astype(np.float32), events
+
+    def _start_trials(self, stop: int) -> list[tuple[int, str]]:
+        events = []
+        while self._next_trial < stop:
+            label = int(self._trial_rng.integers(len(self.classes)))
+            self._trials.append((self._next_trial, label))
+            events.append((self._next_trial, self.classes[label]))
+            self._next_trial += self._draw_isi()
+        return events
+
+    def _add_responses(self, x: np.ndarray, start: int) -> None:
+        n, length = len(x), len(self.waveform)
+        amplitude = self.snr * self.profile.noise_rms
+        for onset, label in self._trials:
+            lo, hi = max(start, onset), min(start + n, onset + length)
+            if lo < hi:
+                x[lo - start:hi - start] += np.outer(
+                    self.waveform[lo - onset:hi - onset], self.patterns[label] * amplitude)
+        self._trials = [(o, c) for o, c in self._trials if o + length > start + n]
+
+
+class SimulatedAmplifier:
+    """Publish a :class:`SignalModel` as an LSL stream plus a string marker stream.
+
+    Parameters
+    ----------
+    profile : str
+        One of :data:`PROFILES`.
+    name : str | None
+        LSL stream name (default ``rtbci-<profile>``); markers go to ``<name>-markers``.
+    seed, snr, classes
+        See :class:`SignalModel`.
+    chunk_ms : float
+        Push period in ms.
+    on_push : callable(data, timestamps) | None
+        Called with every pushed chunk (for tests and ground truth).
+    """
+
+    def __init__(self, profile: str = "eeg64", name: str | None = None, seed: int = 0,
+                 snr: float = 1.0, classes: tuple[str, ...] = DEFAULT_CLASSES,
+                 chunk_ms: float = 10.0,
+                 on_push: Callable[[np.ndarray, np.ndarray], None] | None = None):
+        self.profile = get_profile(profile)
+        self.name = name or f"rtbci-{profile}"
+        self.model = SignalModel(self.profile, seed=seed, snr=snr, classes=classes)
+        self.info = stream_info(self.profile, self.name, source_id=f"rtbci-sim-{self.name}")
+        self.marker_name = f"{self.name}-markers"
+        self.marker_source_id = f"{self.info.source_id}-markers"
+        self.chunk = max(1, int(round(chunk_ms * 1e-3 * self.profile.srate)))
+        self.on_push = on_push
+        self.events: list[tuple[float, str]] = []  # (timestamp, class label), ground truth
+        self.samples_pushed = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._outlet: pylsl.StreamOutlet | None = None
+
+    def __repr__(self) -> str:
+        state = "ON" if self._thread and self._thread.is_alive() else "OFF"
+        return f"<SimulatedAmplifier: {state} | {self.name} ({self.profile.name})>"
+
+    def start(self) -> SimulatedAmplifier:
+        """Create the outlets and push from a background thread."""
+        self.open()
+        self._thread = threading.Thread(target=self._push_loop, name=f"sim-{self.name}",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5.0)
+        self._outlet = self._markers = None  # destroying the outlets unpublishes the streams
+
+    def run(self, duration: float | None = None, progress: Callable[[int], None] | None = None):
+        """Push in the calling thread for ``duration`` seconds (None: until stopped)."""
+        if self._outlet is None:
+            self.open()
+        self._push_loop(duration, progress)
+        self._outlet = self._markers = None
+
+    def wait_for_consumers(self, timeout: float) -> bool:
+        """Block until an inlet has subscribed to the signal outlet (``open`` it first)."""
+        return self._outlet.wait_for_consumers(timeout)
+
+    def open(self) -> None:
+        """Create the signal and marker outlets (``run`` does it if needed)."""
+        self._stop.clear()
+        self._outlet = pylsl.StreamOutlet(lsl_from_info(self.info), chunk_size=self.chunk,
+                                          max_buffered=30)
+        markers = pylsl.StreamInfo(self.marker_name, "Markers", 1, pylsl.IRREGULAR_RATE,
+                                   pylsl.cf_string, self.marker_source_id)
+        self._markers = pylsl.StreamOutlet(markers)
+
+    def _push_loop(self, duration: float | None = None,
+                   progress: Callable[[int], None] | None = None) -> None:
+        fs, n = self.profile.srate, self.chunk
+        offsets = np.arange(n) / fs
+        t0 = pylsl.local_clock() + 0.05
+        end = np.inf if duration is None else t0 + duration
+        stamps = np.empty(n)
+        while not self._stop.is_set():
+            first = self.model.sample
+            np.add(t0 + first / fs, offsets, out=stamps)
+            if stamps[-1] >= end:
+                break
+            data, events = self.model.next(n)  # generate first, push on time
+            wait = stamps[-1] - pylsl.local_clock()
+            if wait > 0:
+                time.sleep(wait)
+            for sample, label in events:
+                stamp = t0 + sample / fs
+                self._markers.push_sample([MARKER_PREFIX + label], stamp)
+                self.events.append((stamp, label))
+            self._outlet.push_chunk(data, stamps.tolist())
+            self.samples_pushed += n
+            if self.on_push is not None:
+                self.on_push(data, stamps.copy())
+            if progress is not None:
+                progress(n)

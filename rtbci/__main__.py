@@ -1,0 +1,5 @@
+import sys
+
+from rtbci.cli import main
+
+sys.exit(main())

@@ -1,0 +1,208 @@
+"""The ``rtbci`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import signal
+import sys
+from importlib import resources
+from pathlib import Path
+
+from rtbci import __version__
+from rtbci.errors import RtbciError
+
+log = logging.getLogger("rtbci")
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rtbci",
+        description="Real-time streaming BCI decoding engine: LSL streams in; decoded results "
+                    "out to MQTT, LSL and a Qt display.",
+        epilog="Run 'rtbci demo' for a first look, 'rtbci COMMAND --help' for details.")
+    parser.add_argument("--version", action="version", version=f"rtbci {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("streams", help="list the LSL streams on the network",
+                       description="List the LSL streams visible on the network.")
+    p.add_argument("--timeout", type=_positive, default=2.0,
+                   help="seconds to wait for streams (default 2)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_streams)
+
+    p = sub.add_parser("simulate", help="publish a simulated amplifier on LSL",
+                       description="Publish a simulated amplifier (signal + marker streams) as "
+                                   "real LSL outlets. The generative model is in "
+                                   "docs/simulator.md.")
+    p.add_argument("--profile", choices=["eeg64", "meg306", "seeg128"], default="eeg64",
+                   help="device profile (default eeg64: 64 ch @ 1 kHz)")
+    p.add_argument("--name", help="LSL stream name (default rtbci-PROFILE); markers go to "
+                                  "NAME-markers")
+    p.add_argument("--duration", type=_positive, help="seconds to run (default: until Ctrl-C)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--snr", type=float, default=1.0,
+                   help="evoked response RMS / background RMS (default 1)")
+    p.add_argument("--classes", default="left,right",
+                   help="comma-separated class labels (default left,right)")
+    p.add_argument("--chunk-ms", type=_positive, default=10.0,
+                   help="push period in ms (default 10)")
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("check", help="validate a config file",
+                       description="Validate a TOML config file and print what it sets up.")
+    p.add_argument("config", type=Path, metavar="CONFIG")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("run", help="run the engine on a config file",
+                       description="Run the engine: ingest the configured streams, decode, "
+                                   "publish. Ctrl-C stops cleanly.")
+    p.add_argument("config", type=Path, metavar="CONFIG")
+    _add_run_options(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("demo", help="run the built-in demo (simulated amplifier)",
+                       description="Run the engine on the built-in demo config: a simulated "
+                                   "64-channel EEG amplifier streamed over LSL.")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the demo config (a starting point for your own) and exit")
+    _add_run_options(p)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--duration", type=_positive, help="seconds to run (default: until Ctrl-C)")
+    p.add_argument("--stats-json", type=Path, metavar="PATH",
+                   help="write stream and decoder statistics to PATH at exit")
+
+
+def cmd_streams(args: argparse.Namespace) -> int:
+    import pylsl
+
+    infos = pylsl.resolve_streams(wait_time=args.timeout)
+    rows = [{"name": i.name(), "type": i.type(), "channels": i.channel_count(),
+             "srate": i.nominal_srate(), "source_id": i.source_id(),
+             "hostname": i.hostname()} for i in infos]
+    rows.sort(key=lambda r: (r["name"], r["source_id"]))
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    elif not rows:
+        print(f"no LSL streams found within {args.timeout:g} s")
+    else:
+        print(f"{'name':<24} {'type':<10} {'ch':>4} {'srate':>8}  {'source_id':<28} host")
+        for r in rows:
+            print(f"{r['name']:<24} {r['type']:<10} {r['channels']:>4} {r['srate']:>8g}  "
+                  f"{r['source_id']:<28} {r['hostname']}")
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from rtbci.devices.simulate import SimulatedAmplifier
+
+    classes = tuple(c.strip() for c in args.classes.split(",") if c.strip())
+    if not classes:
+        raise RtbciError("--classes: give at least one class label")
+    amp = SimulatedAmplifier(args.profile, name=args.name, seed=args.seed, snr=args.snr,
+                             classes=classes, chunk_ms=args.chunk_ms)
+    info = amp.info
+    print(f"publishing {info.name!r} ({info.type}, {info.n_channels} ch @ {info.srate:g} Hz, "
+          f"source_id {info.source_id!r}) and markers {amp.marker_name!r}", flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        amp.run(args.duration)
+    print(f"pushed {amp.samples_pushed} samples and {len(amp.events)} markers", flush=True)
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from rtbci.config import load_config
+
+    config = load_config(args.config)
+    print(f"{args.config}: OK (session {config.engine.session!r})")
+    for src in config.sources:
+        what = src.stream.as_dict() if src.kind == "lsl" else {"profile": src.profile}
+        print(f"  source {src.name!r}: {src.kind} {what}, {src.buffer_seconds:g} s buffer")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from rtbci.config import load_config
+
+    return _run_engine(load_config(args.config), args)
+
+
+DEMO_CONFIG = "demo.toml"
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from rtbci.config import parse_config
+
+    text = resources.files("rtbci").joinpath(DEMO_CONFIG).read_text()
+    if args.print_config:
+        print(text, end="")
+        return 0
+    import tomllib
+
+    return _run_engine(parse_config(tomllib.loads(text), "demo config"), args)
+
+
+def _run_engine(config, args: argparse.Namespace) -> int:
+    from rtbci.engine import Engine
+    from rtbci.report import print_live_stats
+
+    engine = Engine(config)
+
+    async def main() -> dict:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        return await engine.run(args.duration, stop,
+                                on_tick=None if args.quiet else print_live_stats)
+
+    stats = asyncio.run(main())
+    if args.stats_json:
+        args.stats_json.write_text(json.dumps(_finite(stats), indent=2) + "\n")
+        log.info("statistics written to %s", args.stats_json)
+    failed = [n for n, s in stats["streams"].items() if s.get("state") == "failed"]
+    return 1 if failed else 0
+
+
+def _finite(obj):
+    """Replace NaN/inf (invalid JSON) with None, recursively."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S", stream=sys.stderr)
+    try:
+        return args.func(args)
+    except RtbciError as exc:
+        print(f"rtbci: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

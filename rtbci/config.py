@@ -1,0 +1,136 @@
+"""The configuration: one TOML file, validated up front (see README "Configuration").
+
+Every error names the key path (``sources[0].stream.name``) and says what was expected.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from rtbci.errors import RtbciError
+
+ProcessingFlag = Literal["clocksync", "dejitter", "monotonize", "threadsafe"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StreamQuery(_Strict):
+    """Which LSL stream: any of name / type / source_id (all given must match)."""
+
+    name: str | None = None
+    type: str | None = None
+    source_id: str | None = None
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> StreamQuery:
+        if not (self.name or self.type or self.source_id):
+            raise ValueError("give at least one of name, type, source_id")
+        return self
+
+    def as_dict(self) -> dict[str, str]:
+        return {k: v for k, v in self.model_dump().items() if v}
+
+
+class EngineConfig(_Strict):
+    session: str = Field("rtbci", pattern=r"^[A-Za-z0-9_.-]+$",
+                         description="session name; MQTT topics are rtbci/<session>/…")
+    stats_interval_s: float = Field(1.0, gt=0, description="period of the live stats lines")
+
+
+class _SourceBase(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    buffer_seconds: float = Field(30.0, gt=0, le=3600)
+
+
+class LSLSourceConfig(_SourceBase):
+    kind: Literal["lsl"]
+    stream: StreamQuery
+    markers: StreamQuery | None = None
+    processing: list[ProcessingFlag] = ["clocksync", "dejitter"]
+
+
+class SimulateSourceConfig(_SourceBase):
+    kind: Literal["simulate"]
+    profile: Literal["eeg64", "meg306", "seeg128"] = "eeg64"
+    seed: int = 0
+    snr: float = Field(1.0, ge=0)
+    classes: list[str] = Field(["left", "right"], min_length=1)
+    stream_name: str | None = Field(None, description="LSL name of the outlet (default: name)")
+
+
+SourceConfig = Annotated[LSLSourceConfig | SimulateSourceConfig, Field(discriminator="kind")]
+SOURCE_KINDS = ("lsl", "simulate")
+
+
+class Config(_Strict):
+    engine: EngineConfig = EngineConfig()
+    sources: list[SourceConfig] = Field(min_length=1)
+    decoders: list[dict[str, Any]] = []
+    sinks: list[dict[str, Any]] = []
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Config:
+        seen = set()
+        for i, src in enumerate(self.sources):
+            if src.name in seen:
+                raise ValueError(f"sources[{i}].name: {src.name!r} is used twice")
+            seen.add(src.name)
+        return self
+
+
+def _key_path(loc: tuple) -> str:
+    path = ""
+    for i, part in enumerate(loc):
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif i > 0 and isinstance(loc[i - 1], int) and part in SOURCE_KINDS:
+            continue  # the discriminated-union tag pydantic inserts
+        else:
+            path += f".{part}" if path else str(part)
+    return path
+
+
+def format_errors(error: ValidationError, origin: str) -> str:
+    """One line per problem: ``FILE: key.path: what is wrong (got …)``."""
+    lines = []
+    for err in error.errors():
+        path = _key_path(err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "union_tag_invalid":
+            msg = f"unknown kind {err['input'].get('kind')!r}; expected one of " + ", ".join(
+                SOURCE_KINDS)
+        elif err["type"] == "union_tag_not_found":
+            msg = "missing key 'kind' (one of " + ", ".join(SOURCE_KINDS) + ")"
+        elif "input" in err and err["type"] not in ("missing",) and not isinstance(
+                err["input"], dict | list):
+            msg += f" (got {err['input']!r})"
+        lines.append(f"{origin}: {path}: {msg}" if path else f"{origin}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict, origin: str = "config") -> Config:
+    """Validate a config dict; raise :class:`RtbciError` with one line per problem."""
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise RtbciError(format_errors(exc, origin)) from None
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a TOML config file."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise RtbciError(f"{path}: no such config file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise RtbciError(f"{path}: not valid TOML: {exc}") from None
+    return parse_config(data, str(path))

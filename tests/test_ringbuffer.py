@@ -1,0 +1,111 @@
+"""RingBuffer against a plain-list reference model (hypothesis), wraparound included."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rtbci.ringbuffer import RingBuffer
+
+chunk_sizes = st.lists(st.integers(min_value=0, max_value=40), min_size=1, max_size=30)
+
+
+def _chunk(start: int, n: int, n_ch: int) -> tuple[np.ndarray, np.ndarray]:
+    counter = np.arange(start, start + n)
+    data = (counter[:, None] * 10 + np.arange(n_ch)).astype(np.float32)
+    return data, counter / 100.0
+
+
+@settings(max_examples=200, deadline=None)
+@given(capacity=st.integers(1, 25), n_ch=st.integers(1, 4), sizes=chunk_sizes,
+       data=st.data())
+def test_matches_list_model(capacity, n_ch, sizes, data):
+    ring = RingBuffer(capacity, n_ch, srate=100.0)
+    model_data, model_times = [], []
+    for n in sizes:
+        chunk, stamps = _chunk(len(model_times), n, n_ch)
+        ring.write(chunk, stamps)
+        model_data.extend(chunk)
+        model_times.extend(stamps)
+        assert ring.count == len(model_times)
+        held = min(capacity, len(model_times))
+        k = data.draw(st.integers(0, held), label="latest n")
+        got, times = ring.latest(k)
+        expect = np.array(model_data[len(model_data) - k:]).reshape(k, n_ch)
+        np.testing.assert_array_equal(got, expect)
+        np.testing.assert_array_equal(times, model_times[len(model_times) - k:])
+        assert got.base is not None  # a view, not a copy
+    start = data.draw(st.integers(ring.oldest, ring.count), label="window start")
+    stop = data.draw(st.integers(start, ring.count), label="window stop")
+    got, times = ring.window(start, stop)
+    np.testing.assert_array_equal(got, np.array(model_data[start:stop]).reshape(-1, n_ch))
+    np.testing.assert_array_equal(times, model_times[start:stop])
+    assert ring.gaps == 0
+
+
+@settings(max_examples=100, deadline=None)
+@given(capacity=st.integers(1, 20), sizes=chunk_sizes, lag=st.integers(0, 30))
+def test_since_counts_overflow_when_reader_falls_behind(capacity, sizes, lag):
+    ring = RingBuffer(capacity, 1)
+    reader, total = 0, 0
+    for n in sizes:
+        ring.write(*_chunk(total, n, 1))
+        total += n
+    reader = max(0, total - capacity - lag) if lag else max(0, total - capacity)
+    behind = reader < total - capacity
+    got, times, next_counter = ring.since(reader)
+    assert next_counter == total
+    assert ring.overflows == int(behind)
+    first = max(reader, total - capacity)
+    np.testing.assert_array_equal(got[:, 0], (np.arange(first, total) * 10).astype(np.float32))
+
+
+def test_gap_detection_between_and_within_chunks():
+    ring = RingBuffer(100, 2, srate=100.0)
+    ring.write(*_chunk(0, 10, 2))
+    assert ring.gaps == 0
+    data, stamps = _chunk(10, 10, 2)
+    ring.write(data, stamps + 0.5)  # 0.5 s jump before this chunk
+    assert ring.gaps == 1
+    assert ring.gap_seconds == pytest.approx(0.5)
+    stamps = np.arange(20, 30) / 100.0 + 0.5
+    stamps[5:] += 0.004  # a 1.4-period step: jitter, not a gap
+    stamps[8:] += 0.2  # a gap inside the chunk
+    ring.write(data, stamps)
+    assert ring.gaps == 2
+    assert ring.gap_seconds == pytest.approx(0.7, abs=1e-9)
+
+
+def test_write_allocates_nothing():
+    import tracemalloc
+
+    ring = RingBuffer(1000, 64, srate=1000.0)
+    data = np.ones((10, 64), np.float32)
+    stamps = np.arange(10) / 1000.0
+    ring.write(data, stamps)
+    tracemalloc.start()
+    for _i in range(1, 200):
+        stamps += 0.01
+        ring.write(data, stamps)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 2_000  # bytes: small Python objects only, never a per-chunk array
+
+
+def test_errors_name_the_problem():
+    ring = RingBuffer(10, 2)
+    with pytest.raises(ValueError, match="n_channels=2"):
+        ring.write(np.zeros((3, 3), np.float32), np.zeros(3))
+    ring.write(*_chunk(0, 15, 2))
+    with pytest.raises(IndexError, match=r"holds \[5, 15\)"):
+        ring.window(2, 8)
+    with pytest.raises(ValueError, match="capacity"):
+        RingBuffer(0, 1)
+
+
+def test_oversized_chunk_keeps_the_newest():
+    ring = RingBuffer(4, 1)
+    ring.write(*_chunk(0, 10, 1))
+    assert ring.count == 10
+    got, _ = ring.latest(4)
+    np.testing.assert_array_equal(got[:, 0], [60, 70, 80, 90])
