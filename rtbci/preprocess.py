@@ -1,0 +1,602 @@
+"""Causal, stateful streaming preprocessing, applied once per chunk on ingest.
+
+The chain, in this order (each step is skipped when its option is off)::
+
+    picks → reference → notch → bandpass → resample → standardize
+
+Every step is causal and carries its state across chunks, so :meth:`Preprocessor.process`
+returns the same samples whatever the chunking, and the same as the one-shot reference
+:func:`preprocess_offline` (up to float rounding).
+
+Initial state: the notch/band-pass cascade and the resampling FIR start in steady state for
+the *first sample of the first chunk* (as if that value had been held forever before it,
+``sosfilt_zi(sos) * x0`` per channel, as mne-lsl does), so there is no onset transient.
+The running standardisation starts empty and averages over the samples seen so far (see
+:class:`PreprocessConfig`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from fractions import Fraction
+from typing import Literal
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+from pydantic import BaseModel, ConfigDict, field_validator
+from scipy import signal
+
+from rtbci.errors import RtbciError
+from rtbci.stream import StreamInfo
+
+__all__ = ["PreprocessConfig", "Preprocessor", "preprocess_offline", "resample_filter"]
+
+STANDARDIZED_UNIT = "z-score"  # ch_units of standardised output channels
+
+
+class PreprocessConfig(BaseModel):
+    """Streaming preprocessing options; every default is "off".
+
+    Attributes
+    ----------
+    picks : list of str | None
+        Channels to keep, in this order (output channel order). ``None`` keeps all.
+    reference : ``"none"`` | ``"average"`` | list of str
+        ``"average"`` subtracts, at each sample, the mean over the *picked* channels.
+        A list of names subtracts the mean of those channels, looked up in the *input* stream
+        (so a reference such as mastoids need not be picked). Applied after picks.
+    notch : float | list of float | None
+        Notch frequencies in Hz (``scipy.signal.iirnotch``, quality ``notch_q``).
+    notch_q : float
+        Quality factor of each notch (centre frequency / −3 dB bandwidth), ``> 0``.
+    bandpass : (float, float) | None
+        Pass band ``(low, high)`` in Hz, ``0 < low < high < srate / 2``: a Butterworth
+        band-pass of order ``filter_order`` (``2 * filter_order`` poles), as SOS.
+    filter_order : int
+        Butterworth order, ``>= 1``.
+    resample_hz : float | None
+        Output sampling rate in Hz, ``> 0``, realised as ``srate * up / down`` with
+        ``up / down = Fraction(resample_hz / srate).limit_denominator(1000)``.
+    standardize : bool
+        Running per-channel standardisation ``(x - mean) / sqrt(var + standardize_eps)``,
+        with exponentially weighted mean and variance (of the deviations from the running
+        mean) of half-life ``standardize_halflife_s`` seconds. Both averages start empty and
+        are normalised by the total weight of the samples seen so far (bias-corrected), so the
+        first outputs are already on the right scale.
+    standardize_halflife_s : float
+        Half-life of the running mean and variance in seconds, ``> 0``.
+    standardize_eps : float
+        Added to the running variance, in squared signal units, ``>= 0``. The default only
+        avoids a division by zero; raise it (e.g. ``1e-6`` for µV) so flat channels give 0.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    picks: list[str] | None = None
+    reference: Literal["none", "average"] | list[str] = "none"
+    notch: list[float] | float | None = None
+    notch_q: float = 30.0
+    bandpass: tuple[float, float] | None = None
+    filter_order: int = 4
+    resample_hz: float | None = None
+    standardize: bool = False
+    standardize_halflife_s: float = 10.0
+    standardize_eps: float = 1e-30
+
+    @field_validator("picks")
+    @classmethod
+    def _check_picks(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return v
+        if not v:
+            raise ValueError("expected a non-empty list of channel names, or None for all")
+        dup = sorted({name for name in v if v.count(name) > 1})
+        if dup:
+            raise ValueError(f"expected each channel once, got {dup} more than once")
+        return v
+
+    @field_validator("reference", mode="before")
+    @classmethod
+    def _check_reference(cls, v: object) -> object:
+        if isinstance(v, str) and v not in ("none", "average"):
+            raise ValueError(f"expected 'none', 'average' or a list of channel names, got {v!r}")
+        if isinstance(v, list | tuple) and not v:
+            raise ValueError("expected at least one reference channel name")
+        return v
+
+    @field_validator("notch")
+    @classmethod
+    def _check_notch(cls, v: list[float] | float | None) -> list[float] | None:
+        if v is None:
+            return v
+        freqs = [float(v)] if isinstance(v, int | float) else [float(f) for f in v]
+        bad = [f for f in freqs if not (math.isfinite(f) and f > 0)]
+        if bad:
+            raise ValueError(f"expected notch frequencies > 0 Hz, got {bad}")
+        return freqs or None
+
+    @field_validator("bandpass", mode="before")
+    @classmethod
+    def _check_bandpass_pair(cls, v: object) -> object:
+        if v is not None and (isinstance(v, str) or not hasattr(v, "__len__") or len(v) != 2):
+            raise ValueError(f"expected (low, high) in Hz, got {v!r}")
+        return v
+
+    @field_validator("bandpass")
+    @classmethod
+    def _check_bandpass(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not (math.isfinite(v[1]) and 0 < v[0] < v[1]):
+            raise ValueError(f"expected (low, high) in Hz with 0 < low < high, got {v}")
+        return v
+
+    @field_validator("notch_q", "standardize_halflife_s", "resample_hz")
+    @classmethod
+    def _check_positive(cls, v: float | None) -> float | None:
+        if v is not None and not (math.isfinite(v) and v > 0):
+            raise ValueError(f"expected a finite number > 0, got {v}")
+        return v
+
+    @field_validator("filter_order")
+    @classmethod
+    def _check_order(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"expected an integer >= 1, got {v}")
+        return v
+
+    @field_validator("standardize_eps")
+    @classmethod
+    def _check_eps(cls, v: float) -> float:
+        if not (math.isfinite(v) and v >= 0):
+            raise ValueError(f"expected a finite number >= 0, got {v}")
+        return v
+
+
+def resample_filter(up: int, down: int) -> np.ndarray:
+    """Anti-alias FIR of ``scipy.signal.resample_poly`` for a rational factor ``up / down``.
+
+    Returns
+    -------
+    h : array, shape (20 * max(up, down) + 1,)
+        Kaiser-windowed (beta 5) low-pass at ``1 / max(up, down)`` of Nyquist, scaled by
+        ``up`` so the zero-inserted signal keeps its amplitude.
+    """
+    max_rate = max(up, down)
+    h = signal.firwin(2 * 10 * max_rate + 1, 1.0 / max_rate, window=("kaiser", 5.0))
+    return h * up
+
+
+@dataclass(frozen=True)
+class _Design:
+    """Everything fixed by (config, input info): channel indices, filters, rates."""
+
+    info_in: StreamInfo
+    info_out: StreamInfo
+    picks: np.ndarray | None  # input column of each output channel; None = all, in order
+    reference: Literal["none", "average", "channels"]
+    ref_idx: np.ndarray | None  # input columns averaged for a named reference
+    sos: np.ndarray | None  # notch sections then band-pass sections
+    up: int
+    down: int
+    fir: np.ndarray | None  # resampling FIR (None: no resampling)
+    std_decay: float | None  # per-sample decay of the running averages (None: off)
+    std_eps: float
+
+
+def _indices(names: list[str], info: StreamInfo, field: str) -> np.ndarray:
+    lookup = {name: i for i, name in enumerate(info.ch_names)}
+    missing = [name for name in names if name not in lookup]
+    if missing:
+        raise RtbciError(
+            f"{field}: channel(s) {missing} not in stream {info.name!r} "
+            f"(channels: {', '.join(info.ch_names)})"
+        )
+    return np.array([lookup[name] for name in names], dtype=np.intp)
+
+
+def _design_sos(config: PreprocessConfig, info: StreamInfo) -> np.ndarray | None:
+    nyquist = info.srate / 2
+    sections = []
+    for f0 in config.notch or []:
+        if f0 >= nyquist:
+            raise RtbciError(
+                f"notch: {f0:g} Hz must be below the Nyquist frequency ({nyquist:g} Hz) of "
+                f"stream {info.name!r}"
+            )
+        b, a = signal.iirnotch(f0, config.notch_q, fs=info.srate)
+        sections.append(signal.tf2sos(b, a))
+    if config.bandpass is not None:
+        lo, hi = config.bandpass
+        if hi >= nyquist:
+            raise RtbciError(
+                f"bandpass: high edge {hi:g} Hz must be below the Nyquist frequency "
+                f"({nyquist:g} Hz) of stream {info.name!r}"
+            )
+        sos = signal.butter(
+            config.filter_order, [lo, hi], btype="bandpass", output="sos", fs=info.srate
+        )
+        sections.append(sos)
+    return np.vstack(sections) if sections else None
+
+
+def _design(config: PreprocessConfig, info: StreamInfo) -> _Design:
+    needs_rate = (
+        config.notch or config.bandpass or config.resample_hz is not None or config.standardize
+    )
+    if needs_rate and not info.srate > 0:
+        raise RtbciError(
+            f"preprocess: stream {info.name!r} has no regular sampling rate; filters, "
+            "resampling and standardisation need one"
+        )
+    picks = _indices(config.picks, info, "picks") if config.picks is not None else None
+    ref_idx = None
+    reference = config.reference
+    if isinstance(reference, list):
+        ref_idx = _indices(reference, info, "reference")
+        reference = "channels"
+    up = down = 1
+    fir = None
+    if config.resample_hz is not None:
+        ratio = Fraction(config.resample_hz / info.srate).limit_denominator(1000)
+        if ratio == 0:
+            raise RtbciError(
+                f"resample_hz: {config.resample_hz:g} Hz is too low for stream {info.name!r} "
+                f"at {info.srate:g} Hz (the ratio must be at least 1/1000)"
+            )
+        up, down = ratio.numerator, ratio.denominator
+        fir = resample_filter(up, down) if ratio != 1 else None
+    srate_out = info.srate * up / down
+    std_decay = None
+    if config.standardize:
+        std_decay = 0.5 ** (1.0 / (config.standardize_halflife_s * srate_out))
+    return _Design(
+        info_in=info,
+        info_out=_output_info(info, picks, srate_out, config.standardize),
+        picks=picks,
+        reference=reference,
+        ref_idx=ref_idx,
+        sos=_design_sos(config, info),
+        up=up,
+        down=down,
+        fir=fir,
+        std_decay=std_decay,
+        std_eps=config.standardize_eps,
+    )
+
+
+def _output_info(
+    info: StreamInfo, picks: np.ndarray | None, srate: float, standardized: bool
+) -> StreamInfo:
+    idx = range(info.n_channels) if picks is None else picks.tolist()
+    units = tuple(STANDARDIZED_UNIT if standardized else info.ch_units[i] for i in idx)
+    positions = None if info.positions is None else np.asarray(info.positions)[list(idx)]
+    return replace(
+        info,
+        srate=srate,
+        ch_names=tuple(info.ch_names[i] for i in idx),
+        ch_types=tuple(info.ch_types[i] for i in idx),
+        ch_units=units,
+        positions=positions,
+    )
+
+
+def _resample_times(
+    d: _Design, t_in: np.ndarray, first_in: int, j: np.ndarray, out: np.ndarray
+) -> np.ndarray:
+    """Timestamps of output samples ``j`` (global indices) from input timestamps ``t_in``.
+
+    Output ``j`` sits at input position ``j * down / up``: its time is that of input sample
+    ``floor(j * down / up)`` plus the fractional remainder times the input period.
+    ``t_in[0]`` is the timestamp of global input sample ``first_in``.
+    """
+    pos = j * d.down
+    i, rem = np.divmod(pos, d.up)
+    np.take(t_in, i - first_in, out=out, mode="clip")
+    out += rem * (1.0 / (d.up * d.info_in.srate))
+    return out
+
+
+def _check_chunk(info: StreamInfo, data: np.ndarray, timestamps: np.ndarray) -> None:
+    if data.ndim != 2 or data.shape[1] != info.n_channels:
+        raise ValueError(
+            f"stream {info.name!r}: expected data of shape (n_samples, {info.n_channels}), "
+            f"got {data.shape}"
+        )
+    if timestamps.shape != (data.shape[0],):
+        raise ValueError(
+            f"stream {info.name!r}: expected timestamps of shape ({data.shape[0]},), "
+            f"got {timestamps.shape}"
+        )
+
+
+class Preprocessor:
+    """Streaming preprocessing of one stream's chunks, state carried across chunks.
+
+    Steps, in order: picks → reference → notch → bandpass → resample → standardize (see
+    :class:`PreprocessConfig`). Computed in float64, returned as float32.
+
+    The notch/band-pass cascade (one SOS) and the resampling FIR start in steady state for the
+    first sample of the first non-empty chunk (``sosfilt_zi(sos) * x0`` per channel; the FIR
+    history is filled with ``x0``), so a signal that starts at an offset has no onset
+    transient. The first samples of standardised output are estimates from few samples.
+
+    Resampling: the zero-inserted signal (factor ``up``) is filtered by :attr:`fir` and every
+    ``down``-th sample kept, the phase carried across chunks; computed in polyphase form (only
+    the kept samples, one matrix product per FIR branch) over the chunk plus the last
+    ``ceil(len(fir) / up) - 1`` input samples. Equal to ``scipy.signal.upfirdn(fir, x, up,
+    down)`` on the whole signal (preceded by copies of its first sample). After ``N`` input samples,
+    ``ceil(N * up / down)`` output samples have been returned (each output needs no future
+    input). Output sample ``j`` sits at input position ``j * down / up``; its timestamp is the
+    timestamp of input sample ``floor(j * down / up)`` plus the fractional part times the input
+    period, so output times follow the input clock (drift and jitter included). The FIR's
+    group delay, ``10 * max(up, down) / up`` input samples = :attr:`delay_s`, is *not*
+    compensated: output ``j`` reflects the input around ``delay_s`` before its timestamp.
+
+    Parameters
+    ----------
+    config : PreprocessConfig
+    info : StreamInfo
+        The input stream.
+    max_chunk : int
+        Largest chunk, in input samples, processed in one go; work buffers are preallocated
+        for it and larger chunks are processed in slices of this size.
+
+    Attributes
+    ----------
+    info : StreamInfo
+        The output stream: picked channels (in pick order), output sampling rate, and units
+        ``"z-score"`` when standardising.
+    sos : array, shape (n_sections, 6) | None
+        Notch then band-pass sections, at the input rate.
+    up, down : int
+        Resampling factor ``up / down`` (both 1 without resampling).
+    fir : array, shape (n_taps,) | None
+        Resampling FIR (:func:`resample_filter`).
+    delay_s : float
+        Group delay of the resampling FIR in seconds (0 without resampling). The IIR filters
+        have frequency-dependent delay and are not counted.
+    """
+
+    def __init__(self, config: PreprocessConfig, info: StreamInfo, max_chunk: int = 4096):
+        if max_chunk < 1:
+            raise ValueError(f"max_chunk must be >= 1, got {max_chunk}")
+        self.config = config
+        self.max_chunk = int(max_chunk)
+        self._d = d = _design(config, info)
+        self.info = d.info_out
+        self.sos, self.up, self.down, self.fir = d.sos, d.up, d.down, d.fir
+        self.delay_s = 0.0 if d.fir is None else (len(d.fir) - 1) / 2 / (d.up * info.srate)
+        n_in, n_out = info.n_channels, self.info.n_channels
+        max_out = -(-self.max_chunk * d.up // d.down) + 1
+        self._in = np.empty((self.max_chunk, n_in))  # float64 copy of the input chunk
+        self._work = np.empty((self.max_chunk, n_out)) if d.picks is not None else self._in
+        n_ref = 0 if d.ref_idx is None else len(d.ref_idx)
+        self._ref_cols = np.empty((self.max_chunk, n_ref))
+        self._ref = np.empty(self.max_chunk)
+        self._out = np.empty((max_out, n_out), dtype=np.float32)
+        self._t_out = np.empty(max_out)
+        self._count = np.arange(max_out, dtype=np.int64)
+        self._weight = np.empty(max_out)  # bias correction of the running averages
+        if d.fir is not None:
+            # Polyphase form: branch p holds h[p], h[p + up], …, reversed to match windows
+            # of input samples ordered oldest first.
+            n_taps = -(-len(d.fir) // d.up)
+            padded = np.zeros(n_taps * d.up)
+            padded[: len(d.fir)] = d.fir
+            self._branches = np.ascontiguousarray(padded.reshape(n_taps, d.up).T[:, ::-1])
+            self._hist = np.empty((n_taps - 1 + self.max_chunk, n_out))  # history + chunk
+            self._resampled = np.empty((max_out, n_out))
+        self.reset()
+
+    def __repr__(self) -> str:
+        c, i = self.config, self._d.info_in
+        steps = []
+        if c.picks is not None:
+            steps.append(f"picks ({len(c.picks)} ch)")
+        if c.reference != "none":
+            steps.append(f"reference {c.reference}")
+        if c.notch:
+            steps.append(f"notch {', '.join(f'{f:g}' for f in c.notch)} Hz")
+        if c.bandpass:
+            steps.append(f"bandpass {c.bandpass[0]:g}–{c.bandpass[1]:g} Hz")
+        if self.fir is not None:
+            steps.append(f"resample {i.srate:g}→{self.info.srate:g} Hz")
+        if c.standardize:
+            steps.append(f"standardize ({c.standardize_halflife_s:g} s)")
+        return f"<Preprocessor: {i.name} | {' → '.join(steps) or 'identity'}>"
+
+    @property
+    def is_identity(self) -> bool:
+        """True when every step is off: the output equals the input (as float32)."""
+        d = self._d
+        n_in = d.info_in.n_channels
+        return (
+            (d.picks is None or np.array_equal(d.picks, np.arange(n_in)))
+            and d.reference == "none"
+            and d.sos is None
+            and d.fir is None
+            and d.std_decay is None
+        )
+
+    def reset(self) -> None:
+        """Forget all state: the next chunk starts afresh, in steady state on its first sample."""
+        n = self.info.n_channels
+        self._zi_sos: np.ndarray | None = None
+        self._started = False
+        self._n_resample_in = 0  # input samples that reached the resampler
+        self._n_std = 0  # samples that reached the standardisation
+        self._z_mean = np.zeros((1, n))
+        self._z_var = np.zeros((1, n))
+
+    def process(self, data: np.ndarray, timestamps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Preprocess one chunk.
+
+        Parameters
+        ----------
+        data : array, shape (n_samples, n_channels_in)
+            Samples of the input stream (float32; any real dtype is converted).
+        timestamps : array, shape (n_samples,)
+            Their timestamps in seconds.
+
+        Returns
+        -------
+        data_out : array, shape (n_out, n_channels_out), float32
+        timestamps_out : array, shape (n_out,), float64 seconds
+            ``n_out == n_samples`` without resampling. For chunks up to ``max_chunk`` samples
+            these are views of internal buffers, valid until the next call.
+        """
+        data = np.asarray(data)
+        timestamps = np.asarray(timestamps, dtype=np.float64)
+        _check_chunk(self._d.info_in, data, timestamps)
+        n = len(data)
+        if n <= self.max_chunk:
+            return self._process_chunk(data, timestamps)
+        step = self.max_chunk
+        parts = []
+        for i in range(0, n, step):
+            y, t = self._process_chunk(data[i : i + step], timestamps[i : i + step])
+            parts.append((y.copy(), t.copy()))
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def _process_chunk(self, data: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        d, n = self._d, len(data)
+        if n == 0:
+            return self._out[:0], self._t_out[:0]
+        x_in = self._in[:n]
+        x_in[...] = data
+        x = self._select(x_in)
+        if d.sos is not None:
+            x = self._filter(x)
+        if d.fir is not None:
+            x, t_out = self._resample(x, ts)  # t_out: a view of self._t_out
+        else:
+            t_out = self._t_out[:n]
+            t_out[...] = ts
+        n_out = len(x)
+        if d.std_decay is not None and n_out:
+            x = self._standardize(x)
+        self._started = True
+        out = self._out[:n_out]
+        out[...] = x
+        return out, t_out
+
+    def _select(self, x_in: np.ndarray) -> np.ndarray:
+        """Picks then reference, into the float64 work buffer."""
+        d, n = self._d, len(x_in)
+        x = x_in
+        if d.picks is not None:
+            x = np.take(x_in, d.picks, axis=1, out=self._work[:n], mode="clip")
+        if d.reference == "average":
+            ref = np.mean(x, axis=1, out=self._ref[:n])
+        elif d.reference == "channels":
+            cols = np.take(x_in, d.ref_idx, axis=1, out=self._ref_cols[:n], mode="clip")
+            ref = np.mean(cols, axis=1, out=self._ref[:n])
+        else:
+            return x
+        x -= ref[:, None]
+        return x
+
+    def _filter(self, x: np.ndarray) -> np.ndarray:
+        if self._zi_sos is None:
+            self._zi_sos = signal.sosfilt_zi(self._d.sos)[:, :, None] * x[0]
+        y, self._zi_sos = signal.sosfilt(self._d.sos, x, axis=0, zi=self._zi_sos)
+        return y
+
+    def _resample(self, x: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Polyphase FIR: output j = branch (j*down % up) · the inputs up to j*down // up."""
+        d, n, buf = self._d, len(x), self._hist
+        n_taps = self._branches.shape[1]
+        keep = n_taps - 1  # history rows carried between chunks
+        if not self._started:
+            buf[:keep] = x[0]  # steady state: the first sample held forever before it
+        buf[keep : keep + n] = x
+        first, last = self._n_resample_in, self._n_resample_in + n
+        j0, j1 = -(-first * d.up // d.down), -(-last * d.up // d.down)
+        # windows[k]: the n_taps inputs ending at global input first + k, oldest first
+        windows = sliding_window_view(buf[: keep + n], n_taps, axis=0)
+        y = self._resampled[: j1 - j0]
+        for c in range(min(d.up, j1 - j0)):  # outputs c, c + up, … share one branch
+            i, phase = divmod((j0 + c) * d.down, d.up)
+            rows = windows[i - first :: d.down][: len(range(c, j1 - j0, d.up))]
+            np.matmul(rows, self._branches[phase], out=y[c :: d.up])
+        t = _resample_times(d, ts, first, self._count[: j1 - j0] + j0, self._t_out[: j1 - j0])
+        buf[:keep] = buf[n : n + keep]
+        self._n_resample_in = last
+        return y, t
+
+    def _standardize(self, x: np.ndarray) -> np.ndarray:
+        """Running (x - mean) / sqrt(var + eps); ``x`` (owned scratch) is overwritten."""
+        d, n = self._d, len(x)
+        a = d.std_decay
+        b, den = [1.0 - a], [1.0, -a]
+        weight = self._weight[:n]  # total weight of the samples seen so far: 1 - a**(k+1)
+        np.power(a, self._count[:n] + (self._n_std + 1), out=weight)
+        np.subtract(1.0, weight, out=weight)
+        mean, self._z_mean = signal.lfilter(b, den, x, axis=0, zi=self._z_mean)
+        mean /= weight[:, None]
+        x -= mean
+        var, self._z_var = signal.lfilter(b, den, np.square(x, out=mean), axis=0, zi=self._z_var)
+        var /= weight[:, None]
+        var += d.std_eps
+        x /= np.sqrt(var, out=var)
+        self._n_std += n
+        return x
+
+
+def preprocess_offline(
+    config: PreprocessConfig, info: StreamInfo, data: np.ndarray, timestamps: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Apply the causal chain of :class:`Preprocessor` to a whole signal in one call.
+
+    The reference that streaming output must equal for any chunking; written with one-shot
+    scipy calls (``sosfilt``, ``upfirdn`` on a signal padded with its first sample,
+    ``lfilter``) rather than the streaming code.
+
+    Parameters
+    ----------
+    config : PreprocessConfig
+    info : StreamInfo
+    data : array, shape (n_samples, n_channels_in)
+    timestamps : array, shape (n_samples,), seconds
+
+    Returns
+    -------
+    data_out : array, shape (n_out, n_channels_out), float32
+    timestamps_out : array, shape (n_out,), float64 seconds
+    """
+    d = _design(config, info)
+    x = np.asarray(data, dtype=np.float64)
+    t = np.asarray(timestamps, dtype=np.float64)
+    _check_chunk(info, x, t)
+    if len(x) == 0:
+        return np.empty((0, d.info_out.n_channels), np.float32), np.empty(0)
+    ref = x[:, d.ref_idx].mean(axis=1, keepdims=True) if d.reference == "channels" else 0.0
+    x = x[:, d.picks] if d.picks is not None else x.copy()
+    if d.reference == "average":
+        x -= x.mean(axis=1, keepdims=True)
+    x -= ref
+    if d.sos is not None:
+        x = signal.sosfilt(d.sos, x, axis=0, zi=signal.sosfilt_zi(d.sos)[:, :, None] * x[0])[0]
+    if d.fir is not None:
+        x, t = _resample_offline(d, x, t)
+    if d.std_decay is not None:
+        x = _standardize_offline(d, x)
+    return x.astype(np.float32), t
+
+
+def _resample_offline(d: _Design, x: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    n_pad = -(-(len(d.fir) - 1) // (d.up * d.down)) * d.down  # >= history, multiple of down
+    padded = np.concatenate([np.repeat(x[:1], n_pad, axis=0), x])
+    offset = n_pad // d.down * d.up
+    n_out = -(-len(x) * d.up // d.down)
+    y = signal.upfirdn(d.fir, padded, d.up, d.down, axis=0)[offset : offset + n_out]
+    return y, _resample_times(d, t, 0, np.arange(n_out), np.empty(n_out))
+
+
+def _standardize_offline(d: _Design, x: np.ndarray) -> np.ndarray:
+    a = d.std_decay
+    b, den = [1.0 - a], [1.0, -a]
+    weight = (1.0 - a ** np.arange(1, len(x) + 1, dtype=np.float64))[:, None]
+    dev = x - signal.lfilter(b, den, x, axis=0) / weight
+    var = signal.lfilter(b, den, dev**2, axis=0) / weight
+    return dev / np.sqrt(var + d.std_eps)
