@@ -6,7 +6,7 @@ numpy arrays travel as typed binary: a map ``{"nd": true, "dtype": "<f4", "shape
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
@@ -82,7 +82,7 @@ class Result:
 
 def _pack_default(obj: Any) -> Any:
     if isinstance(obj, np.ndarray):
-        arr = np.ascontiguousarray(obj)
+        arr = obj if obj.flags.c_contiguous else np.ascontiguousarray(obj)  # keeps 0-d shape
         return {"nd": True, "dtype": arr.dtype.str, "shape": list(arr.shape), "data": arr.tobytes()}
     if isinstance(obj, np.generic):
         return obj.item()
@@ -97,7 +97,7 @@ def _unpack_hook(obj: dict) -> Any:
 
 def encode(message: Result | dict) -> bytes:
     """Serialise a :class:`Result` (or a status dict) to msgpack bytes."""
-    payload = asdict(message) if isinstance(message, Result) else message
+    payload = vars(message) if isinstance(message, Result) else message  # shallow, no copies
     return msgpack.packb(payload, default=_pack_default, use_bin_type=True)
 
 

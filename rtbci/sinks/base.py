@@ -19,6 +19,9 @@ class Sink(ABC):
     async def start(self, status: dict) -> None:
         """Connect / open; ``status`` is the engine status (session, streams, decoders)."""
 
+    def status_changed(self, status: dict) -> None:
+        """The engine status changed (e.g. a decoder attached when its stream appeared)."""
+
     @abstractmethod
     def publish(self, result: Result) -> None:
         """Hand over one result (non-blocking)."""

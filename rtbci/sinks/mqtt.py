@@ -1,0 +1,503 @@
+"""MQTT sink: every result as one msgpack message, with a retained online/offline status.
+
+Topics (``<session>`` from the engine, ``<decoder>`` from the result)::
+
+    rtbci/<session>/<decoder>   one message per result (rtbci.messages.encode)
+    rtbci/<session>/status      retained: {"state": "online", ...engine status} while
+                                connected; {"state": "offline", "session": ...} after a clean
+                                close or, as the broker's last will, after a lost connection
+
+``publish`` only appends to a bounded outbox; one background task owns the connection,
+drains the outbox and reconnects with exponential backoff when the broker goes away.
+During an outage results are buffered; when the outbox is full the oldest is dropped
+(and counted), so the engine never waits on the network.
+
+Brokers should disable Nagle's algorithm (mosquitto: ``set_tcp_nodelay true``); the client
+side always does. Without it a QoS 1 round trip takes ~90 ms instead of ~0.3 ms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import socket
+import ssl
+import time
+from typing import Literal
+from urllib.parse import urlsplit
+
+import aiomqtt
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from rtbci.errors import RtbciError
+from rtbci.messages import Result, encode
+from rtbci.sinks.base import Sink
+
+logger = logging.getLogger(__name__)
+
+
+class _ClientLog(logging.LoggerAdapter):
+    """aiomqtt's and paho's own log, demoted to DEBUG under ``rtbci.sinks.mqtt.client``.
+
+    The sink logs each connection state change once, with its reason; the libraries would add
+    an ERROR line (e.g. "failed to receive on socket") for the same event.
+    """
+
+    def log(self, level: int, msg: object, *args, **kwargs) -> None:  # noqa: D102
+        super().log(logging.DEBUG, msg, *args, **kwargs)
+
+
+_CLIENT_LOG = _ClientLog(logging.getLogger(f"{__name__}.client"), {})
+
+URL_FORM = "mqtt://HOST[:PORT] or mqtts://HOST[:PORT] (TLS)"
+DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
+TOPIC_ROOT = "rtbci"
+_OP_TIMEOUT_S = 5.0  # CONNACK, PUBACK and DISCONNECT waits of one connection
+_BAD_TOPIC_CHARS = frozenset("+#/\0")
+
+
+def parse_url(url: str) -> tuple[str, str, int]:
+    """Split a broker URL into ``(scheme, host, port)``.
+
+    Parameters
+    ----------
+    url : str
+        ``mqtt://HOST[:PORT]`` or ``mqtts://HOST[:PORT]``; the port defaults to 1883 / 8883.
+
+    Raises
+    ------
+    ValueError
+        If the URL is not of that form; the message shows the expected form.
+    """
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"expected {URL_FORM}, got {url!r} ({exc})") from None
+    problem = None
+    if parts.scheme not in DEFAULT_PORTS:
+        problem = f"unknown scheme {parts.scheme!r}" if parts.scheme else "no scheme"
+    elif not parts.hostname:
+        problem = "no host"
+    elif parts.username is not None or parts.password is not None:
+        problem = "credentials belong in the username/password fields"
+    elif parts.path not in ("", "/") or parts.query or parts.fragment:
+        problem = "unexpected path or query"
+    elif port == 0:
+        problem = "port 0"
+    if problem:
+        raise ValueError(f"expected {URL_FORM}, got {url!r} ({problem})")
+    return parts.scheme, parts.hostname, DEFAULT_PORTS[parts.scheme] if port is None else port
+
+
+class MQTTSinkConfig(BaseModel):
+    """The ``[[sinks]]`` entry of kind ``mqtt``.
+
+    Attributes
+    ----------
+    url : str
+        Broker address, ``mqtt://HOST[:PORT]`` or ``mqtts://HOST[:PORT]`` for TLS.
+    qos : {0, 1}
+        MQTT quality of service of the result messages (the status always uses QoS 1).
+    username, password : str | None
+        Broker credentials.
+    tls_ca : str | None
+        CA certificate file (PEM) to verify the broker with (``mqtts`` only); the system's
+        trusted CAs when omitted.
+    tls_insecure : bool
+        Skip verification of the broker's certificate and host name (testing only).
+    client_id : str | None
+        MQTT client identifier; generated when omitted.
+    outbox_size : int
+        Results kept while the broker is unreachable; beyond it the oldest are dropped.
+    reconnect_min_s, reconnect_max_s : float
+        Bounds of the exponential backoff between reconnection attempts, in seconds.
+    keepalive_s : int
+        MQTT keepalive, in seconds: a silent broker is declared lost after 1 to 2 × this.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["mqtt"] = "mqtt"
+    url: str = "mqtt://127.0.0.1:1883"
+    qos: Literal[0, 1] = 0
+    username: str | None = None
+    password: str | None = Field(default=None, repr=False)
+    tls_ca: str | None = None
+    tls_insecure: bool = False
+    client_id: str | None = None
+    outbox_size: int = Field(default=1000, gt=0)
+    reconnect_min_s: float = Field(default=0.2, gt=0)
+    reconnect_max_s: float = Field(default=5.0, gt=0)
+    keepalive_s: int = Field(default=10, ge=1, le=65535)
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, url: str) -> str:
+        parse_url(url)
+        return url
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> MQTTSinkConfig:
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError(
+                f"reconnect_max_s ({self.reconnect_max_s}) must be >= reconnect_min_s "
+                f"({self.reconnect_min_s})"
+            )
+        if not self.tls and (self.tls_ca is not None or self.tls_insecure):
+            raise ValueError("tls_ca / tls_insecure need a TLS url: mqtts://HOST[:PORT]")
+        if self.password is not None and self.username is None:
+            raise ValueError("password is set but username is not")
+        return self
+
+    @property
+    def host(self) -> str:
+        """Broker host name or address."""
+        return parse_url(self.url)[1]
+
+    @property
+    def port(self) -> int:
+        """Broker TCP port."""
+        return parse_url(self.url)[2]
+
+    @property
+    def tls(self) -> bool:
+        """Whether the connection uses TLS (``mqtts://``)."""
+        return self.url.startswith("mqtts:")
+
+
+def status_topic(session: str) -> str:
+    """The retained status topic of a session: ``rtbci/<session>/status``."""
+    return f"{TOPIC_ROOT}/{session}/status"
+
+
+def result_topic(session: str, decoder: str) -> str:
+    """The topic of one decoder's results: ``rtbci/<session>/<decoder>``."""
+    return f"{TOPIC_ROOT}/{session}/{decoder}"
+
+
+def _valid_level(name: str) -> bool:
+    return bool(name) and not _BAD_TOPIC_CHARS.intersection(name)
+
+
+class MQTTSink(Sink):
+    """Publish results to an MQTT broker without ever blocking the engine.
+
+    Parameters
+    ----------
+    config : MQTTSinkConfig
+        Broker address, QoS, credentials, outbox size and backoff.
+    session : str
+        Session name; the second level of every topic (no ``/``, ``+``, ``#``).
+
+    Notes
+    -----
+    All methods must be called from the engine's event loop. ``stats()`` holds
+    ``produced == delivered + dropped + queued`` at all times; ``delivered`` counts messages
+    written to the socket (QoS 0) or acknowledged by the broker (QoS 1).
+    """
+
+    kind = "mqtt"
+
+    def __init__(self, config: MQTTSinkConfig, session: str) -> None:
+        if not _valid_level(session):
+            raise RtbciError(
+                f"MQTT sink: session {session!r} cannot be an MQTT topic level "
+                "(must be non-empty, without '/', '+', '#')"
+            )
+        self.config = config
+        self.session = session
+        self._tls_context = _make_tls_context(config)
+        self._address = f"{config.host}:{config.port}"
+        self._status_topic = status_topic(session)
+        self._will_payload = encode({"state": "offline", "session": session,
+                                     "reason": "connection lost"})
+        self._online_payload = b""
+        self._status_pending = False
+        self._topics: dict[str, str | None] = {}
+        self._outbox: collections.deque[tuple[str, bytes]] = collections.deque(
+            maxlen=config.outbox_size
+        )
+        self._inflight: tuple[str, bytes] | None = None
+        self._wake = asyncio.Event()
+        self._closing = asyncio.Event()
+        self._connected = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._closed = False
+        self._produced = self._delivered = self._dropped = 0
+        self._connections = 0
+        self._down_since: float | None = None
+        self._warned_full = False
+
+    def __repr__(self) -> str:
+        state = "ON" if self._connected.is_set() else "OFF"
+        return (f"<MQTTSink: {state} | {self.config.url} (session: {self.session}, "
+                f"queued: {self._queued()})>")
+
+    # -- Sink API ------------------------------------------------------------------------------
+
+    async def start(self, status: dict) -> None:
+        """Start the connection task; returns at once, even if the broker is down.
+
+        Parameters
+        ----------
+        status : dict
+            Engine status (session, streams, decoders) sent in the retained online status.
+        """
+        if self._task is not None or self._closed:
+            return
+        self._online_payload = self._online(status)
+        self._task = asyncio.create_task(self._run(), name=f"rtbci-mqtt-{self.session}")
+
+    def status_changed(self, status: dict) -> None:
+        """Replace the retained online status (sent at once if connected; never blocks)."""
+        try:
+            self._online_payload = self._online(status)
+        except Exception as exc:  # noqa: BLE001 - a bad status must not reach the engine
+            logger.warning("MQTT sink: cannot encode the engine status (%s)", exc)
+            return
+        self._status_pending = True
+        self._wake.set()
+
+    def publish(self, result: Result) -> None:
+        """Queue one result (never blocks, never raises); full outbox drops the oldest."""
+        self._produced += 1
+        try:
+            topic = self._topic(result.decoder)
+            item = None if topic is None else (topic, encode(result))
+        except Exception as exc:  # noqa: BLE001 - a bad result must not reach the engine
+            logger.warning("MQTT sink: cannot encode result of %r (%s); dropped",
+                           getattr(result, "decoder", result), exc)
+            item = None
+        if item is None or self._closed:
+            self._dropped += 1
+            return
+        if len(self._outbox) == self._outbox.maxlen:
+            self._dropped += 1  # the deque evicts the oldest on append
+            self._warn_full()
+        self._outbox.append(item)
+        self._wake.set()
+
+    async def close(self, timeout: float = 2.0) -> None:
+        """Flush for at most ``timeout`` s, publish the retained offline status, disconnect.
+
+        Results still queued after that (broker down or too slow) are counted as dropped.
+        """
+        if self._closed:
+            return
+        self._closing.set()
+        self._wake.set()
+        task = self._task
+        try:
+            if task is not None:
+                done, _ = await asyncio.wait({task}, timeout=timeout)
+                if not done:
+                    logger.warning("MQTT sink: could not flush to %s within %.1f s",
+                                   self._address, timeout)
+        finally:
+            await _cancel(task)
+            self._closed = True
+            self._connected.clear()
+            self._drop_queued()
+
+    def stats(self) -> dict:
+        """Counters: produced, delivered, dropped, queued, connected, reconnects."""
+        return {
+            "produced": self._produced,
+            "delivered": self._delivered,
+            "dropped": self._dropped,
+            "queued": self._queued(),
+            "connected": self._connected.is_set(),
+            "reconnects": max(self._connections - 1, 0),
+        }
+
+    async def wait_connected(self, timeout: float | None = None) -> bool:
+        """Wait until connected to the broker; return whether it is, after ``timeout`` s."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._connected.wait(), timeout)
+        return self._connected.is_set()
+
+    # -- outbox --------------------------------------------------------------------------------
+
+    def _online(self, status: dict) -> bytes:
+        fields = {k: v for k, v in status.items() if k != "state"}
+        fields.setdefault("session", self.session)
+        return encode({"state": "online", **fields})
+
+    def _topic(self, decoder: str) -> str | None:
+        try:
+            return self._topics[decoder]
+        except KeyError:
+            ok = _valid_level(decoder) and decoder != "status"
+            topic = self._topics[decoder] = result_topic(self.session, decoder) if ok else None
+            if not ok:
+                logger.warning("MQTT sink: decoder name %r cannot be a topic level ('/', '+', "
+                               "'#' or 'status'); its results are dropped", decoder)
+            return topic
+
+    def _queued(self) -> int:
+        return len(self._outbox) + (self._inflight is not None)
+
+    def _requeue(self, item: tuple[str, bytes]) -> None:
+        if len(self._outbox) < self._outbox.maxlen:
+            self._outbox.appendleft(item)
+        else:
+            self._dropped += 1
+
+    def _drop_queued(self) -> None:
+        lost = self._queued()
+        if lost:
+            logger.warning("MQTT sink: %d undelivered results dropped at close", lost)
+        self._dropped += lost
+        self._outbox.clear()
+        self._inflight = None
+
+    def _warn_full(self) -> None:
+        if not self._warned_full:
+            self._warned_full = True
+            logger.warning("MQTT outbox full (%d results); dropping the oldest",
+                           self._outbox.maxlen)
+
+    # -- connection task -----------------------------------------------------------------------
+
+    def _make_client(self) -> aiomqtt.Client:
+        cfg = self.config
+        return aiomqtt.Client(
+            cfg.host, cfg.port,
+            username=cfg.username, password=cfg.password, identifier=cfg.client_id,
+            logger=_CLIENT_LOG,  # type: ignore[arg-type]  # a Logger-compatible adapter
+            will=aiomqtt.Will(self._status_topic, self._will_payload, qos=1, retain=True),
+            keepalive=cfg.keepalive_s, timeout=_OP_TIMEOUT_S, tls_context=self._tls_context,
+            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+        )
+
+    async def _run(self) -> None:
+        delay = self.config.reconnect_min_s
+        while not self._closing.is_set():
+            try:
+                async with self._make_client() as client:
+                    self._on_connected()
+                    delay = self.config.reconnect_min_s
+                    await self._serve(client)
+            except aiomqtt.MqttError as exc:
+                self._on_disconnected(str(exc), delay)
+            except Exception as exc:  # noqa: BLE001 - keep the task alive whatever happens
+                if self._down_since is None:
+                    logger.exception("MQTT sink: unexpected error")
+                self._on_disconnected(repr(exc), delay)
+            else:
+                self._connected.clear()
+                logger.info("MQTT disconnected from %s (closed; %d delivered, %d dropped)",
+                            self._address, self._delivered, self._dropped)
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), delay)
+            delay = min(2 * delay, self.config.reconnect_max_s)
+
+    async def _serve(self, client: aiomqtt.Client) -> None:
+        """Send the status, drain the outbox until closing; raise MqttError on a lost link."""
+        watch = asyncio.create_task(self._watch(client))
+        drain = asyncio.create_task(self._send(client))
+        try:
+            done, _ = await asyncio.wait({watch, drain}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # engine torn down without close(): still say offline
+            await _cancel(watch, drain)
+            await self._publish_offline(client, timeout=0.5)
+            raise
+        await _cancel(watch, drain)
+        for task in done:
+            task.result()  # raises the MqttError of a lost connection
+        await self._publish_offline(client, timeout=1.0)
+
+    async def _watch(self, client: aiomqtt.Client) -> None:
+        """Return never; raise MqttError as soon as the connection is lost."""
+        try:
+            async for _ in client.messages:  # never subscribed: it only ends on disconnection
+                pass
+        except aiomqtt.MqttError as exc:
+            cause = exc.__cause__
+            raise aiomqtt.MqttError(f"connection lost: {cause}" if cause else str(exc)) from None
+
+    async def _send(self, client: aiomqtt.Client) -> None:
+        self._status_pending = True
+        while self._outbox or not self._closing.is_set():
+            if self._status_pending:
+                self._status_pending = False
+                await client.publish(self._status_topic, self._online_payload, qos=1,
+                                     retain=True)
+            elif self._outbox:
+                await self._publish_next(client)
+            else:
+                self._wake.clear()
+                await self._wake.wait()
+
+    async def _publish_next(self, client: aiomqtt.Client) -> None:
+        item = self._inflight = self._outbox.popleft()
+        try:
+            await client.publish(*item, qos=self.config.qos)
+        except (aiomqtt.MqttError, asyncio.CancelledError):
+            self._requeue(item)
+            raise
+        except Exception as exc:  # noqa: BLE001 - e.g. a payload paho refuses: drop it
+            logger.warning("MQTT sink: cannot publish to %s (%s); dropped", item[0], exc)
+            self._dropped += 1
+        else:
+            self._delivered += 1
+        finally:
+            self._inflight = None
+
+    async def _publish_offline(self, client: aiomqtt.Client, timeout: float) -> None:
+        payload = encode({"state": "offline", "session": self.session, "reason": "closed"})
+        with contextlib.suppress(aiomqtt.MqttError):
+            await client.publish(self._status_topic, payload, qos=1, retain=True,
+                                 timeout=timeout)
+
+    # -- state changes (one log line each) -----------------------------------------------------
+
+    def _on_connected(self) -> None:
+        self._connections += 1
+        self._connected.set()
+        self._warned_full = False
+        if self._down_since is None:
+            logger.info("MQTT connected to %s (session %r, QoS %d)", self._address,
+                        self.session, self.config.qos)
+        else:
+            logger.info("MQTT connected to %s after %.1f s offline; %d results queued, "
+                        "%d dropped so far", self._address, time.monotonic() - self._down_since,
+                        self._queued(), self._dropped)
+        self._down_since = None
+
+    def _on_disconnected(self, reason: str, delay: float) -> None:
+        self._connected.clear()
+        first = self._down_since is None
+        if first:
+            self._down_since = time.monotonic()
+        logger.log(logging.WARNING if first else logging.DEBUG,
+                   "MQTT broker %s unreachable (%s); buffering results, retrying in %.1f s",
+                   self._address, reason, delay)
+
+
+def _make_tls_context(config: MQTTSinkConfig) -> ssl.SSLContext | None:
+    if not config.tls:
+        return None
+    try:
+        context = ssl.create_default_context(cafile=config.tls_ca)
+    except (OSError, ssl.SSLError) as exc:
+        raise RtbciError(f"MQTT sink: cannot load tls_ca {config.tls_ca!r}: {exc}") from None
+    if config.tls_insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+async def _cancel(*tasks: asyncio.Task | None, grace: float = 1.0) -> None:
+    """Cancel tasks and wait for them; cancel again if one ignores the first request."""
+    pending = {task for task in tasks if task is not None and not task.done()}
+    for _ in range(3):
+        if not pending:
+            return
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=grace)
