@@ -263,10 +263,17 @@ class SimulatedAmplifier:
         self._thread.start()
         return self
 
+    LINGER_S = 0.3  # time for consumers to receive the last chunks before the outlets go
+
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5.0)
+        self._close()
+
+    def _close(self) -> None:
+        if self._outlet is not None and self._outlet.have_consumers():
+            time.sleep(self.LINGER_S)  # destroying an outlet drops what it has not sent yet
         self._outlet = self._markers = None  # destroying the outlets unpublishes the streams
 
     def run(self, duration: float | None = None, progress: Callable[[int], None] | None = None):
@@ -274,7 +281,7 @@ class SimulatedAmplifier:
         if self._outlet is None:
             self.open()
         self._push_loop(duration, progress)
-        self._outlet = self._markers = None
+        self._close()
 
     def wait_for_consumers(self, timeout: float) -> bool:
         """Block until an inlet has subscribed to the signal outlet (``open`` it first)."""

@@ -12,6 +12,10 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from rtbci.errors import RtbciError
+from rtbci.preprocess import PreprocessConfig
+from rtbci.sinks.console import ConsoleSinkConfig
+from rtbci.sinks.lsl import LSLSinkConfig
+from rtbci.sinks.mqtt import MQTTSinkConfig
 
 ProcessingFlag = Literal["clocksync", "dejitter", "monotonize", "threadsafe"]
 
@@ -46,6 +50,7 @@ class EngineConfig(_Strict):
 class _SourceBase(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     buffer_seconds: float = Field(30.0, gt=0, le=3600)
+    preprocess: PreprocessConfig = PreprocessConfig()
 
 
 class LSLSourceConfig(_SourceBase):
@@ -67,20 +72,65 @@ class SimulateSourceConfig(_SourceBase):
 SourceConfig = Annotated[LSLSourceConfig | SimulateSourceConfig, Field(discriminator="kind")]
 SOURCE_KINDS = ("lsl", "simulate")
 
+Runtime = Literal["auto", "numpy", "torch", "onnxruntime", "cudagraph", "tensorrt"]
+
+
+class DecoderConfig(_Strict):
+    """A ``[[decoders]]`` entry: which model, on which source, when, and how fast."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    model: str = Field(description="builtin:bandpower or a checkpoint path")
+    source: str
+    window_ms: float | tuple[float, float] = Field(
+        description="sliding window length; [start, end] relative to the marker with on_marker")
+    every_ms: float | None = Field(None, gt=0)
+    on_marker: str | None = Field(None, min_length=1)
+    budget_ms: float = Field(50.0, gt=0)
+    timeout_ms: float = Field(2000.0, gt=0)
+    runtime: Runtime = "auto"
+    device: str = "cpu"
+    options: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _one_trigger(self) -> DecoderConfig:
+        if self.name == "status":
+            raise ValueError("name: 'status' is reserved (MQTT topic rtbci/<session>/status)")
+        if (self.every_ms is None) == (self.on_marker is None):
+            raise ValueError("give exactly one of every_ms (sliding) or on_marker (event-locked)")
+        if self.on_marker is not None:
+            if not isinstance(self.window_ms, tuple) or self.window_ms[0] >= self.window_ms[1]:
+                raise ValueError("with on_marker, window_ms is [start, end] in ms relative to "
+                                 "the marker, start < end (e.g. [0, 600])")
+        elif isinstance(self.window_ms, tuple) or self.window_ms <= 0:
+            raise ValueError("with every_ms, window_ms is one length in ms > 0 (e.g. 500)")
+        return self
+
+
+SinkConfig = Annotated[MQTTSinkConfig | LSLSinkConfig | ConsoleSinkConfig,
+                       Field(discriminator="kind")]
+SINK_KINDS = ("mqtt", "lsl", "console")
+TAGS = {"sources": SOURCE_KINDS, "sinks": SINK_KINDS}
+
 
 class Config(_Strict):
     engine: EngineConfig = EngineConfig()
     sources: list[SourceConfig] = Field(min_length=1)
-    decoders: list[dict[str, Any]] = []
-    sinks: list[dict[str, Any]] = []
+    decoders: list[DecoderConfig] = []
+    sinks: list[SinkConfig] = []
 
     @model_validator(mode="after")
-    def _unique_names(self) -> Config:
-        seen = set()
-        for i, src in enumerate(self.sources):
-            if src.name in seen:
-                raise ValueError(f"sources[{i}].name: {src.name!r} is used twice")
-            seen.add(src.name)
+    def _references(self) -> Config:
+        for section in ("sources", "decoders"):
+            seen = set()
+            for i, entry in enumerate(getattr(self, section)):
+                if entry.name in seen:
+                    raise ValueError(f"{section}[{i}].name: {entry.name!r} is used twice")
+                seen.add(entry.name)
+        sources = [s.name for s in self.sources]
+        for i, dec in enumerate(self.decoders):
+            if dec.source not in sources:
+                raise ValueError(f"decoders[{i}].source: no source named {dec.source!r} "
+                                 f"(sources: {', '.join(sources)})")
         return self
 
 
@@ -89,7 +139,7 @@ def _key_path(loc: tuple) -> str:
     for i, part in enumerate(loc):
         if isinstance(part, int):
             path += f"[{part}]"
-        elif i > 0 and isinstance(loc[i - 1], int) and part in SOURCE_KINDS:
+        elif i > 1 and isinstance(loc[i - 1], int) and part in TAGS.get(loc[i - 2], ()):
             continue  # the discriminated-union tag pydantic inserts
         else:
             path += f".{part}" if path else str(part)
@@ -106,11 +156,11 @@ def format_errors(error: ValidationError, origin: str) -> str:
             msg = "unknown key"
         elif err["type"] == "union_tag_invalid":
             msg = f"unknown kind {err['input'].get('kind')!r}; expected one of " + ", ".join(
-                SOURCE_KINDS)
+                TAGS[err["loc"][0]])
         elif err["type"] == "union_tag_not_found":
-            msg = "missing key 'kind' (one of " + ", ".join(SOURCE_KINDS) + ")"
-        elif "input" in err and err["type"] not in ("missing",) and not isinstance(
-                err["input"], dict | list):
+            msg = "missing key 'kind' (one of " + ", ".join(TAGS[err["loc"][0]]) + ")"
+        elif ("input" in err and err["type"] != "missing" and repr(err["input"]) not in msg
+              and not isinstance(err["input"], dict | list)):
             msg += f" (got {err['input']!r})"
         lines.append(f"{origin}: {path}: {msg}" if path else f"{origin}: {msg}")
     return "\n".join(lines)

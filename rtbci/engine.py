@@ -1,4 +1,4 @@
-"""The engine: sources → streams → (scheduler → decoders) → sinks, on one asyncio loop."""
+"""The engine: sources → streams → scheduler → decoders → sinks, on one asyncio loop."""
 
 from __future__ import annotations
 
@@ -9,15 +9,25 @@ from collections import deque
 from collections.abc import Callable
 from functools import partial
 
+import numpy as np
 import pylsl
 
+from rtbci import __version__
 from rtbci.acquisition import Acquisition
-from rtbci.config import Config
+from rtbci.config import Config, DecoderConfig
 from rtbci.devices import make_source
 from rtbci.devices.lsl import MarkerReader
+from rtbci.errors import RtbciError
+from rtbci.messages import Result
+from rtbci.models import load_decoder, window_samples
+from rtbci.preprocess import Preprocessor
+from rtbci.scheduler import DecoderTask, Scheduler, TriggerSpec
+from rtbci.sinks import Sink, make_sink
 from rtbci.stream import Stream, StreamInfo
 
 log = logging.getLogger("rtbci.engine")
+
+WATCHDOG_S = 0.05
 
 
 class Engine:
@@ -28,20 +38,35 @@ class Engine:
     config : Config
     clock : callable
         Seconds on the LSL clock; stamps arrivals and every timing field.
+    sinks : list of Sink | None
+        Extra sinks besides the configured ones (e.g. a test's collector).
     """
 
-    def __init__(self, config: Config, clock: Callable[[], float] = pylsl.local_clock):
+    def __init__(self, config: Config, clock: Callable[[], float] = pylsl.local_clock,
+                 sinks: list[Sink] | None = None):
         self.config = config
         self.clock = clock
+        self.session = config.engine.session
         self.acquisitions: dict[str, Acquisition] = {}
         self.markers: dict[str, deque[tuple[float, str]]] = {}  # per source: (timestamp, text)
         self.markers_received: dict[str, int] = {}
+        self.sinks: list[Sink] = [make_sink(s, self.session) for s in config.sinks]
+        self.sinks += sinks or []
+        self.decoder_status: dict[str, dict] = {}
+        self.scheduler: Scheduler | None = None
         self._marker_readers: list[MarkerReader] = []
         self._companions: list = []
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def __repr__(self) -> str:
-        return f"<Engine: session {self.config.engine.session} | streams {list(self.streams)}>"
+        return f"<Engine: session {self.session} | streams {list(self.streams)}>"
+
+    @property
+    def streams(self) -> dict[str, Stream]:
+        """The streams that exist so far (a source's stream appears when it first connects)."""
+        return {name: a.stream for name, a in self.acquisitions.items() if a.stream is not None}
+
+    # --- start-up -------------------------------------------------------------------------
 
     def _start_sources(self) -> None:
         for cfg in self.config.sources:
@@ -55,21 +80,93 @@ class Engine:
                 self._marker_readers.append(reader.start())
 
             def make_stream(info: StreamInfo, cfg=cfg) -> Stream:
-                return Stream(info, cfg.buffer_seconds, self.clock)
+                return Stream(info, cfg.buffer_seconds, self.clock,
+                              Preprocessor(cfg.preprocess, info))
 
-            acq = Acquisition(source, make_stream)
+            acq = Acquisition(source, make_stream, on_stream=partial(self._on_stream, cfg.name))
             self.acquisitions[cfg.name] = acq
             acq.start()
 
+    def _on_stream(self, name: str, stream: Stream) -> None:
+        """Acquisition thread: a source's stream exists; attach its decoders on the loop."""
+        self._loop.call_soon_threadsafe(self._attach_decoders, name, stream)
+        pending = [False]
+
+        def wake() -> None:  # coalesce wake-ups: one scheduled call at a time
+            if not pending[0]:
+                pending[0] = True
+                self._loop.call_soon_threadsafe(run)
+
+        def run() -> None:
+            pending[0] = False
+            self.scheduler.on_data(stream)
+
+        stream.add_listener(wake)
+
+    def _attach_decoders(self, source: str, stream: Stream) -> None:
+        for i, cfg in enumerate(self.config.decoders):
+            if cfg.source != source:
+                continue
+            try:
+                self._attach(cfg, stream, f"decoders[{i}]")
+            except RtbciError as exc:
+                log.error("%s", exc)
+                self.decoder_status[cfg.name] = {"error": str(exc)}
+        for sink in self.sinks:
+            sink.status_changed(self.status())
+
+    def _attach(self, cfg: DecoderConfig, stream: Stream, where: str) -> None:
+        decoder = load_decoder(cfg, stream.info, where)
+        start, length = window_samples(cfg, stream.info.srate)
+        decoder(np.zeros((length, stream.info.n_channels), np.float32))  # warm-up, off the clock
+        every = round(cfg.every_ms * 1e-3 * stream.info.srate) if cfg.every_ms else 0
+        if cfg.every_ms and every < 1:
+            raise RtbciError(f"{where}.every_ms: {cfg.every_ms} ms is under one sample")
+        if length > stream.buffer.capacity:
+            raise RtbciError(f"{where}.window_ms: longer than sources.buffer_seconds")
+        trigger = TriggerSpec(length=length, every=every, marker=cfg.on_marker, start=start)
+        task = DecoderTask(cfg.name, decoder, stream, trigger, cfg.budget_ms, cfg.timeout_ms,
+                           self.session)
+        self.scheduler.add(task, cfg.device)
+        self.decoder_status[cfg.name] = {
+            "source": cfg.source, "kind": decoder.kind, "labels": decoder.labels,
+            "output_size": decoder.output_size, "window": [start, length],
+            "every": every, "on_marker": cfg.on_marker, "budget_ms": cfg.budget_ms,
+            "runtime": decoder.describe()}
+        log.info("decoder %r on %r: %s, window %d samples, %s, budget %g ms, %s", cfg.name,
+                 cfg.source, decoder.kind, length,
+                 f"every {every} samples" if every else f"on marker {cfg.on_marker!r}",
+                 cfg.budget_ms, decoder.describe())
+
     def _on_marker(self, source: str, timestamp: float, text: str) -> None:
-        """Called from a marker reader thread."""
+        """Marker reader thread: keep it and trigger event-locked decoders."""
         self.markers[source].append((timestamp, text))
         self.markers_received[source] += 1
+        stream = self.acquisitions[source].stream
+        if stream is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(self.scheduler.on_marker, stream, timestamp, text)
 
-    @property
-    def streams(self) -> dict[str, Stream]:
-        """The streams that exist so far (a source's stream appears when it first connects)."""
-        return {name: a.stream for name, a in self.acquisitions.items() if a.stream is not None}
+    def status(self) -> dict:
+        """The engine's status (sent retained on MQTT): session, streams, decoders."""
+        streams = {name: {"type": s.info.type, "n_channels": s.info.n_channels,
+                          "srate": s.info.srate, "ch_names": list(s.info.ch_names)}
+                   for name, s in self.streams.items()}
+        return {"session": self.session, "version": __version__, "streams": streams,
+                "decoders": dict(self.decoder_status)}
+
+    # --- running --------------------------------------------------------------------------
+
+    def _publish(self, result: Result) -> None:
+        for sink in self.sinks:
+            try:
+                sink.publish(result)
+            except Exception as exc:  # a broken sink must not stop the others
+                log.error("sink %s failed: %s", sink.kind, exc)
+
+    async def _watchdog(self) -> None:
+        while True:
+            await asyncio.sleep(WATCHDOG_S)
+            self.scheduler.check_hung()
 
     async def run(self, duration: float | None = None, stop: asyncio.Event | None = None,
                   on_tick: Callable[[Engine], None] | None = None) -> dict:
@@ -78,32 +175,47 @@ class Engine:
         ``on_tick(engine)`` is called every ``engine.stats_interval_s`` (live stats).
         """
         self._loop = asyncio.get_running_loop()
+        self.scheduler = Scheduler(self._loop, self.clock, self._publish)
         stop = stop or asyncio.Event()
+        for sink in self.sinks:
+            await sink.start(self.status())
         self._start_sources()
+        watchdog = asyncio.create_task(self._watchdog())
         try:
-            deadline = None if duration is None else self._loop.time() + duration
-            interval = self.config.engine.stats_interval_s
-            while not stop.is_set():
-                timeout = interval if deadline is None else min(
-                    interval, deadline - self._loop.time())
-                if timeout <= 0:
-                    break
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout)
-                if on_tick is not None:
-                    on_tick(self)
+            await self._wait(duration, stop, on_tick)
         finally:
+            watchdog.cancel()
             await self.shutdown()
         return self.stats()
+
+    async def _wait(self, duration, stop, on_tick) -> None:
+        deadline = None if duration is None else self._loop.time() + duration
+        interval = self.config.engine.stats_interval_s
+        while not stop.is_set():
+            timeout = interval if deadline is None else min(interval,
+                                                            deadline - self._loop.time())
+            if timeout <= 0:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout)
+            if on_tick is not None:
+                on_tick(self)
 
     async def shutdown(self) -> None:
         stoppers = [*self.acquisitions.values(), *self._marker_readers]
         await asyncio.gather(*(asyncio.to_thread(s.stop) for s in stoppers))
+        await asyncio.sleep(0)  # let results already handed back reach the sinks
+        self.scheduler.close()
+        for sink in self.sinks:
+            try:
+                await sink.close()
+            except Exception as exc:
+                log.error("closing sink %s: %s", sink.kind, exc)
         for companion in self._companions:
             companion.stop()
 
     def stats(self) -> dict:
-        """The ``--stats-json`` document: per-stream counters and per-decoder figures."""
+        """The ``--stats-json`` document: per-stream counters, per-decoder figures, sinks."""
         streams = {}
         for name, acq in self.acquisitions.items():
             stream = acq.stream
@@ -114,4 +226,10 @@ class Engine:
             if acq.error:
                 entry["error"] = acq.error
             streams[name] = entry
-        return {"streams": streams, "decoders": {}}
+        decoders = {name: task.stats() for name, task in self.scheduler.tasks.items()} \
+            if self.scheduler else {}
+        for name, status in self.decoder_status.items():
+            if "error" in status:
+                decoders[name] = {"results": 0, "error": status["error"]}
+        sinks = {f"{s.kind}[{i}]": s.stats() for i, s in enumerate(self.sinks) if s.stats()}
+        return {"streams": streams, "decoders": decoders, "sinks": sinks}

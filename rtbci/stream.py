@@ -5,11 +5,14 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from rtbci.ringbuffer import RingBuffer
+
+if TYPE_CHECKING:
+    from rtbci.preprocess import Preprocessor
 
 
 @dataclass(frozen=True)
@@ -85,13 +88,20 @@ class Stream:
     clock : callable
         Returns the current time in seconds on the LSL clock (``pylsl.local_clock``); it
         stamps each chunk's arrival.
+    preprocess : Preprocessor | None
+        Applied to each chunk before it is written; :attr:`info` then describes its output
+        (:attr:`raw_info` the source's stream).
     """
 
     LATENCY_HISTORY = 4096  # chunks whose ingest latency is kept for the percentiles
 
-    def __init__(self, info: StreamInfo, buffer_seconds: float, clock: Callable[[], float]):
+    def __init__(self, info: StreamInfo, buffer_seconds: float, clock: Callable[[], float],
+                 preprocess: Preprocessor | None = None):
         if info.srate <= 0:
             raise ValueError(f"stream {info.name!r}: only regularly sampled streams are buffered")
+        self.raw_info = info
+        self.preprocess = preprocess if preprocess and not preprocess.is_identity else None
+        info = self.preprocess.info if self.preprocess else info
         self.info = info
         self.clock = clock
         capacity = max(1, int(round(buffer_seconds * info.srate)))
@@ -127,10 +137,15 @@ class Stream:
         data : array, shape (n_samples, n_channels)
         timestamps : array, shape (n_samples,), seconds on the local LSL clock
         """
+        arrived = self.clock()
+        if len(timestamps) == 0:
+            return
+        latency = arrived - timestamps[-1]  # of the raw chunk, before any resampling
+        if self.preprocess is not None:
+            data, timestamps = self.preprocess.process(data, timestamps)
         n = len(timestamps)
         if n == 0:
             return
-        arrived = self.clock()
         buf = self.buffer
         if buf.count == 0:
             self._first_timestamp = float(timestamps[0])
@@ -138,7 +153,7 @@ class Stream:
         buf.write(data, timestamps)
         self._mark_arrival(start, buf.count, arrived)
         if start:  # the first chunk holds the backlog from before the connection
-            self._latency[self._n_chunks % self.LATENCY_HISTORY] = arrived - timestamps[-1]
+            self._latency[self._n_chunks % self.LATENCY_HISTORY] = latency
             self._n_chunks += 1
         for callback in self._listeners:
             callback()

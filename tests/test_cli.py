@@ -43,7 +43,7 @@ def test_run_ingests_a_simulate_process_and_writes_stats(tmp_path):
     assert "eeg" in run.stdout and "samples" in run.stdout  # live stats lines
     stats = json.loads(stats_path.read_text())
     eeg = stats["streams"]["eeg"]
-    assert set(stats) == {"streams", "decoders"}
+    assert {"streams", "decoders"} <= set(stats)
     assert {"samples", "gaps", "overflows", "rate_hz"} <= set(eeg)
     assert 3000 < eeg["samples"] < 5100
     assert eeg["gaps"] == 0 and eeg["overflows"] == 0

@@ -19,16 +19,24 @@ def unique_name(request) -> str:
 def run_engine():
     """Run the engine in-process: ``run_engine(config_dict, duration, during=coro_fn)``.
 
-    ``during(engine)`` (an async function) runs concurrently with the engine. Returns
-    ``(engine, stats)``.
+    ``during(engine)`` (an async function) runs concurrently with the engine, which stops
+    ``settle`` seconds after it returns (or at ``duration``, whichever comes first).
+    Returns ``(engine, stats)``.
     """
 
-    def run(config: dict, duration: float, during=None):
+    def run(config: dict, duration: float, during=None, settle: float = 1.0):
         engine = Engine(parse_config(config))
 
         async def main():
-            task = asyncio.create_task(during(engine)) if during else None
-            stats = await engine.run(duration)
+            stop = asyncio.Event()
+
+            async def script():
+                await during(engine)
+                await asyncio.sleep(settle)
+                stop.set()
+
+            task = asyncio.create_task(script()) if during else None
+            stats = await engine.run(duration, stop)
             if task is not None:
                 await task
             return stats

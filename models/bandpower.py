@@ -1,0 +1,108 @@
+"""``builtin:bandpower``: log band power per channel, optionally through a linear classifier.
+
+Classifier files (``options.classifier``) are ``.npz`` with ``coef (n_classes, n_features)``,
+``intercept (n_classes,)`` and ``labels (n_classes,)``; features are ordered channel-major
+(``feature = channel * n_bands + band``). :func:`fit_lda` makes one from labelled windows.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from scipy import signal
+
+from rtbci.errors import RtbciError
+from rtbci.models.base import Decoder, DecoderOutput
+
+DEFAULT_BANDS = ((4.0, 8.0), (8.0, 13.0), (13.0, 30.0))
+
+
+class BandPower(Decoder):
+    """log10 power in frequency bands per channel: ``log10 Σ_band |rfft(hann · (x − mean))|²``.
+
+    Parameters
+    ----------
+    n_samples, n_channels : int
+        Window shape.
+    srate : float
+        Sampling rate in Hz.
+    bands : sequence of (low, high) in Hz
+        Bins with ``low <= f < high`` are summed.
+    classifier : path | None
+        A ``.npz`` linear classifier; output is then softmax class probabilities.
+    """
+
+    def __init__(self, n_samples: int, n_channels: int, srate: float,
+                 bands=DEFAULT_BANDS, classifier: str | Path | None = None):
+        self.n_samples, self.n_channels, self.srate = n_samples, n_channels, srate
+        self.bands = [tuple(map(float, b)) for b in bands]
+        freqs = np.fft.rfftfreq(n_samples, 1.0 / srate)
+        self._band_matrix = np.array([(freqs >= lo) & (freqs < hi) for lo, hi in self.bands],
+                                     dtype=np.float64)  # (n_bands, n_freqs)
+        empty = [b for b, row in zip(self.bands, self._band_matrix) if not row.any()]
+        if empty:
+            raise RtbciError(f"bandpower: band {empty[0]} Hz holds no frequency bin of a "
+                             f"{n_samples}-sample window at {srate:g} Hz")
+        self._taper = signal.get_window("hann", n_samples)[:, None]  # periodic Hann
+        self._work = np.empty((n_samples, n_channels))
+        self.n_features = n_channels * len(self.bands)
+        self.kind, self.output_size = "embedding", self.n_features
+        self.coef = self.intercept = None
+        if classifier is not None:
+            self._load_classifier(Path(classifier))
+
+    def _load_classifier(self, path: Path) -> None:
+        try:
+            with np.load(path) as f:
+                coef, intercept, labels = f["coef"], f["intercept"], f["labels"]
+        except (OSError, KeyError, ValueError) as exc:
+            raise RtbciError(f"{path}: not a bandpower classifier (.npz with coef, intercept, "
+                             f"labels): {exc}") from None
+        if coef.shape != (len(labels), self.n_features) or intercept.shape != (len(labels),):
+            raise RtbciError(f"{path}: coef has shape {coef.shape}, expected ({len(labels)}, "
+                             f"{self.n_features}) for {self.n_channels} channels × "
+                             f"{len(self.bands)} bands")
+        self.coef, self.intercept = coef.astype(np.float64), intercept.astype(np.float64)
+        self.kind, self.labels, self.output_size = "classes", [str(s) for s in labels], len(labels)
+
+    def features(self, window: np.ndarray) -> np.ndarray:
+        """Log band power, shape ``(n_channels * n_bands,)``, channel-major."""
+        work = self._work
+        np.subtract(window, window.mean(axis=0), out=work)
+        work *= self._taper
+        power = np.abs(np.fft.rfft(work, axis=0)) ** 2  # (n_freqs, n_channels)
+        bands = self._band_matrix @ power  # (n_bands, n_channels)
+        return np.log10(bands.T.ravel() + 1e-20)
+
+    def __call__(self, window: np.ndarray) -> DecoderOutput:
+        feats = self.features(window)
+        if self.coef is None:
+            return DecoderOutput(embedding=feats.astype(np.float32))
+        scores = self.coef @ feats + self.intercept
+        scores -= scores.max()
+        prob = np.exp(scores)
+        prob /= prob.sum()
+        return DecoderOutput(probabilities=prob.astype(np.float32), labels=self.labels)
+
+
+def fit_lda(features: np.ndarray, labels: list[str], shrinkage: float = 0.1) -> dict:
+    """Shrinkage LDA on feature vectors: returns ``coef``, ``intercept``, ``labels`` for np.savez.
+
+    Parameters
+    ----------
+    features : array, shape (n_windows, n_features)
+    labels : sequence of str, length n_windows
+    shrinkage : float in [0, 1]
+        Weight of the scaled identity in the pooled covariance.
+    """
+    classes = sorted(set(labels))
+    y = np.array([classes.index(lab) for lab in labels])
+    means = np.array([features[y == k].mean(axis=0) for k in range(len(classes))])
+    centred = features - means[y]
+    cov = centred.T @ centred / max(1, len(features) - len(classes))
+    cov = (1 - shrinkage) * cov + shrinkage * np.trace(cov) / len(cov) * np.eye(len(cov))
+    coef = np.linalg.solve(cov, means.T).T  # (n_classes, n_features)
+    priors = np.bincount(y, minlength=len(classes)) / len(y)
+    intercept = -0.5 * np.einsum("kf,kf->k", coef, means) + np.log(priors)
+    return {"coef": coef, "intercept": intercept, "labels": np.array(classes)}

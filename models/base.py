@@ -1,0 +1,59 @@
+"""The decoder interface: a fixed-shape window in, one output out."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import numpy as np
+
+OUTPUT_KINDS = ("classes", "retrieval", "embedding")
+
+
+@dataclass
+class DecoderOutput:
+    """What a decoder returns for one window (fields by ``Decoder.kind``).
+
+    probabilities : array (n_classes,)  — ``classes``
+    ids, scores : arrays (k,)           — ``retrieval`` (labels: the candidates' labels)
+    embedding : array (n_features,)     — ``embedding`` (or alongside the others, on request)
+    extra : dict                        — anything else worth sending (e.g. channel importance)
+    """
+
+    probabilities: np.ndarray | None = None
+    ids: np.ndarray | None = None
+    scores: np.ndarray | None = None
+    labels: list[str] | None = None
+    embedding: np.ndarray | None = None
+    extra: dict = field(default_factory=dict)
+
+
+class Decoder(ABC):
+    """A decoder bound to one stream's layout.
+
+    Attributes
+    ----------
+    kind : str
+        ``classes``, ``retrieval`` or ``embedding``.
+    labels : list of str | None
+        Class labels for ``classes``.
+    n_samples, n_channels : int
+        The window shape it takes: ``(n_samples, n_channels)`` float32.
+    output_size : int
+        Length of the output vector (classes, 2·k for retrieval ids + scores, or features).
+    """
+
+    kind: str = "embedding"
+    labels: list[str] | None = None
+    n_samples: int
+    n_channels: int
+    output_size: int
+
+    @abstractmethod
+    def __call__(self, window: np.ndarray) -> DecoderOutput:
+        """Decode one window of shape ``(n_samples, n_channels)``, float32."""
+
+    def describe(self) -> dict:
+        """Backend, device, precision and shapes (logged, and sent in the status message)."""
+        return {"backend": "numpy", "device": "cpu", "precision": "fp32",
+                "input": [self.n_samples, self.n_channels], "output": [self.output_size]}

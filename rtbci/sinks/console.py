@@ -1,0 +1,83 @@
+"""``console``: one compact live line per decoder (rate, latency, misses, last output)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Literal, TextIO
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from rtbci.messages import Result
+from rtbci.sinks.base import Sink
+
+
+class ConsoleSinkConfig(BaseModel):
+    """The ``[[sinks]]`` entry of kind ``console``."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["console"] = "console"
+    interval_s: float = Field(1.0, gt=0, description="seconds between lines per decoder")
+
+
+class _DecoderLine:
+    def __init__(self):
+        self.n = self.late = self.skipped = 0
+        self.last_seq = -1
+        self.latencies: list[float] = []
+        self.last: Result | None = None
+        self.first_time = None
+
+
+def summarize(result: Result) -> str:
+    """The output in a few characters: argmax class, top candidate, or embedding norm."""
+    return summarize_dict(vars(result))
+
+
+def summarize_dict(message: dict) -> str:
+    """:func:`summarize` for a decoded message (a dict with the result fields)."""
+    probabilities, ids, labels = message["probabilities"], message["ids"], message["labels"]
+    if probabilities is not None:
+        k = int(np.argmax(probabilities))
+        return f"{labels[k] if labels else k} {probabilities[k]:.2f}"
+    if ids is not None and len(ids):
+        return f"top1 {labels[0] if labels else ids[0]} {message['scores'][0]:.2f}"
+    if message["embedding"] is not None:
+        emb = message["embedding"]
+        return f"embedding[{len(emb)}] |x|={np.linalg.norm(emb):.2f}"
+    return "-"
+
+
+class ConsoleSink(Sink):
+    """Prints, every ``interval_s`` per decoder: results/s, engine latency p50/p99 (ms) over the
+    interval, late and skipped counts since start (skips are holes in ``seq``), last output."""
+
+    kind = "console"
+
+    def __init__(self, config: ConsoleSinkConfig, stream: TextIO | None = None):
+        self.config = config
+        self.out = stream or sys.stdout
+        self.lines: dict[str, _DecoderLine] = {}
+
+    def publish(self, result: Result) -> None:
+        line = self.lines.setdefault(result.decoder, _DecoderLine())
+        line.n += 1
+        line.late += result.late
+        if line.last_seq >= 0:
+            line.skipped += max(0, result.seq - line.last_seq - 1)
+        line.last_seq = result.seq
+        line.latencies.append(result.latency_ms)
+        line.last = result
+        if line.first_time is None:
+            line.first_time = result.t_published
+        if result.t_published - line.first_time >= self.config.interval_s:
+            self._print(result.decoder, line, result.t_published - line.first_time)
+            line.latencies.clear()
+            line.first_time = result.t_published
+
+    def _print(self, name: str, line: _DecoderLine, span: float) -> None:
+        p50, p99 = np.percentile(line.latencies, [50, 99])
+        rate = (len(line.latencies) - 1) / span if span > 0 else 0.0
+        print(f"{name:<12} {rate:6.1f} /s  latency p50 {p50:6.2f} ms p99 {p99:6.2f} ms  "
+              f"late {line.late:<5} skipped {line.skipped:<5} {summarize(line.last)}",
+              file=self.out, flush=True)
