@@ -12,9 +12,10 @@ x(t) = M · p(t) + a(t) · alpha + l(t) · line + Σ_trials snr · σ · w(t −
 - ``line``: 50 Hz mains, RMS 0.1 ``σ`` on every channel.
 - Trials: a marker ``stim/<class>`` every 1.25–1.75 s (uniform), class drawn uniformly from
   ``classes``. Each class ``c`` has a fixed smooth random spatial pattern (unit RMS over
-  channels) and the response waveform ``w(τ) = sin(2π·4 Hz·τ)·exp(−τ/0.15 s)`` for
-  0 ≤ τ < 0.6 s, normalised to unit RMS over that 0.6 s. ``snr`` is therefore the ratio of
-  the evoked response's RMS to the background's RMS over the response window.
+  channels, seeded by ``subject``; noise and trials are seeded by ``seed``) and the response
+  waveform ``w(τ) = sin(2π·4 Hz·τ)·exp(−τ/0.15 s)`` for 0 ≤ τ < 0.6 s, normalised to unit
+  RMS over that 0.6 s. ``snr`` is therefore the ratio of the evoked response's RMS to the
+  background's RMS over the response window.
 
 The marker's timestamp is the exact timestamp of the response's first sample. Timestamps are
 ``t0 + k / srate`` for sample ``k`` (a crystal-clocked amplifier), pushed in chunks of
@@ -133,22 +134,26 @@ class SignalModel:
     ----------
     profile : Profile
     seed : int
+        Seeds the session: background noise and the trial sequence.
     snr : float
         Evoked-response RMS over background RMS (0 = background only).
     classes : sequence of str
+    subject : int
+        Seeds the class patterns: sessions of one subject share them, as a decoder
+        trained on one session expects.
     """
 
     RESPONSE_S = 0.6
     ISI_S = (1.25, 1.75)
 
     def __init__(self, profile: Profile, seed: int = 0, snr: float = 1.0,
-                 classes: tuple[str, ...] = DEFAULT_CLASSES):
+                 classes: tuple[str, ...] = DEFAULT_CLASSES, subject: int = 0):
         self.profile, self.snr, self.classes = profile, float(snr), tuple(classes)
         n_ch, fs = len(profile.ch_names), profile.srate
-        seeds = np.random.SeedSequence(seed).spawn(3)
+        seeds = np.random.SeedSequence(seed).spawn(2)
         self._noise_rng = np.random.default_rng(seeds[0])
         self._trial_rng = np.random.default_rng(seeds[1])
-        layout_rng = np.random.default_rng(seeds[2])
+        layout_rng = np.random.default_rng(np.random.SeedSequence([subject, 0x5EB]))
         pos = profile.positions
         dist = np.linalg.norm(pos[:, None] - pos[None], axis=-1)
         mix = np.exp(-(dist**2) / (2 * 0.08**2))
@@ -225,7 +230,7 @@ class SimulatedAmplifier:
         One of :data:`PROFILES`.
     name : str | None
         LSL stream name (default ``rtbci-<profile>``); markers go to ``<name>-markers``.
-    seed, snr, classes
+    seed, snr, classes, subject
         See :class:`SignalModel`.
     chunk_ms : float
         Push period in ms.
@@ -235,11 +240,12 @@ class SimulatedAmplifier:
 
     def __init__(self, profile: str = "eeg64", name: str | None = None, seed: int = 0,
                  snr: float = 1.0, classes: tuple[str, ...] = DEFAULT_CLASSES,
-                 chunk_ms: float = 10.0,
+                 subject: int = 0, chunk_ms: float = 10.0,
                  on_push: Callable[[np.ndarray, np.ndarray], None] | None = None):
         self.profile = get_profile(profile)
         self.name = name or f"rtbci-{profile}"
-        self.model = SignalModel(self.profile, seed=seed, snr=snr, classes=classes)
+        self.model = SignalModel(self.profile, seed=seed, snr=snr, classes=classes,
+                                 subject=subject)
         self.info = stream_info(self.profile, self.name, source_id=f"rtbci-sim-{self.name}")
         self.marker_name = f"{self.name}-markers"
         self.marker_source_id = f"{self.info.source_id}-markers"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rtbci.errors import RtbciError
@@ -24,10 +25,12 @@ def window_samples(config: DecoderConfig, srate: float) -> tuple[int, int]:
     return 0, round(config.window_ms * 1e-3 * srate)
 
 
-def load_decoder(config: DecoderConfig, info: StreamInfo, where: str = "decoders") -> Decoder:
+def load_decoder(config: DecoderConfig, info: StreamInfo, where: str = "decoders",
+                 base_dir: Path | None = None) -> Decoder:
     """Build the decoder named by ``config.model`` for a stream with ``info`` (after preprocessing).
 
-    Raises :class:`RtbciError` naming ``where`` (e.g. ``decoders[0]``) on a bad model or option.
+    Relative file paths resolve against ``base_dir``. Raises :class:`RtbciError` naming
+    ``where`` (e.g. ``decoders[0]``) on a bad model or option.
     """
     _, length = window_samples(config, info.srate)
     if length < 2:
@@ -40,7 +43,10 @@ def load_decoder(config: DecoderConfig, info: StreamInfo, where: str = "decoders
         if unknown:
             raise RtbciError(f"{where}.options.{sorted(unknown)[0]}: unknown option for "
                              "builtin:bandpower (options: bands, classifier)")
-        return BandPower(length, info.n_channels, info.srate, **config.options)
+        options = dict(config.options)
+        if "classifier" in options:
+            options["classifier"] = (base_dir or Path.cwd()) / options["classifier"]
+        return BandPower(length, info.n_channels, info.srate, **options)
     if config.model.startswith("python:"):
         return _load_python(config, info, length, where)
     raise RtbciError(f"{where}.model: unknown model {config.model!r}; expected one of "

@@ -53,7 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="LSL stream name (default rtbci-PROFILE); markers go to "
                                   "NAME-markers")
     p.add_argument("--duration", type=_positive, help="seconds to run (default: until Ctrl-C)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="session seed: noise and trial sequence (default 0)")
+    p.add_argument("--subject", type=int, default=0,
+                   help="subject seed: the class patterns (default 0)")
     p.add_argument("--snr", type=float, default=1.0,
                    help="evoked response RMS / background RMS (default 1)")
     p.add_argument("--classes", default="left,right",
@@ -73,6 +76,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", type=Path, metavar="CONFIG")
     _add_run_options(p)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("listen", help="print results from MQTT with their latency",
+                       description="Subscribe to rtbci/SESSION/# and print each result with its "
+                                   "end-to-end latency (receive time − the window's last "
+                                   "sample's timestamp; run it on the engine's machine).")
+    p.add_argument("--url", default="mqtt://127.0.0.1:1883",
+                   help="broker (default mqtt://127.0.0.1:1883)")
+    p.add_argument("--session", default="demo", help="engine session (default demo)")
+    p.add_argument("--duration", type=_positive, help="seconds to listen (default: until Ctrl-C)")
+    p.add_argument("--stats-json", type=Path, metavar="PATH",
+                   help="write per-decoder latency percentiles to PATH at exit")
+    p.add_argument("--summary-only", action="store_true", help="no line per result")
+    p.set_defaults(func=cmd_listen)
+
+    p = sub.add_parser("broker", help="run an embedded MQTT broker (amqtt)",
+                       description="Run a small MQTT broker (amqtt, anonymous) for the demo or "
+                                   "a lab without one. For experiments prefer mosquitto with "
+                                   "'set_tcp_nodelay true'.")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=1883, help="port (default 1883)")
+    p.set_defaults(func=cmd_broker)
 
     p = sub.add_parser("demo", help="run the built-in demo (simulated amplifier)",
                        description="Run the engine on the built-in demo config: a simulated "
@@ -117,13 +141,45 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if not classes:
         raise RtbciError("--classes: give at least one class label")
     amp = SimulatedAmplifier(args.profile, name=args.name, seed=args.seed, snr=args.snr,
-                             classes=classes, chunk_ms=args.chunk_ms)
+                             classes=classes, subject=args.subject, chunk_ms=args.chunk_ms)
     info = amp.info
     print(f"publishing {info.name!r} ({info.type}, {info.n_channels} ch @ {info.srate:g} Hz, "
           f"source_id {info.source_id!r}) and markers {amp.marker_name!r}", flush=True)
     with contextlib.suppress(KeyboardInterrupt):
         amp.run(args.duration)
     print(f"pushed {amp.samples_pushed} samples and {len(amp.events)} markers", flush=True)
+    return 0
+
+
+def cmd_listen(args: argparse.Namespace) -> int:
+    from rtbci.listen import listen
+    from rtbci.sinks.mqtt import parse_url
+
+    try:
+        _, host, port = parse_url(args.url)
+    except ValueError as exc:
+        raise RtbciError(f"--url: {exc}") from None
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(listen(host, port, args.session, args.duration, args.stats_json,
+                           quiet=args.summary_only))
+    return 0
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    from rtbci.broker import port_open, serve
+
+    if port_open(args.host, args.port):
+        raise RtbciError(f"--port: something already listens on {args.host}:{args.port}")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(args.host, args.port, stop)
+
+    print(f"MQTT broker on {args.host}:{args.port} (Ctrl-C to stop)", flush=True)
+    asyncio.run(main())
     return 0
 
 
@@ -150,13 +206,38 @@ DEMO_CONFIG = "demo.toml"
 def cmd_demo(args: argparse.Namespace) -> int:
     from rtbci.config import parse_config
 
-    text = resources.files("rtbci").joinpath(DEMO_CONFIG).read_text()
+    package = Path(str(resources.files("rtbci")))
+    text = (package / DEMO_CONFIG).read_text()
     if args.print_config:
         print(text, end="")
         return 0
     import tomllib
 
-    return _run_engine(parse_config(tomllib.loads(text), "demo config"), args)
+    config = parse_config(tomllib.loads(text), "demo config", base_dir=package)
+    broker = _ensure_local_broker(config)
+    try:
+        return _run_engine(config, args)
+    finally:
+        if broker is not None:
+            broker.terminate()
+            broker.wait(5)
+
+
+def _ensure_local_broker(config):
+    """Start ``rtbci broker`` for a local MQTT sink with no broker behind it (demo only)."""
+    from rtbci.broker import port_open, start_broker_process
+
+    for sink in config.sinks:
+        if sink.kind == "mqtt" and sink.host in ("127.0.0.1", "localhost"):
+            if port_open(sink.host, sink.port):
+                log.info("using the MQTT broker on %s:%d", sink.host, sink.port)
+                return None
+            log.info("no MQTT broker on %s:%d: starting one (rtbci broker)", sink.host,
+                     sink.port)
+            proc = start_broker_process(sink.host, sink.port)
+            log.info("watch the results: rtbci listen --session %s", config.engine.session)
+            return proc
+    return None
 
 
 def _run_engine(config, args: argparse.Namespace) -> int:

@@ -9,7 +9,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from rtbci.errors import RtbciError
 from rtbci.preprocess import PreprocessConfig
@@ -63,7 +63,8 @@ class LSLSourceConfig(_SourceBase):
 class SimulateSourceConfig(_SourceBase):
     kind: Literal["simulate"]
     profile: Literal["eeg64", "meg306", "seeg128"] = "eeg64"
-    seed: int = 0
+    seed: int = Field(0, description="session seed: noise and trial sequence")
+    subject: int = Field(0, description="subject seed: the class patterns")
     snr: float = Field(1.0, ge=0)
     classes: list[str] = Field(["left", "right"], min_length=1)
     stream_name: str | None = Field(None, description="LSL name of the outlet (default: name)")
@@ -117,6 +118,16 @@ class Config(_Strict):
     sources: list[SourceConfig] = Field(min_length=1)
     decoders: list[DecoderConfig] = []
     sinks: list[SinkConfig] = []
+    _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+
+    @property
+    def base_dir(self) -> Path:
+        """Folder that relative paths in the config are resolved against (the file's)."""
+        return self._base_dir
+
+    def resolve(self, path: str | Path) -> Path:
+        """``path`` relative to :attr:`base_dir` unless absolute."""
+        return self._base_dir / Path(path).expanduser()
 
     @model_validator(mode="after")
     def _references(self) -> Config:
@@ -166,12 +177,18 @@ def format_errors(error: ValidationError, origin: str) -> str:
     return "\n".join(lines)
 
 
-def parse_config(data: dict, origin: str = "config") -> Config:
-    """Validate a config dict; raise :class:`RtbciError` with one line per problem."""
+def parse_config(data: dict, origin: str = "config", base_dir: Path | None = None) -> Config:
+    """Validate a config dict; raise :class:`RtbciError` with one line per problem.
+
+    Relative paths in it resolve against ``base_dir`` (default: the working directory).
+    """
     try:
-        return Config.model_validate(data)
+        config = Config.model_validate(data)
     except ValidationError as exc:
         raise RtbciError(format_errors(exc, origin)) from None
+    if base_dir is not None:
+        config._base_dir = Path(base_dir)
+    return config
 
 
 def load_config(path: str | Path) -> Config:
@@ -183,4 +200,4 @@ def load_config(path: str | Path) -> Config:
         raise RtbciError(f"{path}: no such config file") from None
     except tomllib.TOMLDecodeError as exc:
         raise RtbciError(f"{path}: not valid TOML: {exc}") from None
-    return parse_config(data, str(path))
+    return parse_config(data, str(path), path.resolve().parent)

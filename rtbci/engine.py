@@ -116,7 +116,7 @@ class Engine:
             sink.status_changed(self.status())
 
     def _attach(self, cfg: DecoderConfig, stream: Stream, where: str) -> None:
-        decoder = load_decoder(cfg, stream.info, where)
+        decoder = load_decoder(cfg, stream.info, where, self.config.base_dir)
         start, length = window_samples(cfg, stream.info.srate)
         decoder(np.zeros((length, stream.info.n_channels), np.float32))  # warm-up, off the clock
         every = round(cfg.every_ms * 1e-3 * stream.info.srate) if cfg.every_ms else 0

@@ -22,7 +22,8 @@ class ConsoleSinkConfig(BaseModel):
 
 class _DecoderLine:
     def __init__(self):
-        self.n = self.late = self.skipped = 0
+        self.n = self.late = self.skipped = self.scored = self.correct = 0
+        self.in_interval = 0  # results after the interval's first one
         self.last_seq = -1
         self.latencies: list[float] = []
         self.last: Result | None = None
@@ -50,7 +51,9 @@ def summarize_dict(message: dict) -> str:
 
 class ConsoleSink(Sink):
     """Prints, every ``interval_s`` per decoder: results/s, engine latency p50/p99 (ms) over the
-    interval, late and skipped counts since start (skips are holes in ``seq``), last output."""
+    interval, late and skipped counts since start (skips are holes in ``seq``), last output,
+    and for marker-locked class decoders whose marker names the true class (``stim/left``)
+    the running accuracy against it."""
 
     kind = "console"
 
@@ -68,16 +71,24 @@ class ConsoleSink(Sink):
         line.last_seq = result.seq
         line.latencies.append(result.latency_ms)
         line.last = result
+        truth = (result.marker or "").rpartition("/")[2]
+        if result.probabilities is not None and result.labels and truth in result.labels:
+            line.scored += 1
+            line.correct += result.labels[int(np.argmax(result.probabilities))] == truth
         if line.first_time is None:
             line.first_time = result.t_published
+        else:
+            line.in_interval += 1
         if result.t_published - line.first_time >= self.config.interval_s:
             self._print(result.decoder, line, result.t_published - line.first_time)
             line.latencies.clear()
-            line.first_time = result.t_published
+            line.first_time, line.in_interval = result.t_published, 0
 
     def _print(self, name: str, line: _DecoderLine, span: float) -> None:
         p50, p99 = np.percentile(line.latencies, [50, 99])
-        rate = (len(line.latencies) - 1) / span if span > 0 else 0.0
+        rate = line.in_interval / span if span > 0 else 0.0
+        accuracy = (f"  accuracy {line.correct / line.scored:.2f} (n={line.scored})"
+                    if line.scored else "")
         print(f"{name:<12} {rate:6.1f} /s  latency p50 {p50:6.2f} ms p99 {p99:6.2f} ms  "
-              f"late {line.late:<5} skipped {line.skipped:<5} {summarize(line.last)}",
+              f"late {line.late:<5} skipped {line.skipped:<5} {summarize(line.last)}{accuracy}",
               file=self.out, flush=True)

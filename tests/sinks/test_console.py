@@ -24,6 +24,6 @@ def test_one_line_per_interval_with_rate_latency_and_misses():
     lines = out.getvalue().splitlines()
     assert len(lines) == 1
     line = lines[0]
-    assert line.startswith("bp") and "10.0 /s" in line
+    assert line.startswith("bp") and "10.0 /s" in line  # 11 results 0.1 s apart
     assert "p50   2.00 ms" in line and "late 1" in line and "skipped 1" in line
     assert line.endswith("move 0.80")
