@@ -69,3 +69,16 @@ def test_several_mistakes_give_one_line_each():
     assert len(lines) == 2
     assert "engine.x: unknown key" in lines[0]
     assert "sources[0].profile:" in lines[1] and "'eeg64'" in lines[1]
+
+
+def test_the_readme_config_example_is_valid():
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    start = readme.index('```toml\n[engine]\nsession = "lab1"') + len("```toml\n")
+    import tomllib
+
+    config = parse_config(tomllib.loads(readme[start:readme.index("```", start)]), "README")
+    assert [s.kind for s in config.sources] == ["lsl", "simulate"]
+    assert [s.kind for s in config.sinks] == ["mqtt", "lsl", "console"]
+    assert config.sources[0].preprocess.bandpass == (1, 40)
