@@ -13,6 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from rtbci.messages import Result
+from rtbci.sinks import Sink
+
 # ---------------------------------------------------------------------------------------------
 # MQTT: a real mosquitto broker on a free loopback port, and mosquitto_sub as a real client
 # ---------------------------------------------------------------------------------------------
@@ -224,3 +227,30 @@ def mosquitto_sub(tmp_path: Path) -> Iterator[Callable[..., MosquittoSub]]:
     yield start
     for sub in procs:
         sub.kill()
+
+
+# --- Engine ------------------------------------------------------------------------------
+
+
+class Collector(Sink):
+    """A sink that keeps every result it is handed, in order."""
+
+    kind = "collector"
+
+    def __init__(self) -> None:
+        self.results: list[Result] = []
+
+    def publish(self, result: Result) -> None:
+        self.results.append(result)
+
+
+@pytest.fixture
+def collector() -> Collector:
+    """A fresh :class:`Collector` sink (pass it to ``Engine(config, sinks=[collector])``)."""
+    return Collector()
+
+
+@pytest.fixture
+def new_collector() -> Callable[[], Collector]:
+    """The :class:`Collector` class, for tests that need several."""
+    return Collector

@@ -10,31 +10,19 @@ import pytest
 
 from rtbci.config import parse_config
 from rtbci.engine import Engine
-from rtbci.messages import Result, decode
-from rtbci.sinks import Sink
+from rtbci.messages import decode
 
 pytestmark = pytest.mark.slow
 
 
-class Collector(Sink):
-    kind = "collector"
-
-    def __init__(self):
-        self.results: list[Result] = []
-
-    def publish(self, result):
-        self.results.append(result)
-
-
-def make_engine(url: str, session: str, **mqtt) -> tuple[Engine, Collector]:
+def make_engine(url: str, session: str, collector, **mqtt) -> Engine:
     config = parse_config({
         "engine": {"session": session},
         "sources": [{"name": "eeg", "kind": "simulate", "stream_name": f"{session}-eeg"}],
         "decoders": [{"name": "bp", "model": "builtin:bandpower", "source": "eeg",
                       "window_ms": 500, "every_ms": 50, "budget_ms": 20}],
         "sinks": [{"kind": "mqtt", "url": url, "reconnect_max_s": 1.0, **mqtt}]})
-    collector = Collector()
-    return Engine(config, sinks=[collector]), collector
+    return Engine(config, sinks=[collector])
 
 
 async def subscribe(port: int, topic: str, into: list, ready: asyncio.Event):
@@ -46,9 +34,9 @@ async def subscribe(port: int, topic: str, into: list, ready: asyncio.Event):
             into.append((str(msg.topic), decode(msg.payload)))
 
 
-def test_results_reach_aiomqtt_and_mosquitto_sub_unchanged(mosquitto, mosquitto_sub):
+def test_results_reach_aiomqtt_and_mosquitto_sub_unchanged(mosquitto, mosquitto_sub, collector):
     session = f"e{uuid.uuid4().hex[:6]}"
-    engine, collector = make_engine(mosquitto.url, session)
+    engine = make_engine(mosquitto.url, session, collector)
     cli = mosquitto_sub(mosquitto.port, f"rtbci/{session}/bp", 20)
     received = []
 
@@ -86,9 +74,9 @@ def test_results_reach_aiomqtt_and_mosquitto_sub_unchanged(mosquitto, mosquitto_
 
 
 @pytest.mark.timeout(120)
-def test_engine_keeps_decoding_through_a_5_s_broker_outage(mosquitto):
+def test_engine_keeps_decoding_through_a_5_s_broker_outage(mosquitto, collector):
     session = f"o{uuid.uuid4().hex[:6]}"
-    engine, collector = make_engine(mosquitto.url, session, outbox_size=60)
+    engine = make_engine(mosquitto.url, session, collector, outbox_size=60)
     received, marks = [], {}
 
     async def main():

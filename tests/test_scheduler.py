@@ -15,7 +15,6 @@ from rtbci.engine import Engine
 from rtbci.messages import Result
 from rtbci.models import DecoderOutput
 from rtbci.scheduler import DecoderTask, Worker
-from rtbci.sinks import Sink
 
 pytestmark = pytest.mark.slow
 
@@ -46,16 +45,6 @@ TEST_DECODERS = textwrap.dedent('''
 ''')
 
 
-class Collector(Sink):
-    kind = "collector"
-
-    def __init__(self):
-        self.results: list[Result] = []
-
-    def publish(self, result: Result) -> None:
-        self.results.append(result)
-
-
 @pytest.fixture
 def scripted(tmp_path, monkeypatch):
     module = f"scripted_{uuid.uuid4().hex[:8]}"
@@ -64,16 +53,22 @@ def scripted(tmp_path, monkeypatch):
     return f"python:{module}:Scripted"
 
 
-def run(decoders: list[dict], duration: float, seed: int = 0):
-    name = f"sched-{uuid.uuid4().hex[:8]}"
-    config = parse_config({
-        "engine": {"session": "test"},
-        "sources": [{"name": "eeg", "kind": "simulate", "stream_name": name, "seed": seed}],
-        "decoders": decoders})
-    collector = Collector()
-    engine = Engine(config, sinks=[collector])
-    stats = asyncio.run(engine.run(duration))
-    return engine, stats, collector.results
+@pytest.fixture
+def run(new_collector):
+    """``run(decoders, duration)`` on a simulated eeg64 source → (engine, stats, results)."""
+
+    def run(decoders: list[dict], duration: float):
+        name = f"sched-{uuid.uuid4().hex[:8]}"
+        config = parse_config({
+            "engine": {"session": "test"},
+            "sources": [{"name": "eeg", "kind": "simulate", "stream_name": name}],
+            "decoders": decoders})
+        collector = new_collector()
+        engine = Engine(config, sinks=[collector])
+        stats = asyncio.run(engine.run(duration))
+        return engine, stats, collector.results
+
+    return run
 
 
 def sliding(name, model, every_ms=50, budget_ms=20, **extra):
@@ -81,7 +76,7 @@ def sliding(name, model, every_ms=50, budget_ms=20, **extra):
             "every_ms": every_ms, "budget_ms": budget_ms, **extra}
 
 
-def test_slow_decoder_is_late_and_skips_instead_of_queueing(scripted):
+def test_slow_decoder_is_late_and_skips_instead_of_queueing(scripted, run):
     _, stats, results = run([sliding("slow", scripted, options={"sleep_s": 0.12})], 7.0)
     s = stats["decoders"]["slow"]
     assert s["results"] > 20 and s["late"] == s["results"]
@@ -95,7 +90,7 @@ def test_slow_decoder_is_late_and_skips_instead_of_queueing(scripted):
     assert 0 <= s["skipped"] - holes <= 3  # every hole counted (+ skips after the last result)
 
 
-def test_raising_decoder_does_not_stop_another(scripted):
+def test_raising_decoder_does_not_stop_another(scripted, run):
     _, stats, results = run([sliding("bad", scripted, options={"fail": True}),
                              sliding("good", "builtin:bandpower")], 5.0)
     bad, good = stats["decoders"]["bad"], stats["decoders"]["good"]
@@ -105,7 +100,7 @@ def test_raising_decoder_does_not_stop_another(scripted):
     assert {r.decoder for r in results} == {"good"}
 
 
-def test_hung_decoder_is_reported_and_the_worker_goes_on(scripted):
+def test_hung_decoder_is_reported_and_the_worker_goes_on(scripted, run):
     hang = sliding("hang", scripted, timeout_ms=300,
                    options={"hang_call": 5, "hang_s": 3.0, "sleep_s": 0.0})
     _, stats, results = run([hang, sliding("good", "builtin:bandpower")], 8.0)
@@ -149,7 +144,7 @@ def test_jobs_on_one_worker_run_earliest_deadline_first():
     assert order == ["first", "a", "b", "c", "d"]
 
 
-def test_marker_locked_windows_start_at_their_markers():
+def test_marker_locked_windows_start_at_their_markers(run):
     erp = {"name": "erp", "model": "builtin:bandpower", "source": "eeg",
            "window_ms": [-100, 500], "on_marker": "stim", "budget_ms": 50}
     engine, stats, results = run([erp], 8.0)
@@ -166,7 +161,7 @@ def test_marker_locked_windows_start_at_their_markers():
     assert stats["decoders"]["erp"]["errors"] == 0
 
 
-def test_sliding_windows_are_the_same_in_two_runs_of_the_same_recording():
+def test_sliding_windows_are_the_same_in_two_runs_of_the_same_recording(new_collector):
     """The same signal pushed twice: same window boundaries (in samples), seq and outputs."""
 
     def once():
@@ -175,7 +170,7 @@ def test_sliding_windows_are_the_same_in_two_runs_of_the_same_recording():
         config = parse_config({"sources": [{"name": "eeg", "kind": "lsl",
                                             "stream": {"name": name}}],
                                "decoders": [sliding("bp", "builtin:bandpower", every_ms=100)]})
-        collector = Collector()
+        collector = new_collector()
         engine = Engine(config, sinks=[collector])
 
         async def main():

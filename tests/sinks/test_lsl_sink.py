@@ -10,24 +10,12 @@ import pytest
 
 from rtbci.config import parse_config
 from rtbci.engine import Engine
-from rtbci.messages import Result
-from rtbci.sinks import Sink
 from rtbci.sinks.lsl import channel_labels
 
 pytestmark = pytest.mark.slow
 
 
-class Collector(Sink):
-    kind = "collector"
-
-    def __init__(self):
-        self.results: list[Result] = []
-
-    def publish(self, result):
-        self.results.append(result)
-
-
-def test_results_arrive_on_the_decoders_outlet(tmp_path):
+def test_results_arrive_on_the_decoders_outlet(tmp_path, collector):
     session = f"lsl{uuid.uuid4().hex[:6]}"
     clf = tmp_path / "clf.npz"
     rng = np.random.default_rng(0)
@@ -39,7 +27,6 @@ def test_results_arrive_on_the_decoders_outlet(tmp_path):
         "decoders": [{"name": "bp", "model": "builtin:bandpower", "source": "eeg",
                       "window_ms": 500, "every_ms": 100, "options": {"classifier": str(clf)}}],
         "sinks": [{"kind": "lsl"}]})
-    collector = Collector()
     engine = Engine(config, sinks=[collector])
     received, ready = [], threading.Event()
 
