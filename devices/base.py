@@ -26,8 +26,8 @@ class Source(ABC):
         """Connect; return the stream's info, or None if it did not appear within ``timeout`` s."""
 
     @abstractmethod
-    def read(self) -> Chunk | None:
-        """Samples available now, without waiting (None if none).
+    def read(self, timeout: float = 0.0) -> Chunk | None:
+        """Samples available now, waiting up to ``timeout`` s for the first (None if none).
 
         The arrays are views of the source's own buffers, valid until the next call.
         Raises ``SourceLost`` if the stream is gone for good.

@@ -100,6 +100,10 @@ def resolve(query: dict[str, str], timeout: float) -> list[pylsl.StreamInfo]:
 class LSLSource(Source):
     """Pulls a numeric LSL stream into preallocated buffers, without allocating per chunk.
 
+    A read waits (in liblsl, GIL released) for the first sample, then takes whatever else has
+    arrived without waiting: data is seen as soon as it arrives, at the transport's latency
+    floor, and an idle stream costs no CPU.
+
     Parameters
     ----------
     name : str
@@ -150,26 +154,35 @@ class LSLSource(Source):
         self._data = self._raw if inlet.np_dtype == np.float32 else np.zeros(
             (self.max_chunk, n_ch), dtype=np.float32)
         self._times = np.zeros(self.max_chunk, dtype=np.float64)
-        self._args = (inlet.obj, ctypes.c_void_p(self._raw.ctypes.data),
-                      ctypes.c_void_p(self._times.ctypes.data),
-                      ctypes.c_size_t(self.max_chunk * n_ch), ctypes.c_size_t(self.max_chunk),
-                      ctypes.c_double(0.0))
+        data, times = self._raw.ctypes.data, self._times.ctypes.data
+        sample_bytes = n_ch * self._raw.itemsize
+        # first: wait up to a timeout for one sample; then: take what else is there, no wait
+        self._first = (inlet.obj, ctypes.c_void_p(data), ctypes.c_void_p(times),
+                       ctypes.c_size_t(n_ch), ctypes.c_size_t(1))
+        rest = self.max_chunk - 1
+        self._rest = (inlet.obj, ctypes.c_void_p(data + sample_bytes), ctypes.c_void_p(times + 8),
+                      ctypes.c_size_t(rest * n_ch), ctypes.c_size_t(rest), ctypes.c_double(0.0))
         self._err = ctypes.c_int()
         self._err_ref = ctypes.byref(self._err)
         self._n_ch = n_ch
 
-    def read(self) -> Chunk | None:
-        n_values = self._pull(*self._args, self._err_ref)
+    def read(self, timeout: float = 0.0) -> Chunk | None:
+        if self._pull(*self._first, ctypes.c_double(timeout), self._err_ref):
+            self._check()
+            n = 1 + self._pull(*self._rest, self._err_ref) // self._n_ch
+        else:
+            self._check()
+            return None
+        self._check()
+        if self._data is not self._raw:
+            np.copyto(self._data[:n], self._raw[:n], casting="unsafe")
+        return Chunk(self._data[:n], self._times[:n])
+
+    def _check(self) -> None:
         if self._err.value:
             if self._err.value == -2:  # lsl_lost_error: no source_id, cannot recover
                 raise SourceLost(f"stream {describe_query(self.query)} was lost")
             raise RuntimeError(f"liblsl error {self._err.value} reading {self.describe()}")
-        if n_values == 0:
-            return None
-        n = n_values // self._n_ch
-        if self._data is not self._raw:
-            np.copyto(self._data[:n], self._raw[:n], casting="unsafe")
-        return Chunk(self._data[:n], self._times[:n])
 
     def close(self) -> None:
         if self._inlet is not None:

@@ -16,8 +16,8 @@ log = logging.getLogger("rtbci.acquisition")
 class Acquisition:
     """Drive ``source`` in a dedicated thread: wait for the stream, then poll and ingest.
 
-    The thread polls without blocking every ``poll_s`` (0.5 ms by default: the LSL transport
-    floor, see FACTS.md) and writes each chunk into the stream's ring buffer in place. A stream
+    The thread waits in the source for data (up to ``wait_s`` at a time, so a stop request is
+    honoured within that) and writes each chunk into the stream's ring buffer in place. A stream
     that is not there yet is waited for; one that vanishes is re-opened when it comes back
     (pylsl recovers streams with a source_id by itself; the timestamp jump counts as a gap).
 
@@ -34,11 +34,11 @@ class Acquisition:
 
     def __init__(self, source: Source, make_stream: Callable[[StreamInfo], Stream],
                  on_stream: Callable[[Stream], None] = lambda stream: None,
-                 poll_s: float = 0.0005, stall_s: float = 1.0):
+                 wait_s: float = 0.1, stall_s: float = 1.0):
         self.source = source
         self.make_stream = make_stream
         self.on_stream = on_stream
-        self.poll_s = poll_s
+        self.wait_s = wait_s
         self.stall_s = stall_s
         self.stream: Stream | None = None
         self.state = "waiting"  # waiting | streaming | stalled | failed | stopped
@@ -98,7 +98,7 @@ class Acquisition:
         last_data = time.monotonic()
         while not stop.is_set():
             try:
-                chunk = source.read()
+                chunk = source.read(self.wait_s)
             except SourceLost as exc:
                 log.warning("source %r: %s; waiting for it to come back", source.name, exc)
                 source.close()
@@ -115,4 +115,3 @@ class Acquisition:
             if self.state == "streaming" and time.monotonic() - last_data > self.stall_s:
                 self.state = "stalled"
                 log.warning("source %r: no data for %.1f s", source.name, self.stall_s)
-            stop.wait(self.poll_s)
