@@ -139,10 +139,17 @@ class LSLSource(Source):
                         describe_query(self.query), found[0].hostname(), found[0].source_id())
         if found[0].channel_format() == pylsl.cf_string:
             raise ValueError(f"stream {describe_query(self.query)} carries strings, not samples")
-        inlet = pylsl.StreamInlet(found[0], max_buflen=30, recover=True,
+        # recover=False: a lost stream raises at once and the acquisition re-resolves it with
+        # a fresh inlet, so clock sync and dejitter start over instead of bending the new
+        # stream's timestamps towards the old one's
+        inlet = pylsl.StreamInlet(found[0], max_buflen=30, recover=False,
                                   processing_flags=self.flags)
-        inlet.open_stream(timeout=max(timeout, 2.0))
-        info = info_from_lsl(inlet.info(timeout=max(timeout, 2.0)))
+        try:
+            inlet.open_stream(timeout=max(timeout, 2.0))
+            info = info_from_lsl(inlet.info(timeout=max(timeout, 2.0)))
+        except (pylsl.LostError, TimeoutError):  # a stale resolve result of a vanished outlet
+            inlet.close_stream()
+            return None
         self._attach(inlet, info)
         return info
 
@@ -180,7 +187,7 @@ class LSLSource(Source):
 
     def _check(self) -> None:
         if self._err.value:
-            if self._err.value == -2:  # lsl_lost_error: no source_id, cannot recover
+            if self._err.value == -2:  # lsl_lost_error: the outlet went away
                 raise SourceLost(f"stream {describe_query(self.query)} was lost")
             raise RuntimeError(f"liblsl error {self._err.value} reading {self.describe()}")
 

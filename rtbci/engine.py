@@ -198,6 +198,9 @@ class Engine:
                 break
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout)
+            stats = self.stats()
+            for sink in self.sinks:
+                sink.stats_tick(stats)
             if on_tick is not None:
                 on_tick(self)
 

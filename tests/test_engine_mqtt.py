@@ -67,6 +67,10 @@ def test_results_reach_aiomqtt_and_mosquitto_sub_unchanged(mosquitto, mosquitto_
     online = [s for s in statuses if s["state"] == "online" and s["decoders"]]
     assert online and online[-1]["decoders"]["bp"]["kind"] == "embedding"
     assert online[-1]["streams"]["eeg"]["n_channels"] == 64
+    ticks = [m for t, m in received if t.endswith("/stats")]
+    assert len(ticks) >= 3  # one a second
+    assert ticks[-1]["session"] == session and ticks[-1]["streams"]["eeg"]["samples"] > 2000
+    assert ticks[-1]["decoders"]["bp"]["results"] > ticks[0]["decoders"]["bp"]["results"]
     from_cli = [decode(payload) for _, payload in cli.messages()]
     assert len(from_cli) == 20
     for message in from_cli:

@@ -22,6 +22,9 @@ class Sink(ABC):
     def status_changed(self, status: dict) -> None:
         """The engine status changed (e.g. a decoder attached when its stream appeared)."""
 
+    def stats_tick(self, stats: dict) -> None:
+        """The engine statistics (the ``--stats-json`` document), every ``stats_interval_s``."""
+
     @abstractmethod
     def publish(self, result: Result) -> None:
         """Hand over one result (non-blocking)."""

@@ -212,10 +212,12 @@ class MQTTSink(Sink):
         self._tls_context = _make_tls_context(config)
         self._address = f"{config.host}:{config.port}"
         self._status_topic = status_topic(session)
+        self._stats_topic = f"rtbci/{session}/stats"
         self._will_payload = encode({"state": "offline", "session": session,
                                      "reason": "connection lost"})
         self._online_payload = b""
         self._status_pending = False
+        self._stats_payload: bytes | None = None  # latest engine statistics, not yet sent
         self._topics: dict[str, str | None] = {}
         self._outbox: collections.deque[tuple[str, bytes]] = collections.deque(
             maxlen=config.outbox_size
@@ -259,6 +261,18 @@ class MQTTSink(Sink):
             logger.warning("MQTT sink: cannot encode the engine status (%s)", exc)
             return
         self._status_pending = True
+        self._wake.set()
+
+    def stats_tick(self, stats: dict) -> None:
+        """Send the engine statistics on ``rtbci/<session>/stats`` (QoS 0, not retained).
+
+        Only the latest is kept: while disconnected older ones are replaced, never queued.
+        """
+        try:
+            self._stats_payload = encode({"session": self.session, **stats})
+        except Exception as exc:  # noqa: BLE001 - statistics must not reach the engine
+            logger.warning("MQTT sink: cannot encode the engine statistics (%s)", exc)
+            return
         self._wake.set()
 
     def publish(self, result: Result) -> None:
@@ -427,6 +441,9 @@ class MQTTSink(Sink):
                 self._status_pending = False
                 await client.publish(self._status_topic, self._online_payload, qos=1,
                                      retain=True)
+            elif self._stats_payload is not None:
+                payload, self._stats_payload = self._stats_payload, None
+                await client.publish(self._stats_topic, payload, qos=0)
             elif self._outbox:
                 await self._publish_next(client)
             else:
