@@ -10,6 +10,7 @@ import logging
 import math
 import signal
 import sys
+import time
 from importlib import resources
 from pathlib import Path
 
@@ -23,6 +24,18 @@ def _positive(text: str) -> float:
     value = float(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _speed(text: str) -> float | None:
+    if text == "max":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0 or 'max', got {text!r}")
     return value
 
 
@@ -75,7 +88,29 @@ def build_parser() -> argparse.ArgumentParser:
                                    "publish. Ctrl-C stops cleanly.")
     p.add_argument("config", type=Path, metavar="CONFIG")
     _add_run_options(p)
+    p.add_argument("--replay", type=Path, metavar="FILE",
+                   help="offline: run the pipeline straight from a recording (FIF, EDF, BDF, "
+                        "BrainVision, EEGLAB, XDF or a session directory) on a virtual clock")
+    p.add_argument("--speed", type=_speed, default=None, metavar="X|max",
+                   help="with --replay: pace at X × real time (default: max, as fast as "
+                        "possible)")
+    p.add_argument("--report", type=Path, metavar="PATH",
+                   help="with --replay: write per-decoder accuracy against the recording's "
+                        "markers (JSON)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("replay", help="publish recordings as LSL streams",
+                       description="Publish recordings (FIF, EDF, BDF, BrainVision .vhdr, "
+                                   "EEGLAB .set, XDF, or an rtbci session directory) as real "
+                                   "LSL outlets with full channel metadata, and their "
+                                   "annotations / marker streams as NAME-markers.")
+    p.add_argument("files", type=Path, nargs="+", metavar="FILE")
+    p.add_argument("--speed", type=_speed, default=1.0, metavar="X|max",
+                   help="X × real time (default 1); max: as fast as possible")
+    p.add_argument("--loop", action="store_true", help="start again at the end")
+    p.add_argument("--name", help="LSL name of the (single) signal stream (default: the "
+                                  "file's stem or the recorded stream's name)")
+    p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("listen", help="print results from MQTT with their latency",
                        description="Subscribe to rtbci/SESSION/# and print each result with its "
@@ -197,7 +232,78 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from rtbci.config import load_config
 
-    return _run_engine(load_config(args.config), args)
+    config = load_config(args.config)
+    if args.replay is None:
+        for option in ("speed", "report"):
+            if getattr(args, option) is not None:
+                raise RtbciError(f"--{option} goes with --replay FILE")
+        return _run_engine(config, args)
+    return _run_offline(config, args)
+
+
+def _run_offline(config, args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from rtbci.devices.recording import read_recording
+    from rtbci.engine import Engine
+    from rtbci.report import Scorer
+
+    recording = read_recording(args.replay)
+    scorer = Scorer()
+    engine = Engine(config, sinks=[scorer])
+    duration = max(s.duration for s in recording.streams)
+    started = time.perf_counter()
+    with tqdm(total=round(duration, 1), unit="s", desc=f"replaying {args.replay.name}",
+              disable=args.quiet, bar_format="{l_bar}{bar}| {n:.1f}/{total} s "
+                                             "[{elapsed}<{remaining}]") as bar:
+        stats = asyncio.run(engine.run_offline(recording, args.speed, bar.update))
+    wall = time.perf_counter() - started
+    stats["replay"] = {"file": str(args.replay), "duration_s": round(duration, 3),
+                       "wall_s": round(wall, 3), "speed": round(duration / wall, 1)}
+    if not args.quiet:
+        for name, entry in stats["decoders"].items():
+            lat = entry.get("latency_ms", {})
+            print(f"{name:<12} {entry.get('results', 0):>6} results  compute p50 "
+                  f"{lat.get('p50') or 0:.2f} ms p99 {lat.get('p99') or 0:.2f} ms")
+        print(f"replayed {duration:.1f} s in {wall:.2f} s ({duration / wall:.0f}× real time)")
+    if args.report:
+        report = {"replay": stats["replay"], "decoders": scorer.report()}
+        args.report.write_text(json.dumps(report, indent=2) + "\n")
+        for name, entry in report["decoders"].items():
+            print(f"{name}: accuracy {entry['accuracy']:.3f} on {entry['n']} events "
+                  f"(chance {entry['chance']:.3f})")
+    if args.stats_json:
+        args.stats_json.write_text(json.dumps(_finite(stats), indent=2) + "\n")
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from rtbci.devices.recording import merge_recordings, read_recording
+    from rtbci.devices.replay import ReplayPublisher
+
+    recording = merge_recordings([read_recording(f) for f in args.files])
+    try:
+        publisher = ReplayPublisher(recording, args.speed, args.loop, args.name)
+    except ValueError as exc:
+        raise RtbciError(f"--name: {exc}") from None
+    for info in publisher.infos:
+        print(f"publishing {info.name!r} ({info.type}, {info.n_channels} ch @ {info.srate:g} Hz,"
+              f" source_id {info.source_id!r})", flush=True)
+    print(f"publishing {len(recording.markers)} markers on {publisher.marker_name!r}", flush=True)
+    duration = max(s.duration for s in recording.streams)
+    with tqdm(total=round(duration, 1), unit="s", desc="replay", disable=args.quiet,
+              bar_format="{l_bar}{bar}| {n:.1f}/{total} s [{elapsed}<{remaining}]") as bar:
+        def progress(seconds: float) -> None:
+            if not args.loop:
+                bar.update(seconds)
+
+        with contextlib.suppress(KeyboardInterrupt):
+            publisher.run(progress)
+    print(f"pushed {publisher.samples_pushed} samples and {publisher.markers_pushed} markers",
+          flush=True)
+    return 0
 
 
 DEMO_CONFIG = "demo.toml"

@@ -16,6 +16,7 @@ from rtbci.preprocess import PreprocessConfig
 from rtbci.sinks.console import ConsoleSinkConfig
 from rtbci.sinks.lsl import LSLSinkConfig
 from rtbci.sinks.mqtt import MQTTSinkConfig
+from rtbci.sinks.record import RecordSinkConfig
 
 ProcessingFlag = Literal["clocksync", "dejitter", "monotonize", "threadsafe"]
 
@@ -107,9 +108,9 @@ class DecoderConfig(_Strict):
         return self
 
 
-SinkConfig = Annotated[MQTTSinkConfig | LSLSinkConfig | ConsoleSinkConfig,
+SinkConfig = Annotated[MQTTSinkConfig | LSLSinkConfig | ConsoleSinkConfig | RecordSinkConfig,
                        Field(discriminator="kind")]
-SINK_KINDS = ("mqtt", "lsl", "console")
+SINK_KINDS = ("mqtt", "lsl", "console", "record")
 TAGS = {"sources": SOURCE_KINDS, "sinks": SINK_KINDS}
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from functools import partial
@@ -17,6 +18,8 @@ from rtbci.acquisition import Acquisition
 from rtbci.config import Config, DecoderConfig
 from rtbci.devices import make_source
 from rtbci.devices.lsl import MarkerReader
+from rtbci.devices.recording import Recording
+from rtbci.devices.replay import schedule
 from rtbci.errors import RtbciError
 from rtbci.messages import Result
 from rtbci.models import load_decoder, window_samples
@@ -50,9 +53,10 @@ class Engine:
         self.acquisitions: dict[str, Acquisition] = {}
         self.markers: dict[str, deque[tuple[float, str]]] = {}  # per source: (timestamp, text)
         self.markers_received: dict[str, int] = {}
-        self.sinks: list[Sink] = [make_sink(s, self.session) for s in config.sinks]
+        self.sinks: list[Sink] = [make_sink(s, self.session, config) for s in config.sinks]
         self.sinks += sinks or []
         self.decoder_status: dict[str, dict] = {}
+        self._streams: dict[str, Stream] = {}
         self.scheduler: Scheduler | None = None
         self._marker_readers: list[MarkerReader] = []
         self._companions: list = []
@@ -64,7 +68,7 @@ class Engine:
     @property
     def streams(self) -> dict[str, Stream]:
         """The streams that exist so far (a source's stream appears when it first connects)."""
-        return {name: a.stream for name, a in self.acquisitions.items() if a.stream is not None}
+        return dict(self._streams)
 
     # --- start-up -------------------------------------------------------------------------
 
@@ -89,6 +93,9 @@ class Engine:
 
     def _on_stream(self, name: str, stream: Stream) -> None:
         """Acquisition thread: a source's stream exists; attach its decoders on the loop."""
+        self._streams[name] = stream
+        for sink in self.sinks:
+            sink.stream_added(name, stream)
         self._loop.call_soon_threadsafe(self._attach_decoders, name, stream)
         pending = [False]
 
@@ -138,12 +145,19 @@ class Engine:
                  f"every {every} samples" if every else f"on marker {cfg.on_marker!r}",
                  cfg.budget_ms, decoder.describe())
 
-    def _on_marker(self, source: str, timestamp: float, text: str) -> None:
-        """Marker reader thread: keep it and trigger event-locked decoders."""
+    def _on_marker(self, source: str, timestamp: float, text: str, direct: bool = False) -> None:
+        """Keep a marker and trigger event-locked decoders: from a marker reader thread (via
+        the loop), or ``direct`` on the loop's own thread (offline replay)."""
         self.markers[source].append((timestamp, text))
         self.markers_received[source] += 1
-        stream = self.acquisitions[source].stream
-        if stream is not None and self._loop is not None:
+        for sink in self.sinks:
+            sink.marker(source, timestamp, text)
+        stream = self._streams.get(source)
+        if stream is None or self._loop is None:
+            return
+        if direct:
+            self.scheduler.on_marker(stream, timestamp, text)
+        else:
             self._loop.call_soon_threadsafe(self.scheduler.on_marker, stream, timestamp, text)
 
     def status(self) -> dict:
@@ -204,29 +218,90 @@ class Engine:
             if on_tick is not None:
                 on_tick(self)
 
+    # --- offline replay -------------------------------------------------------------------
+
+    async def run_offline(self, recording: Recording, speed: float | None = None,
+                          progress: Callable[[float], None] | None = None) -> dict:
+        """Run the same pipeline straight from a recording, on a virtual clock.
+
+        Chunks (10 ms, as :func:`rtbci.devices.replay.schedule` cuts them) and markers are
+        fed in timestamp order; every decoder runs inline, so nothing is skipped and the
+        windows and outputs equal a live run's. The clock reads the current chunk's last
+        timestamp plus the real time spent since it was fed, so latency fields show compute
+        time. ``speed`` paces the replay (None: as fast as the machine allows);
+        ``progress(seconds)`` is called with the recording time advanced.
+        """
+        self._loop = asyncio.get_running_loop()
+        clock = VirtualClock()
+        self.clock = clock
+        self.scheduler = Scheduler(self._loop, clock, self._publish, inline=True)
+        for sink in self.sinks:
+            await sink.start(self.status())
+        streams = self._offline_streams(recording)
+        started, previous = time.perf_counter(), recording.start
+        for n, event in enumerate(schedule(recording)):
+            clock.set(event[0])
+            if event[1] == "marker":
+                for name in self._streams:
+                    self._on_marker(name, event[0], event[2], direct=True)
+            else:
+                _, _, i, start, stop = event
+                source = recording.streams[i]
+                streams[i].ingest(source.data[start:stop], source.times[start:stop])
+            if progress is not None:
+                progress(event[0] - previous)
+                previous = event[0]
+            if speed is not None:
+                await asyncio.sleep(max(0.0, (event[0] - recording.start) / speed
+                                        - (time.perf_counter() - started)))
+            elif n % 100 == 0:
+                await asyncio.sleep(0)  # let network sinks send
+        await self._close_sinks()
+        return self.stats()
+
+    def _offline_streams(self, recording: Recording) -> dict:
+        """Build each source's Stream from its recorded stream; index → Stream."""
+        by_index = {}
+        for cfg in self.config.sources:
+            i = match_source(cfg, recording)
+            stream = Stream(recording.streams[i].info, cfg.buffer_seconds, self.clock,
+                            Preprocessor(cfg.preprocess, recording.streams[i].info))
+            self.markers[cfg.name] = deque(maxlen=10_000)
+            self.markers_received[cfg.name] = 0
+            self._streams[cfg.name] = stream
+            by_index[i] = stream
+            for sink in self.sinks:
+                sink.stream_added(cfg.name, stream)
+            stream.add_listener(partial(self.scheduler.on_data, stream))
+            self._attach_decoders(cfg.name, stream)
+        return by_index
+
     async def shutdown(self) -> None:
         stoppers = [*self.acquisitions.values(), *self._marker_readers]
         await asyncio.gather(*(asyncio.to_thread(s.stop) for s in stoppers))
         await asyncio.sleep(0)  # let results already handed back reach the sinks
         self.scheduler.close()
+        await self._close_sinks()
+        for companion in self._companions:
+            companion.stop()
+
+    async def _close_sinks(self) -> None:
         for sink in self.sinks:
             try:
                 await sink.close()
             except Exception as exc:
                 log.error("closing sink %s: %s", sink.kind, exc)
-        for companion in self._companions:
-            companion.stop()
 
     def stats(self) -> dict:
         """The ``--stats-json`` document: per-stream counters, per-decoder figures, sinks."""
         streams = {}
-        for name, acq in self.acquisitions.items():
-            stream = acq.stream
+        for name in self.markers_received:
+            stream, acq = self._streams.get(name), self.acquisitions.get(name)
             entry = stream.stats() if stream else {"samples": 0, "gaps": 0, "overflows": 0,
                                                     "rate_hz": 0.0}
             entry["markers"] = self.markers_received[name]
-            entry["state"] = acq.state
-            if acq.error:
+            entry["state"] = acq.state if acq else "replayed"
+            if acq and acq.error:
                 entry["error"] = acq.error
             streams[name] = entry
         decoders = {name: task.stats() for name, task in self.scheduler.tasks.items()} \
@@ -236,3 +311,38 @@ class Engine:
                 decoders[name] = {"results": 0, "error": status["error"]}
         sinks = {f"{s.kind}[{i}]": s.stats() for i, s in enumerate(self.sinks) if s.stats()}
         return {"streams": streams, "decoders": decoders, "sinks": sinks}
+
+
+class VirtualClock:
+    """Offline time: the current chunk's timestamp plus the real time spent since it was fed."""
+
+    def __init__(self):
+        self._at, self._since = 0.0, time.perf_counter()
+
+    def set(self, timestamp: float) -> None:
+        self._at, self._since = timestamp, time.perf_counter()
+
+    def __call__(self) -> float:
+        return self._at + (time.perf_counter() - self._since)
+
+
+def match_source(cfg, recording: Recording) -> int:
+    """Index of the recorded stream a ``[[sources]]`` entry reads: by LSL name, then type;
+    a single source takes a single stream. Raises RtbciError naming the source."""
+    names = {cfg.name}
+    if cfg.kind == "lsl":
+        names |= {cfg.stream.name} - {None}
+    elif cfg.kind == "simulate":
+        names.add(cfg.stream_name or cfg.name)
+    infos = [s.info for s in recording.streams]
+    for i, info in enumerate(infos):
+        if info.name in names:
+            return i
+    wanted_type = cfg.stream.type if cfg.kind == "lsl" else None
+    for i, info in enumerate(infos):
+        if wanted_type and info.type == wanted_type:
+            return i
+    if len(infos) == 1:
+        return 0
+    raise RtbciError(f"source {cfg.name!r}: no stream of {recording.path} matches it (streams: "
+                     f"{', '.join(i.name for i in infos)}); name one in its stream.name")

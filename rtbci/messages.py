@@ -6,6 +6,7 @@ numpy arrays travel as typed binary: a map ``{"nd": true, "dtype": "<f4", "shape
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,3 +105,14 @@ def encode(message: Result | dict) -> bytes:
 def decode(payload: bytes) -> dict:
     """Parse msgpack bytes from rtbci into a dict; typed arrays come back as numpy arrays."""
     return msgpack.unpackb(payload, object_hook=_unpack_hook, raw=False)
+
+
+def decode_all(payload: bytes) -> list[dict]:
+    """Decode concatenated messages (a session's results file); a cut-off last one is dropped."""
+    unpacker = msgpack.Unpacker(object_hook=_unpack_hook, raw=False)
+    unpacker.feed(payload)
+    out = []
+    with contextlib.suppress(msgpack.UnpackException, ValueError):
+        for message in unpacker:
+            out.append(message)
+    return out

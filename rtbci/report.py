@@ -1,6 +1,10 @@
-"""Human-readable live statistics (the lines ``rtbci run`` prints every second)."""
+"""Reporting: the live statistics lines, and scoring class decoders against markers."""
 
 from __future__ import annotations
+
+import numpy as np
+
+from rtbci.sinks.base import Sink
 
 
 def format_stream_line(name: str, stats: dict) -> str:
@@ -16,3 +20,47 @@ def print_live_stats(engine) -> None:
     stats = engine.stats()
     for name, entry in stats["streams"].items():
         print(format_stream_line(name, entry), flush=True)
+
+
+def true_label(result) -> str | None:
+    """The class a marker-locked result should have found: the marker's last ``/`` part
+    (``stim/left`` → ``left``), if it is one of the decoder's labels."""
+    if result.marker is None or not result.labels:
+        return None
+    truth = result.marker.rpartition("/")[2]
+    return truth if truth in result.labels else None
+
+
+def predicted_label(result) -> str | None:
+    """The argmax class of a ``classes`` result."""
+    if result.probabilities is None or not result.labels:
+        return None
+    return result.labels[int(np.argmax(result.probabilities))]
+
+
+class Scorer(Sink):
+    """A sink scoring class decoders against their markers' labels (``--report``)."""
+
+    kind = "scorer"
+
+    def __init__(self):
+        self.scores: dict[str, dict] = {}
+
+    def publish(self, result) -> None:
+        truth = true_label(result)
+        if truth is None:
+            return
+        entry = self.scores.setdefault(result.decoder, {
+            "n": 0, "correct": 0, "labels": list(result.labels), "confusion": {}})
+        predicted = predicted_label(result)
+        entry["n"] += 1
+        entry["correct"] += predicted == truth
+        row = entry["confusion"].setdefault(truth, {})
+        row[predicted] = row.get(predicted, 0) + 1
+
+    def report(self) -> dict:
+        """``{decoder: {"n", "accuracy", "chance", "labels", "confusion": {true: {pred: n}}}}``."""
+        return {name: {"n": e["n"], "accuracy": e["correct"] / e["n"],
+                       "chance": 1.0 / len(e["labels"]), "labels": e["labels"],
+                       "confusion": e["confusion"]}
+                for name, e in self.scores.items() if e["n"]}

@@ -71,7 +71,7 @@ class DecoderTask:
         self.next_end = trigger.length + k * trigger.every  # counter after its last sample
         self.seq = k
         self.busy = False
-        self.pending: list[tuple[int, float, str]] = []  # marker windows: (start, onset ts, text)
+        self.pending: list[tuple[int | None, float, str]] = []  # (onset counter, timestamp, text)
         self.results = self.late = self.skipped = self.errors = self.timeouts = 0
         self.last_error: str | None = None
         self._latency = np.zeros(LATENCY_HISTORY)
@@ -89,6 +89,19 @@ class DecoderTask:
         if self.last_error:
             out["last_error"] = self.last_error
         return out
+
+
+def run_job(job: Job, clock: Callable[[], float]) -> tuple[Job, DecoderOutput | None, str | None]:
+    """Run a job's decoder on its window, timing it; an exception becomes an error string."""
+    job.result.t_started = clock()
+    output = error = None
+    try:
+        output = job.task.decoder(job.task.window)
+    except Exception as exc:  # isolate the decoder; report, keep running
+        error = f"{type(exc).__name__}: {exc}"
+        log.debug("decoder %r raised:\n%s", job.task.name, traceback.format_exc())
+    job.result.t_finished = clock()
+    return job, output, error
 
 
 class Worker:
@@ -137,15 +150,8 @@ class Worker:
                 if self._closed or generation != self._generation:
                     return
                 job = heapq.heappop(self._queue)
-                job.result.t_started = start = self.clock()
-                self.running = (job, start)
-            output = error = None
-            try:
-                output = job.task.decoder(job.task.window)
-            except Exception as exc:  # isolate the decoder; report, keep running
-                error = f"{type(exc).__name__}: {exc}"
-                log.debug("decoder %r raised:\n%s", job.task.name, traceback.format_exc())
-            job.result.t_finished = self.clock()
+                self.running = (job, self.clock())
+            job, output, error = run_job(job, self.clock)
             with self._cond:
                 if generation == self._generation:
                     self.running = None
@@ -157,7 +163,8 @@ class Worker:
 class Scheduler:
     """Fires decoder jobs from stream data and markers; hands results to ``publish``.
 
-    All methods except the workers' callbacks run on the event loop's thread.
+    All methods except the workers' callbacks run on the event loop's thread. With
+    ``inline`` (offline replay) each job runs at once in the calling thread.
 
     Parameters
     ----------
@@ -167,8 +174,9 @@ class Scheduler:
         Called on the loop thread with each finished result (``t_published`` set).
     """
 
-    def __init__(self, loop, clock: Callable[[], float], publish: Callable[[Result], None]):
-        self.loop, self.clock, self.publish = loop, clock, publish
+    def __init__(self, loop, clock: Callable[[], float], publish: Callable[[Result], None],
+                 inline: bool = False):
+        self.loop, self.clock, self.publish, self.inline = loop, clock, publish, inline
         self.tasks: dict[str, DecoderTask] = {}
         self.workers: dict[str, Worker] = {}
         self._by_stream: dict[int, list[DecoderTask]] = {}
@@ -193,21 +201,23 @@ class Scheduler:
         """A marker on ``stream``'s marker stream: queue its window for matching decoders."""
         for task in self._by_stream.get(id(stream), ()):
             if task.trigger.matches(text):
-                onset = self._counter_at(stream, timestamp)
-                task.pending.append((onset + task.trigger.start, timestamp, text))
+                task.pending.append((None, timestamp, text))
                 self._fire_markers(task)
 
     @staticmethod
-    def _counter_at(stream: Stream, timestamp: float) -> int:
-        """Counter of the first sample stamped at or after ``timestamp`` (extrapolated)."""
-        buf = stream.buffer
-        if buf.count and timestamp <= buf.last_timestamp:
-            _, times = buf.window(buf.oldest, buf.count)
-            return buf.oldest + int(np.searchsorted(times, timestamp - 0.5 / stream.info.srate))
-        if not buf.count:
-            return 0
-        ahead = (timestamp - buf.last_timestamp) * stream.info.srate
-        return buf.count - 1 + max(1, round(ahead))
+    def _onset(stream: Stream, timestamp: float) -> int | None:
+        """Counter of the sample nearest ``timestamp`` (the first stamped after
+        ``timestamp − half a period``), or None while that sample has not arrived.
+
+        Markers are placed by looking their timestamp up among the samples' timestamps only
+        once those are in, so the window is the same whether a marker arrives before or after
+        its samples (live) or in timestamp order (offline replay).
+        """
+        buf, half = stream.buffer, 0.5 / stream.info.srate
+        if not buf.count or timestamp - half > buf.last_timestamp:
+            return None
+        _, times = buf.window(buf.oldest, buf.count)
+        return buf.oldest + int(np.searchsorted(times, timestamp - half))
 
     def _fire_sliding(self, task: DecoderTask) -> None:
         count, trig = task.stream.buffer.count, task.trigger
@@ -227,10 +237,15 @@ class Scheduler:
 
     def _fire_markers(self, task: DecoderTask) -> None:
         buf = task.stream.buffer
-        ready = [p for p in task.pending if p[0] + task.trigger.length <= buf.count]
+        for i, (onset, timestamp, text) in enumerate(task.pending):
+            if onset is None and (onset := self._onset(task.stream, timestamp)) is not None:
+                task.pending[i] = (onset, timestamp, text)
+        ready = [p for p in task.pending
+                 if p[0] is not None and p[0] + task.trigger.start + task.trigger.length
+                 <= buf.count]
         for item in ready:
             task.pending.remove(item)
-            start, _, text = item
+            start, _, text = item[0] + task.trigger.start, item[1], item[2]
             if start < buf.oldest:
                 task.errors += 1
                 task.last_error = f"marker {text!r}: window already left the buffer"
@@ -251,8 +266,12 @@ class Scheduler:
                         window_start=float(times[0]), window_end=float(times[-1]),
                         kind=task.decoder.kind, t_arrived=arrived, t_queued=self.clock(),
                         budget_ms=task.budget_ms, session=task.session)
+        deadline = arrived + task.budget_ms * 1e-3
+        if self.inline:  # offline: decode now, in this thread; nothing is ever busy
+            self._done(*run_job(Job(deadline, 0, task, result), self.clock))
+            return
         task.busy = True
-        self._worker_of[task.name].submit(task, result, arrived + task.budget_ms * 1e-3)
+        self._worker_of[task.name].submit(task, result, deadline)
 
     def _done_threadsafe(self, job: Job, output: DecoderOutput | None, error: str | None):
         self.loop.call_soon_threadsafe(self._done, job, output, error)

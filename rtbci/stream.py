@@ -111,6 +111,7 @@ class Stream:
         self._n_chunks = 0
         self._first_timestamp = np.nan
         self._listeners: list[Callable[[], None]] = []
+        self._raw_listeners: list[Callable[[np.ndarray, np.ndarray], None]] = []
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -124,6 +125,12 @@ class Stream:
         """Call ``callback()`` after each ingested chunk (from the producer's thread)."""
         with self._lock:
             self._listeners.append(callback)
+
+    def add_raw_listener(self, callback: Callable[[np.ndarray, np.ndarray], None]) -> None:
+        """Call ``callback(data, timestamps)`` with each chunk as received, before any
+        preprocessing (producer's thread; the arrays are only valid during the call)."""
+        with self._lock:
+            self._raw_listeners.append(callback)
 
     def remove_listener(self, callback: Callable[[], None]) -> None:
         with self._lock:
@@ -141,6 +148,8 @@ class Stream:
         if len(timestamps) == 0:
             return
         latency = arrived - timestamps[-1]  # of the raw chunk, before any resampling
+        for callback in self._raw_listeners:
+            callback(data, timestamps)
         if self.preprocess is not None:
             data, timestamps = self.preprocess.process(data, timestamps)
         n = len(timestamps)

@@ -1,4 +1,4 @@
-"""Sinks: where results go (MQTT, LSL outlet, console).
+"""Sinks: where results go (MQTT, LSL outlet, console, session recorder).
 
 Each sink implements :class:`Sink`; :func:`make_sink` builds one from its ``[[sinks]]`` entry.
 """
@@ -10,8 +10,8 @@ from rtbci.sinks.base import Sink
 __all__ = ["Sink", "make_sink"]
 
 
-def make_sink(config, session: str) -> Sink:
-    """The sink for a validated ``[[sinks]]`` entry."""
+def make_sink(config, session: str, engine_config=None) -> Sink:
+    """The sink for a validated ``[[sinks]]`` entry (``engine_config``: the whole Config)."""
     if config.kind == "mqtt":
         from rtbci.sinks.mqtt import MQTTSink
 
@@ -24,4 +24,8 @@ def make_sink(config, session: str) -> Sink:
         from rtbci.sinks.console import ConsoleSink
 
         return ConsoleSink(config)
+    if config.kind == "record":
+        from rtbci.sinks.record import RecordSink
+
+        return RecordSink(config, session, engine_config)
     raise ValueError(f"unknown sink kind {config.kind!r}")

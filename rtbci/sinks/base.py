@@ -19,6 +19,12 @@ class Sink(ABC):
     async def start(self, status: dict) -> None:
         """Connect / open; ``status`` is the engine status (session, streams, decoders)."""
 
+    def stream_added(self, name: str, stream) -> None:
+        """Source ``name``'s :class:`~rtbci.stream.Stream` now exists (any thread)."""
+
+    def marker(self, source: str, timestamp: float, text: str) -> None:
+        """A marker arrived on ``source``'s marker stream (any thread; must not block)."""
+
     def status_changed(self, status: dict) -> None:
         """The engine status changed (e.g. a decoder attached when its stream appeared)."""
 

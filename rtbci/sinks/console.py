@@ -9,6 +9,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from rtbci.messages import Result
+from rtbci.report import predicted_label, true_label
 from rtbci.sinks.base import Sink
 
 
@@ -71,10 +72,10 @@ class ConsoleSink(Sink):
         line.last_seq = result.seq
         line.latencies.append(result.latency_ms)
         line.last = result
-        truth = (result.marker or "").rpartition("/")[2]
-        if result.probabilities is not None and result.labels and truth in result.labels:
+        truth = true_label(result)
+        if truth is not None:
             line.scored += 1
-            line.correct += result.labels[int(np.argmax(result.probabilities))] == truth
+            line.correct += predicted_label(result) == truth
         if line.first_time is None:
             line.first_time = result.t_published
         else:

@@ -1,8 +1,10 @@
 """Fixtures for tests against real LSL streams."""
 
 import asyncio
+import struct
 import uuid
 
+import numpy as np
 import pytest
 
 from rtbci.config import parse_config
@@ -44,3 +46,52 @@ def run_engine():
         return engine, asyncio.run(main())
 
     return run
+
+
+# --- XDF ---------------------------------------------------------------------------------
+# pyxdf only reads; this writes the XDF 1.0 container (specification: chunks of
+# [length-size byte][length][tag u16][content]) so the tests can make real files.
+
+
+def _varlen(n: int) -> bytes:
+    return struct.pack("<BQ", 8, n)
+
+
+def _chunk(tag: int, content: bytes) -> bytes:
+    return struct.pack("<BQH", 8, len(content) + 2, tag) + content
+
+
+def write_xdf(path, streams: list[dict]) -> None:
+    """Write streams ``{"name", "type", "srate", "channels": [labels] | None (markers),
+    "data": (n, n_ch) float32 or list of str, "times": (n,)}`` to an XDF file."""
+    out = [b"XDF:", _chunk(1, b'<?xml version="1.0"?><info><version>1.0</version></info>')]
+    for sid, s in enumerate(streams, start=1):
+        is_markers = s["channels"] is None
+        n_ch = 1 if is_markers else len(s["channels"])
+        channels = "" if is_markers else "<channels>" + "".join(
+            f"<channel><label>{c}</label><type>EEG</type><unit>microvolts</unit></channel>"
+            for c in s["channels"]) + "</channels>"
+        header = (f'<?xml version="1.0"?><info><name>{s["name"]}</name><type>{s["type"]}</type>'
+                  f'<channel_count>{n_ch}</channel_count><nominal_srate>{s["srate"]}'
+                  f'</nominal_srate><channel_format>{"string" if is_markers else "float32"}'
+                  f'</channel_format><source_id>{s["name"]}-sid</source_id>'
+                  f'<created_at>0</created_at><desc>{channels}</desc></info>')
+        out.append(_chunk(2, struct.pack("<I", sid) + header.encode()))
+        body = bytearray(struct.pack("<I", sid) + _varlen(len(s["times"])))
+        for value, t in zip(s["data"], s["times"]):
+            body += struct.pack("<Bd", 8, t)
+            if is_markers:
+                body += _varlen(len(value.encode())) + value.encode()
+            else:
+                body += np.asarray(value, dtype="<f4").tobytes()
+        out.append(_chunk(3, bytes(body)))
+        footer = (f'<?xml version="1.0"?><info><first_timestamp>{s["times"][0]}'
+                  f'</first_timestamp><last_timestamp>{s["times"][-1]}</last_timestamp>'
+                  f'<sample_count>{len(s["times"])}</sample_count></info>')
+        out.append(_chunk(6, struct.pack("<I", sid) + footer.encode()))
+    path.write_bytes(b"".join(out))
+
+
+@pytest.fixture
+def xdf_writer():
+    return write_xdf

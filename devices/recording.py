@@ -1,0 +1,204 @@
+"""Recordings read into memory: MNE-readable files, XDF, and rtbci session directories.
+
+Every format becomes a :class:`Recording`: signal streams with per-sample timestamps and the
+markers (annotations, events, marker streams) with theirs, all on one time base in seconds.
+Values are converted from SI to the units LSL streams commonly carry (V → µV, T → fT,
+T/m → fT/cm) so float32 keeps their precision.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from rtbci.errors import RtbciError
+from rtbci.stream import StreamInfo
+
+MNE_SUFFIXES = (".fif", ".fif.gz", ".edf", ".bdf", ".vhdr", ".set", ".gdf", ".cnt")
+# MNE channel type → (unit written to LSL, factor from SI)
+_UNITS = {"eeg": ("microvolts", 1e6), "seeg": ("microvolts", 1e6), "ecog": ("microvolts", 1e6),
+          "dbs": ("microvolts", 1e6), "eog": ("microvolts", 1e6), "ecg": ("microvolts", 1e6),
+          "emg": ("microvolts", 1e6), "mag": ("fT", 1e15), "grad": ("fT/cm", 1e13)}
+
+
+@dataclass
+class RecordedStream:
+    """One signal stream of a recording.
+
+    data : array, shape (n_samples, n_channels), float32, in ``info.ch_units``
+    times : array, shape (n_samples,), seconds on the recording's time base
+    """
+
+    info: StreamInfo
+    data: np.ndarray
+    times: np.ndarray
+
+    @property
+    def duration(self) -> float:
+        return float(self.times[-1] - self.times[0]) + 1.0 / self.info.srate
+
+
+@dataclass
+class Recording:
+    """Signal streams and markers ``(time, text)`` on one time base (seconds)."""
+
+    path: Path
+    streams: list[RecordedStream]
+    markers: list[tuple[float, str]] = field(default_factory=list)
+
+    @property
+    def start(self) -> float:
+        return min(float(s.times[0]) for s in self.streams)
+
+    def stream(self, name: str) -> RecordedStream:
+        for s in self.streams:
+            if s.info.name == name:
+                return s
+        raise KeyError(name)
+
+
+def read_recording(path: str | Path, name: str | None = None) -> Recording:
+    """Read an MNE-readable file, an ``.xdf`` file or an rtbci session directory.
+
+    ``name`` renames the (single) signal stream of an MNE file (default: the file's stem).
+    Raises :class:`RtbciError` naming the file on anything unreadable.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise RtbciError(f"{path}: no such file or directory")
+    try:
+        if path.is_dir():
+            from rtbci.devices.session import read_session
+
+            return read_session(path)
+        if path.suffix.lower() == ".xdf":
+            return _read_xdf(path)
+        if path.name.lower().endswith(MNE_SUFFIXES):
+            return _read_mne(path, name)
+    except RtbciError:
+        raise
+    except Exception as exc:
+        raise RtbciError(f"{path}: cannot read it ({type(exc).__name__}: {exc})") from None
+    raise RtbciError(f"{path}: unknown format; expected one of {', '.join(MNE_SUFFIXES)}, .xdf "
+                     "or an rtbci session directory")
+
+
+def merge_recordings(recordings: list[Recording]) -> Recording:
+    """Several recordings replayed together, each starting at time 0 (names must differ)."""
+    if len(recordings) == 1:
+        return recordings[0]
+    streams, markers, seen = [], [], set()
+    for rec in recordings:
+        shift = rec.start
+        for s in rec.streams:
+            if s.info.name in seen:
+                raise RtbciError(f"{rec.path}: a stream named {s.info.name!r} is already "
+                                 "replayed from another file")
+            seen.add(s.info.name)
+            streams.append(RecordedStream(s.info, s.data, s.times - shift))
+        markers += [(t - shift, text) for t, text in rec.markers]
+    return Recording(recordings[0].path, streams, sorted(markers))
+
+
+def info_from_mne(info, name: str, source_id: str) -> tuple[StreamInfo, np.ndarray]:
+    """StreamInfo from an ``mne.Info``, and the per-channel factor from SI to its units."""
+    import mne
+
+    types = tuple(mne.channel_type(info, i) for i in range(info["nchan"]))
+    units, factors = zip(*(_UNITS.get(t, ("", 1.0)) for t in types), strict=True)
+    locs = np.array([ch["loc"][:3] for ch in info["chs"]], dtype=float)
+    unknown = ~np.isfinite(locs).all(axis=1) | (np.abs(locs).sum(axis=1) == 0)
+    locs[unknown] = np.nan
+    stream_type = {"eeg": "EEG", "mag": "MEG", "grad": "MEG", "seeg": "sEEG", "ecog": "ECoG"}
+    main = max(set(types), key=types.count)
+    return StreamInfo(name=name, type=stream_type.get(main, main.upper()), source_id=source_id,
+                      srate=float(info["sfreq"]), ch_names=tuple(info["ch_names"]),
+                      ch_types=types, ch_units=tuple(units),
+                      positions=None if unknown.all() else locs), np.array(factors)
+
+
+def _read_mne(path: Path, name: str | None) -> Recording:
+    import mne
+
+    raw = mne.io.read_raw(path, preload=True, verbose="error")
+    stem = name or path.name.split(".")[0]
+    info, factors = info_from_mne(raw.info, stem, f"rtbci-replay-{stem}")
+    data = (raw.get_data().T * factors).astype(np.float32)
+    times = raw.times.copy()
+    # onsets are relative to the measurement start when orig_time is set, else to the data's
+    first = raw.first_time if raw.annotations.orig_time is not None else 0.0
+    markers = [(float(annot["onset"] - first), str(annot["description"]))
+               for annot in raw.annotations if 0 <= annot["onset"] - first <= times[-1]]
+    return Recording(path, [RecordedStream(info, data, times)], sorted(markers))
+
+
+def _xdf_channels(stream: dict, n: int) -> tuple[list[str], list[str], list[str]]:
+    names, types, units = [f"ch{i + 1}" for i in range(n)], [""] * n, [""] * n
+    try:
+        channels = stream["info"]["desc"][0]["channels"][0]["channel"]
+    except (KeyError, IndexError, TypeError):
+        return names, types, units
+    for i, ch in enumerate(channels[:n]):
+        names[i] = (ch.get("label") or [names[i]])[0]
+        types[i] = (ch.get("type") or [""])[0]
+        units[i] = (ch.get("unit") or [""])[0]
+    return names, types, units
+
+
+def _read_xdf(path: Path) -> Recording:
+    import pyxdf
+
+    from rtbci.devices.lsl import _MNE_TYPE
+
+    quiet = logging.getLogger("pyxdf")  # it warns about files without clock offsets
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        raw_streams, _ = pyxdf.load_xdf(str(path), dejitter_timestamps=False)
+    finally:
+        quiet.setLevel(level)
+    streams, markers = [], []
+    for s in raw_streams:
+        info = s["info"]
+        name, kind = info["name"][0], info["type"][0]
+        srate = float(info["nominal_srate"][0])
+        series, stamps = s["time_series"], np.asarray(s["time_stamps"], dtype=float)
+        if info["channel_format"][0] == "string" or srate == 0:
+            markers += [(float(t), str(v[0])) for v, t in zip(series, stamps)]
+            continue
+        data = np.asarray(series, dtype=np.float32)
+        names, types, units = _xdf_channels(s, data.shape[1])
+        mne_types = tuple(_MNE_TYPE.get((t or kind).lower(), "misc") for t in types)
+        sid = (info.get("source_id") or [""])[0] or f"rtbci-replay-{name}"
+        streams.append(RecordedStream(
+            StreamInfo(name=name, type=kind, source_id=sid, srate=srate, ch_names=tuple(names),
+                       ch_types=mne_types, ch_units=tuple(units)), data, stamps))
+    if not streams:
+        raise RtbciError(f"{path}: no regularly sampled numeric stream in it")
+    return Recording(path, streams, sorted(markers))
+
+
+def stream_info_to_json(info: StreamInfo) -> dict:
+    out = {k: getattr(info, k) for k in ("name", "type", "source_id", "srate", "hostname")}
+    out.update(ch_names=list(info.ch_names), ch_types=list(info.ch_types),
+               ch_units=list(info.ch_units),
+               positions=None if info.positions is None else np.where(
+                   np.isnan(info.positions), None, info.positions).tolist())
+    return out
+
+
+def stream_info_from_json(d: dict) -> StreamInfo:
+    positions = d.get("positions")
+    return StreamInfo(name=d["name"], type=d["type"], source_id=d["source_id"],
+                      srate=float(d["srate"]), ch_names=tuple(d["ch_names"]),
+                      ch_types=tuple(d["ch_types"]), ch_units=tuple(d["ch_units"]),
+                      positions=None if positions is None else np.array(positions, dtype=float),
+                      hostname=d.get("hostname", ""))
+
+
+def dumps_info(info: StreamInfo) -> str:
+    return json.dumps(stream_info_to_json(info), indent=2)

@@ -1,0 +1,158 @@
+"""Replay: files written by MNE's writers and an XDF file, over LSL into the engine and offline."""
+
+import asyncio
+import uuid
+
+import mne
+import numpy as np
+import pytest
+
+from rtbci.config import parse_config
+from rtbci.devices.recording import read_recording
+from rtbci.devices.replay import ReplayPublisher
+from rtbci.engine import Engine
+from rtbci.errors import RtbciError
+
+pytestmark = pytest.mark.slow
+
+ONSETS = [0.8, 1.9, 3.25, 4.5]
+LABELS = ["stim/left", "stim/right", "stim/left", "stim/right"]
+
+
+def make_raw(seconds: float = 6.0, sfreq: float = 250.0) -> mne.io.RawArray:
+    names = ["Fz", "Cz", "Pz", "Oz", "C3", "C4"]
+    rng = np.random.default_rng(0)
+    raw = mne.io.RawArray(rng.standard_normal((len(names), int(seconds * sfreq))) * 20e-6,
+                          mne.create_info(names, sfreq, "eeg"), verbose="error")
+    raw.set_annotations(mne.Annotations(ONSETS, [0.0] * 4, LABELS))
+    return raw
+
+
+def write(raw: mne.io.Raw, path) -> None:
+    if path.suffix == ".fif":
+        raw.save(path, verbose="error")
+    else:
+        mne.export.export_raw(path, raw, verbose="error")
+
+
+def replay_into_engine(recording, config: dict, run_engine, speed=1.0):
+    publisher = ReplayPublisher(recording, speed)
+
+    async def during(engine):
+        publisher.open()
+        assert await asyncio.to_thread(publisher.wait_for_consumers, 10.0)
+        await asyncio.sleep(1.0)  # the marker reader subscribes too
+        await asyncio.to_thread(publisher.run)
+
+    return run_engine(config, 60.0, during)
+
+
+@pytest.mark.parametrize("suffix", [".fif", ".edf", ".vhdr"])
+def test_mne_files_arrive_over_lsl_with_every_annotation(tmp_path, run_engine, suffix):
+    path = tmp_path / f"rec{uuid.uuid4().hex[:6]}{'_raw' if suffix == '.fif' else ''}{suffix}"
+    write(make_raw(), path)
+    recording = read_recording(path)
+    stream = recording.streams[0]
+    name = stream.info.name
+    config = {"sources": [{"name": "eeg", "kind": "lsl", "stream": {"name": name},
+                           "markers": {"name": f"{name}-markers"}}]}
+    engine, stats = replay_into_engine(recording, config, run_engine)
+    ring = engine.streams["eeg"].buffer
+    data, times = ring.window(0, ring.count)
+    assert ring.count == len(stream.data), "every sample arrives"
+    np.testing.assert_allclose(data, stream.data, rtol=1e-6)
+    np.testing.assert_allclose(data, make_raw().get_data().T * 1e6, atol=0.05 if
+                               suffix == ".edf" else 1e-3)  # EDF stores 16-bit integers
+    assert engine.streams["eeg"].info.ch_names == ("Fz", "Cz", "Pz", "Oz", "C3", "C4")
+    markers = list(engine.markers["eeg"])
+    assert [text for _, text in markers] == [text for _, text in recording.markers]
+    assert [text.removeprefix("Comment/") for _, text in markers] == LABELS  # BrainVision
+    for (stamp, _), (t, _), onset in zip(markers, recording.markers, ONSETS, strict=True):
+        assert stamp - times[0] == pytest.approx(t - recording.start, abs=1e-4)  # the file's
+        assert stamp - times[0] == pytest.approx(onset, abs=1 / 250)  # (BrainVision: samples)
+
+
+def test_xdf_with_two_streams_keeps_their_relative_timing(tmp_path, run_engine, xdf_writer):
+    tag = uuid.uuid4().hex[:6]
+    t0 = 5000.0
+    eeg = np.random.default_rng(1).standard_normal((500, 3)).astype(np.float32)
+    emg = np.random.default_rng(2).standard_normal((1000, 2)).astype(np.float32)
+    path = tmp_path / "two.xdf"
+    xdf_writer(path, [
+        {"name": f"eeg{tag}", "type": "EEG", "srate": 100, "channels": ["a", "b", "c"],
+         "data": eeg, "times": t0 + np.arange(500) / 100},
+        {"name": f"emg{tag}", "type": "EMG", "srate": 200, "channels": ["x", "y"],
+         "data": emg, "times": t0 + 0.5 + np.arange(1000) / 200},
+        {"name": f"mk{tag}", "type": "Markers", "srate": 0, "channels": None,
+         "data": ["go", "stop"], "times": [t0 + 1.0, t0 + 3.0]}])
+    recording = read_recording(path)
+    assert [s.info.name for s in recording.streams] == [f"eeg{tag}", f"emg{tag}"]
+    config = {"sources": [
+        {"name": "eeg", "kind": "lsl", "stream": {"name": f"eeg{tag}"},
+         "markers": {"name": f"eeg{tag}-markers"}},
+        {"name": "emg", "kind": "lsl", "stream": {"name": f"emg{tag}"}}]}
+    engine, _ = replay_into_engine(recording, config, run_engine, speed=2.0)
+    eeg_ring, emg_ring = engine.streams["eeg"].buffer, engine.streams["emg"].buffer
+    np.testing.assert_array_equal(eeg_ring.window(0, eeg_ring.count)[0], eeg)
+    np.testing.assert_array_equal(emg_ring.window(0, emg_ring.count)[0], emg)
+    eeg_t0 = eeg_ring.window(0, 1)[1][0]
+    emg_t0 = emg_ring.window(0, 1)[1][0]
+    assert emg_t0 - eeg_t0 == pytest.approx(0.5 / 2.0, abs=1e-3)  # at 2× speed
+    assert [(round((t - eeg_t0) * 2, 3), text) for t, text in engine.markers["eeg"]] == [
+        (1.0, "go"), (3.0, "stop")]
+
+
+def test_live_at_1x_and_offline_give_the_same_outputs(tmp_path, run_engine, collector,
+                                                     new_collector):
+    path = tmp_path / f"same{uuid.uuid4().hex[:6]}_raw.fif"
+    write(make_raw(seconds=8.0), path)
+    recording = read_recording(path)
+    name = recording.streams[0].info.name
+    decoders = [
+        {"name": "bp", "model": "builtin:bandpower", "source": "eeg", "window_ms": 400,
+         "every_ms": 100, "options": {"bands": [[4, 8], [8, 13]]}},
+        {"name": "ev", "model": "builtin:bandpower", "source": "eeg", "window_ms": [-200, 600],
+         "on_marker": "stim"}]
+    live_config = {"sources": [{"name": "eeg", "kind": "lsl", "stream": {"name": name},
+                                "markers": {"name": f"{name}-markers"},
+                                "preprocess": {"bandpass": [1, 40]}}], "decoders": decoders}
+    publisher = ReplayPublisher(recording, 1.0)
+
+    async def during(engine):
+        engine.sinks.append(collector)
+        publisher.open()
+        assert await asyncio.to_thread(publisher.wait_for_consumers, 10.0)
+        await asyncio.sleep(1.0)
+        await asyncio.to_thread(publisher.run)
+
+    engine, _ = run_engine(live_config, 60.0, during)
+    live_t0 = engine.streams["eeg"].buffer.window(0, 1)[1][0]
+    offline = new_collector()
+    asyncio.run(Engine(parse_config(live_config), sinks=[offline]).run_offline(recording))
+    key = lambda r: (r.decoder, r.seq)  # noqa: E731
+    live = {key(r): r for r in collector.results}
+    off = {key(r): r for r in offline.results}
+    assert len(off) == 8 * 10 - 3 + 4 - 0 or len(off) > 70
+    common = set(live) & set(off)
+    assert len(common) >= len(off) - 3, "live skipped more than its start-up burst"
+    assert {k[0] for k in common} == {"bp", "ev"}
+    for k in common:
+        a, b = live[k], off[k]
+        assert a.window_start - live_t0 == pytest.approx(b.window_start - recording.start,
+                                                         abs=1e-4)
+        assert a.marker == b.marker
+        np.testing.assert_allclose(a.embedding, b.embedding, rtol=1e-5)
+
+
+def test_unreadable_inputs_are_named(tmp_path):
+    with pytest.raises(RtbciError, match="nope.fif: no such file"):
+        read_recording(tmp_path / "nope.fif")
+    (tmp_path / "x.txt").write_text("hello")
+    with pytest.raises(RtbciError, match="x.txt: unknown format"):
+        read_recording(tmp_path / "x.txt")
+    (tmp_path / "bad_raw.fif").write_bytes(b"not a fif")
+    with pytest.raises(RtbciError, match="bad_raw.fif: cannot read it"):
+        read_recording(tmp_path / "bad_raw.fif")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RtbciError, match="not an rtbci session directory"):
+        read_recording(tmp_path / "empty")
