@@ -104,6 +104,28 @@ def merge_recordings(recordings: list[Recording]) -> Recording:
     return Recording(recordings[0].path, streams, sorted(markers))
 
 
+def to_mne_raw(stream: RecordedStream, markers: list[tuple[float, str]] = ()):
+    """An ``mne.io.RawArray`` (SI units) of a recorded stream, markers as annotations."""
+    import mne
+
+    info = stream.info
+    known = mne.io.get_channel_type_constants()
+    types = [t if t in known else "misc" for t in info.ch_types]
+    factors = np.array([_UNITS.get(t, ("", 1.0))[1] for t in types])
+    raw = mne.io.RawArray((stream.data / factors).T, mne.create_info(
+        list(info.ch_names), info.srate, types), verbose="error")
+    if info.positions is not None and np.isfinite(info.positions).all():
+        montage = mne.channels.make_dig_montage(dict(zip(info.ch_names, info.positions)),
+                                                coord_frame="head")
+        raw.set_montage(montage, on_missing="ignore", verbose="error")
+    t0 = float(stream.times[0])
+    kept = [(t - t0, text) for t, text in markers if t >= t0]
+    if kept:
+        onsets, texts = zip(*kept, strict=True)
+        raw.set_annotations(mne.Annotations(onsets, [0.0] * len(onsets), texts))
+    return raw
+
+
 def info_from_mne(info, name: str, source_id: str) -> tuple[StreamInfo, np.ndarray]:
     """StreamInfo from an ``mne.Info``, and the per-channel factor from SI to its units."""
     import mne

@@ -25,6 +25,7 @@ from rtbci.devices.recording import (
     Recording,
     stream_info_from_json,
     stream_info_to_json,
+    to_mne_raw,
 )
 from rtbci.errors import RtbciError
 from rtbci.messages import decode_all
@@ -128,28 +129,14 @@ class SessionWriter:
 
 def write_fif(path: Path, source: str) -> Path | None:
     """``<source>_raw.fif``: the session's samples and markers as an MNE Raw file."""
-    import mne
-
-    from rtbci.devices.recording import _UNITS
-
     try:
         recording = read_session(path)
     except RtbciError:
         return None
-    meta = json.loads((path / f"{source}.json").read_text())
-    stream = next((s for s in recording.streams if s.info.name == meta["name"]), None)
+    name = json.loads((path / f"{source}.json").read_text())["name"]
+    stream = next((s for s in recording.streams if s.info.name == name), None)
     if stream is None:
         return None
-    info = stream.info
-    types = [t if t in mne.io.get_channel_type_constants() else "misc" for t in info.ch_types]
-    factors = np.array([_UNITS.get(t, ("", 1.0))[1] for t in types])
-    raw = mne.io.RawArray((stream.data / factors).T, mne.create_info(
-        list(info.ch_names), info.srate, types), verbose="error")
-    t0 = stream.times[0]
-    markers = [(t - t0, text) for t, text in recording.markers if t >= t0]
-    if markers:
-        onsets, texts = zip(*markers, strict=True)
-        raw.set_annotations(mne.Annotations(onsets, [0.0] * len(onsets), texts))
     out = path / f"{source}_raw.fif"
-    raw.save(out, overwrite=True, verbose="error")
+    to_mne_raw(stream, recording.markers).save(out, overwrite=True, verbose="error")
     return out

@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 
 import numpy as np
 import pylsl
@@ -328,3 +329,21 @@ class SimulatedAmplifier:
                 self.on_push(data, stamps.copy())
             if progress is not None:
                 progress(n)
+
+
+def save_recording(path: str | Path, profile: str = "eeg64", duration: float = 60.0,
+                   seed: int = 0, snr: float = 1.0, classes: tuple[str, ...] = DEFAULT_CLASSES,
+                   subject: int = 0, name: str | None = None) -> Path:
+    """Write ``duration`` seconds of the model as a labelled recording: FIF (by MNE's writer),
+    channel positions as its montage, each trial's ``stim/<class>`` as an annotation."""
+    from rtbci.devices.recording import RecordedStream, to_mne_raw
+
+    p = get_profile(profile)
+    model = SignalModel(p, seed=seed, snr=snr, classes=classes, subject=subject)
+    data, events = model.next(int(round(duration * p.srate)))
+    info = stream_info(p, name or f"rtbci-{profile}", f"rtbci-sim-{name or profile}")
+    stream = RecordedStream(info, data, np.arange(len(data)) / p.srate)
+    markers = [(sample / p.srate, MARKER_PREFIX + label) for sample, label in events]
+    path = Path(path)
+    to_mne_raw(stream, markers).save(path, overwrite=True, verbose="error")
+    return path

@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated class labels (default left,right)")
     p.add_argument("--chunk-ms", type=_positive, default=10.0,
                    help="push period in ms (default 10)")
+    p.add_argument("--save", type=Path, metavar="FILE",
+                   help="instead of streaming, write --duration seconds (default 60) as a "
+                        "labelled recording (FIF, trials as stim/<class> annotations)")
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("check", help="validate a config file",
@@ -175,6 +178,15 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     classes = tuple(c.strip() for c in args.classes.split(",") if c.strip())
     if not classes:
         raise RtbciError("--classes: give at least one class label")
+    if args.save is not None:
+        from rtbci.devices.simulate import save_recording
+
+        if not args.save.name.endswith((".fif", ".fif.gz")):
+            raise RtbciError(f"--save: {args.save} must end in .fif (MNE's naming: *_raw.fif)")
+        path = save_recording(args.save, args.profile, args.duration or 60.0, args.seed,
+                              args.snr, classes, args.subject, args.name)
+        print(f"wrote {path}")
+        return 0
     amp = SimulatedAmplifier(args.profile, name=args.name, seed=args.seed, snr=args.snr,
                              classes=classes, subject=args.subject, chunk_ms=args.chunk_ms)
     info = amp.info

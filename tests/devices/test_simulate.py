@@ -67,3 +67,20 @@ def test_evoked_responses_follow_the_class_patterns():
     assert {lab for _, lab in events} == {"a", "b", "c"}
     gaps = np.diff([s for s, _ in events]) / p.srate
     assert gaps.min() >= 1.25 and gaps.max() <= 1.75
+
+
+def test_save_writes_a_labelled_fif_that_mne_reads(tmp_path):
+    import mne
+
+    from rtbci.cli import main
+
+    path = tmp_path / "sim_raw.fif"
+    assert main(["simulate", "--save", str(path), "--duration", "12", "--seed", "3",
+                 "--snr", "2", "--classes", "a,b,c"]) == 0
+    raw = mne.io.read_raw_fif(path, preload=True, verbose="error")
+    data, events = SignalModel(get_profile("eeg64"), seed=3, snr=2.0,
+                               classes=("a", "b", "c")).next(12_000)
+    np.testing.assert_allclose(raw.get_data().T * 1e6, data, rtol=1e-5, atol=1e-4)
+    assert list(raw.annotations.description) == [f"stim/{label}" for _, label in events]
+    np.testing.assert_allclose(raw.annotations.onset, [s / 1000 for s, _ in events])
+    assert raw.get_montage() is not None and raw.ch_names[:2] == ["Fp1", "AF7"]

@@ -98,3 +98,12 @@ def test_screenshot_option_writes_a_png_and_exits(unique, nobroker, tmp_path, qt
                          capture_output=True, text=True, timeout=30,
                          env={**os.environ, "QT_QPA_PLATFORM": "offscreen"})
     assert bad.returncode == 2 and "rtbci: error: --broker:" in bad.stderr
+
+
+def test_the_engine_does_not_import_the_display():
+    code = ("import sys, rtbci.cli, rtbci.engine, rtbci.sinks.mqtt; "
+            "print(sorted(m for m in sys.modules if m.startswith(('rtbci.gui', 'PySide6', "
+            "'pyqtgraph'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True)
+    assert out.stdout.strip() == "[]"

@@ -118,6 +118,9 @@ def test_bad_channels_are_grey_from_the_list_and_from_a_click(amplifier, make_wi
     assert (view.raster[row - 1:row + 2] & 2).any() and view.axis.bad == {3, 10}
     _click_channel_name(view, 10, qt)  # a second click makes it good again
     assert view.bad == {3}
+    view.rows.setValue(16)  # only the channels in view are reduced and drawn
+    qt.wait_until(lambda: view.refresh() and view.frame.mins.shape[1] <= 17, what="16 rows")
+    assert view.frame.lo == 0 and view.axis.tickStrings([0, -15], 1, 1) == ["Fp1", "TP7"]
 
 
 def _click_channel_name(view, channel: int, qt) -> None:
