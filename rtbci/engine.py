@@ -65,6 +65,10 @@ class Engine:
     def __repr__(self) -> str:
         return f"<Engine: session {self.session} | streams {list(self.streams)}>"
 
+    def _register(self, source: str) -> None:
+        self.markers[source] = deque(maxlen=10_000)
+        self.markers_received[source] = 0
+
     @property
     def streams(self) -> dict[str, Stream]:
         """The streams that exist so far (a source's stream appears when it first connects)."""
@@ -77,8 +81,7 @@ class Engine:
             source, marker_query, companion = make_source(cfg)
             if companion is not None:
                 self._companions.append(companion)
-            self.markers[cfg.name] = deque(maxlen=10_000)
-            self.markers_received[cfg.name] = 0
+            self._register(cfg.name)
             if marker_query:
                 reader = MarkerReader(marker_query, partial(self._on_marker, cfg.name))
                 self._marker_readers.append(reader.start())
@@ -116,9 +119,11 @@ class Engine:
                 continue
             try:
                 self._attach(cfg, stream, f"decoders[{i}]")
-            except RtbciError as exc:
-                log.error("%s", exc)
-                self.decoder_status[cfg.name] = {"error": str(exc)}
+            except Exception as exc:  # one decoder that cannot start must not stop the others
+                message = str(exc) if isinstance(exc, RtbciError) else (
+                    f"decoders[{i}] ({cfg.name!r}): failed to start: {type(exc).__name__}: {exc}")
+                log.error("%s", message)
+                self.decoder_status[cfg.name] = {"error": message}
         for sink in self.sinks:
             sink.status_changed(self.status())
 
@@ -266,8 +271,7 @@ class Engine:
             i = match_source(cfg, recording)
             stream = Stream(recording.streams[i].info, cfg.buffer_seconds, self.clock,
                             Preprocessor(cfg.preprocess, recording.streams[i].info))
-            self.markers[cfg.name] = deque(maxlen=10_000)
-            self.markers_received[cfg.name] = 0
+            self._register(cfg.name)
             self._streams[cfg.name] = stream
             by_index[i] = stream
             for sink in self.sinks:

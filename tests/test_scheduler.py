@@ -193,3 +193,17 @@ def test_sliding_windows_are_the_same_in_two_runs_of_the_same_recording(new_coll
     for seq in common:
         assert a[seq][0] == b[seq][0] == seq * 100  # window k starts at sample 100·k
         np.testing.assert_array_equal(a[seq][1], b[seq][1])
+
+
+def test_a_decoder_that_cannot_start_is_reported_and_the_others_run(tmp_path, monkeypatch, run):
+    (tmp_path / "broken_decoder.py").write_text(
+        "def make(n_samples, n_channels, srate):\n    raise RuntimeError('no GPU here')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _, stats, results = run([sliding("broken", "python:broken_decoder:make"),
+                             sliding("missing", "python:nowhere_module:make"),
+                             sliding("good", "builtin:bandpower")], 4.0)
+    assert "failed to start: RuntimeError: no GPU here" in stats["decoders"]["broken"]["error"]
+    assert "decoders[1].model: cannot load 'python:nowhere_module:make'" in \
+        stats["decoders"]["missing"]["error"]
+    assert stats["decoders"]["good"]["results"] > 30
+    assert {r.decoder for r in results} == {"good"}
