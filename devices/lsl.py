@@ -92,6 +92,13 @@ def lsl_from_info(info: StreamInfo, chunk_size: int = 0) -> pylsl.StreamInfo:
     return lsl
 
 
+def prime_clock_sync(inlet: pylsl.StreamInlet, flags: int) -> None:
+    """Get liblsl's first clock-offset estimate now (~0.65 s) rather than on the first pull,
+    which would otherwise hold the first samples or markers back by that much."""
+    if flags & pylsl.proc_clocksync:
+        inlet.time_correction(timeout=5.0)
+
+
 def resolve(query: dict[str, str], timeout: float) -> list[pylsl.StreamInfo]:
     """Streams on the network matching ``query`` (waits up to ``timeout`` s for the first)."""
     return pylsl.resolve_bypred(predicate(query), minimum=1, timeout=timeout)
@@ -147,6 +154,7 @@ class LSLSource(Source):
         try:
             inlet.open_stream(timeout=max(timeout, 2.0))
             info = info_from_lsl(inlet.info(timeout=max(timeout, 2.0)))
+            prime_clock_sync(inlet, self.flags)
         except (pylsl.LostError, TimeoutError):  # a stale resolve result of a vanished outlet
             inlet.close_stream()
             return None
@@ -233,6 +241,12 @@ class MarkerReader:
                 if not found:
                     continue
                 inlet = pylsl.StreamInlet(found[0], recover=True, processing_flags=self.flags)
+                try:
+                    inlet.open_stream(timeout=2.0)
+                    prime_clock_sync(inlet, self.flags)
+                except (pylsl.LostError, TimeoutError):
+                    inlet = None
+                    continue
                 log.info("marker stream %s connected", describe_query(self.query))
             try:
                 sample, stamp = inlet.pull_sample(timeout=0.2)

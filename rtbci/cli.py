@@ -401,6 +401,9 @@ def main(argv: list[str] | None = None) -> int:
     except RtbciError as exc:
         print(f"rtbci: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C before the engine took over the signal (start-up)
+        print("rtbci: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -30,12 +30,14 @@ def test_run_ingests_a_simulate_process_and_writes_stats(tmp_path):
     config.write_text(f'[[sources]]\nname = "eeg"\nkind = "lsl"\nstream = {{ name = "{name}" }}\n'
                       f'markers = {{ name = "{name}-markers" }}\n')
     sim = subprocess.Popen([sys.executable, "-m", "rtbci", "simulate", "--name", name,
-                            "--duration", "8"], stdout=subprocess.PIPE, text=True)
+                            "--duration", "60"], stdout=subprocess.PIPE, text=True)
     try:
+        assert sim.stdout.readline().startswith("publishing"), "the simulator did not start"
         listed = json.loads(rtbci("streams", "--json", "--timeout", "2").stdout)
         assert any(s["name"] == name and s["channels"] == 64 for s in listed)
         stats_path = tmp_path / "stats.json"
         run = rtbci("run", str(config), "--duration", "5", "--stats-json", str(stats_path))
+        samples_sent_during_run = 5000
     finally:
         sim.kill()
         sim.wait()
@@ -45,7 +47,7 @@ def test_run_ingests_a_simulate_process_and_writes_stats(tmp_path):
     eeg = stats["streams"]["eeg"]
     assert {"streams", "decoders"} <= set(stats)
     assert {"samples", "gaps", "overflows", "rate_hz"} <= set(eeg)
-    assert 3000 < eeg["samples"] < 5100
+    assert 1500 < eeg["samples"] <= samples_sent_during_run + 100  # minus start-up time
     assert eeg["gaps"] == 0 and eeg["overflows"] == 0
     assert eeg["rate_hz"] == pytest.approx(1000, rel=0.01)
     assert eeg["markers"] >= 2  # one every 1.25–1.75 s
@@ -60,12 +62,16 @@ def test_ctrl_c_stops_cleanly_and_still_writes_stats(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "rtbci", "demo", "--stats-json",
                              str(stats_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
-    time.sleep(4)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # running: the first stats line with samples
+        line = proc.stdout.readline()
+        if "streaming" in line and " 0 samples" not in line:
+            break
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err
     assert "Traceback" not in err
-    assert json.loads(stats_path.read_text())["streams"]["eeg"]["samples"] > 500
+    assert json.loads(stats_path.read_text())["streams"]["eeg"]["samples"] > 100
 
 
 def test_demo_config_is_printed_and_valid(tmp_path):
