@@ -40,6 +40,7 @@ source = "eeg"
 window_ms = 500
 every_ms = 50
 budget_ms = 10
+runtime = "numpy"
 [[sinks]]
 kind = "mqtt"
 url = "mqtt://127.0.0.1:{port}"

@@ -26,9 +26,10 @@ RESULTS = Path(__file__).parent / "results"
 CLASSIFIER = Path(__file__).parents[1] / "rtbci" / "demo_bandpower.npz"
 
 SLIDING = {"name": "bandpower", "model": "builtin:bandpower", "source": "eeg",
-           "window_ms": 500, "every_ms": 50}
+           "window_ms": 500, "every_ms": 50, "runtime": "numpy"}
 TRIAL = {"name": "trial", "model": "builtin:bandpower", "source": "eeg", "window_ms": [0, 600],
-         "on_marker": "stim", "options": {"bands": [[1, 4], [4, 8], [8, 13]],
+         "on_marker": "stim", "runtime": "numpy",
+         "options": {"bands": [[1, 4], [4, 8], [8, 13]],
                                           "classifier": str(CLASSIFIER)}}
 SETUPS = {
     "ingest only (no decoder)": ([], {}),

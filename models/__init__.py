@@ -46,7 +46,8 @@ def load_decoder(config: DecoderConfig, info: StreamInfo, where: str = "decoders
         options = dict(config.options)
         if "classifier" in options:
             options["classifier"] = (base_dir or Path.cwd()) / options["classifier"]
-        return BandPower(length, info.n_channels, info.srate, **options)
+        return compiled(BandPower(length, info.n_channels, info.srate, **options), config,
+                        where)
     if config.model.startswith("python:"):
         return _load_python(config, info, length, where)
     raise RtbciError(f"{where}.model: unknown model {config.model!r}; expected one of "
@@ -70,3 +71,24 @@ def _load_python(config: DecoderConfig, info: StreamInfo, length: int, where: st
         raise RtbciError(f"{where}.model: {config.model!r} returned {type(decoder).__name__}, "
                          "not an rtbci.models.Decoder")
     return decoder
+
+
+def compiled(decoder, config: DecoderConfig, where: str) -> Decoder:
+    """Run a decoder that has a torch twin (``to_torch()``) through ``config.runtime``.
+
+    ``numpy`` — or ``auto`` without torch installed — keeps the numpy implementation.
+    """
+    from rtbci.models.runtimes.select import importable
+
+    if config.runtime == "numpy" or (config.runtime == "auto" and not importable("torch")):
+        return decoder
+    if not importable("torch"):
+        raise RtbciError(f"{where}.runtime: {config.runtime!r} needs torch "
+                         "(pip install 'rtbci[onnx]'), or use runtime = \"numpy\"")
+    from rtbci.models.runtimes import CompiledDecoder, load_runtime
+
+    threads = {"threads": config.threads} if config.threads else {}
+    runtime = load_runtime(config.runtime, decoder.to_torch(),
+                           (1, decoder.n_samples, decoder.n_channels), config.device,
+                           config.precision, name=f"{where} ({config.name!r})", **threads)
+    return CompiledDecoder(runtime, decoder.kind, decoder.labels)

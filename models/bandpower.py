@@ -3,10 +3,14 @@
 Classifier files (``options.classifier``) are ``.npz`` with ``coef (n_classes, n_features)``,
 ``intercept (n_classes,)`` and ``labels (n_classes,)``; features are ordered channel-major
 (``feature = channel * n_bands + band``). :func:`fit_lda` makes one from labelled windows.
+
+:meth:`BandPower.to_torch` gives its torch twin, :class:`BandPowerNet` (imported lazily, so
+this module works without torch), which the compiled runtimes (``rtbci.models.runtimes``) run.
 """
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +88,91 @@ class BandPower(Decoder):
         prob = np.exp(scores)
         prob /= prob.sum()
         return DecoderOutput(probabilities=prob.astype(np.float32), labels=self.labels)
+
+    def to_torch(self):
+        """Its torch twin, a :class:`BandPowerNet` with the same bands and classifier."""
+        return _bandpower_net()(self.n_samples, self.n_channels, self.srate, self.bands,
+                                coef=self.coef, intercept=self.intercept)
+
+
+def __getattr__(name: str):
+    if name == "BandPowerNet":  # defined on first use: torch is optional
+        return _bandpower_net()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@functools.cache
+def _bandpower_net() -> type:
+    """Define :class:`BandPowerNet` (needs torch)."""
+    try:
+        import torch
+    except ImportError:
+        raise RtbciError("bandpower: the torch twin (BandPowerNet) needs torch "
+                         "(pip install torch)") from None
+
+    class BandPowerNet(torch.nn.Module):
+        """:class:`BandPower` in torch: ``(1, n_samples, n_channels)`` → log10 band powers.
+
+        Same maths as :meth:`BandPower.features`, in float32: mean removal over time, a
+        periodic Hann taper and the DFT at the bands' bins as one matmul with a precomputed
+        ``[taper·cos | taper·sin]`` matrix (no ``torch.fft``, so it exports to ONNX and
+        TensorRT), squared magnitudes summed per band by a second matmul, ``log10(· + 1e-20)``.
+        With ``coef`` and ``intercept``, the linear classifier and a softmax follow.
+
+        Parameters
+        ----------
+        n_samples, n_channels, srate, bands
+            As :class:`BandPower`.
+        coef : array (n_classes, n_channels * n_bands) | None
+        intercept : array (n_classes,) | None
+
+        Notes
+        -----
+        input : ``(batch, n_samples, n_channels)`` float32, the engine's window layout
+        output : ``(batch, n_channels * n_bands)`` log10 power, channel-major
+            (``feature = channel * n_bands + band``), or ``(batch, n_classes)`` probabilities
+        """
+
+        def __init__(self, n_samples: int, n_channels: int, srate: float,
+                     bands=DEFAULT_BANDS, coef=None, intercept=None):
+            super().__init__()
+            reference = BandPower(n_samples, n_channels, srate, bands)  # validates the bands
+            bins = np.flatnonzero(reference._band_matrix.any(axis=0))
+            angle = 2 * np.pi * np.outer(np.arange(n_samples), bins) / n_samples
+            taper = reference._taper  # (n_samples, 1)
+            dft = np.hstack([taper * np.cos(angle), taper * np.sin(angle)])  # (n, 2·n_bins)
+            sums = reference._band_matrix[:, bins].T  # (n_bins, n_bands)
+            self.n_samples, self.n_channels = n_samples, n_channels
+            self.n_features = reference.n_features
+            self.register_buffer("dft", torch.tensor(dft, dtype=torch.float32))
+            self.register_buffer("band_sums", torch.tensor(np.vstack([sums, sums]),
+                                                           dtype=torch.float32))
+            self.classifier = None
+            if coef is not None:
+                coef = np.asarray(coef, dtype=np.float64)
+                intercept = np.zeros(len(coef)) if intercept is None else np.asarray(intercept)
+                if coef.shape[1:] != (self.n_features,) or intercept.shape != coef.shape[:1]:
+                    raise RtbciError(f"bandpower: coef {coef.shape} / intercept "
+                                     f"{intercept.shape} do not fit {self.n_features} features")
+                # Softmax ignores what all classes' scores share: centring the weights across
+                # classes keeps the probabilities and shrinks the float32 sums ~20× (LDA scores
+                # are ~1e3 apart from zero but only a few units apart from each other).
+                self.classifier = torch.nn.Linear(self.n_features, len(coef))
+                with torch.no_grad():
+                    self.classifier.weight.copy_(torch.from_numpy(coef - coef.mean(axis=0)))
+                    self.classifier.bias.copy_(torch.from_numpy(intercept - intercept.mean()))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = x - x.mean(dim=1, keepdim=True)
+            spectrum = torch.matmul(x.transpose(1, 2), self.dft)  # (batch, ch, 2·n_bins)
+            power = torch.matmul(spectrum * spectrum, self.band_sums)  # (batch, ch, n_bands)
+            features = torch.log10(power + 1e-20).flatten(1)
+            if self.classifier is None:
+                return features
+            return torch.softmax(self.classifier(features), dim=-1)
+
+    BandPowerNet.__module__, BandPowerNet.__qualname__ = __name__, "BandPowerNet"
+    return BandPowerNet
 
 
 def fit_lda(features: np.ndarray, labels: list[str], shrinkage: float = 0.1) -> dict:

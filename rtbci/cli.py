@@ -102,6 +102,24 @@ def build_parser() -> argparse.ArgumentParser:
                         "markers (JSON)")
     p.set_defaults(func=cmd_run)
 
+    p = sub.add_parser("compile", help="build a decoder's compiled runtime and time it",
+                       description="Build and cache a decoder's compiled form ahead of an "
+                                   "experiment (ONNX export + checks, TensorRT engine, CUDA "
+                                   "graph) and print its measured latency (batch 1, 200 calls). "
+                                   "MODEL is builtin:bandpower for now (checkpoints: issue 4).")
+    p.add_argument("model", metavar="MODEL", help="builtin:bandpower")
+    p.add_argument("--runtime", default="auto",
+                   choices=["auto", "torch", "onnxruntime", "cudagraph", "tensorrt"])
+    p.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "fp16", "bf16"])
+    p.add_argument("--device", help="cpu or cuda[:N] (default: cuda if available, for GPU "
+                                    "runtimes)")
+    p.add_argument("--samples", type=int, default=500, help="window length in samples (500)")
+    p.add_argument("--channels", type=int, default=64, help="channels (64)")
+    p.add_argument("--srate", type=_positive, default=1000.0, help="sampling rate, Hz (1000)")
+    p.add_argument("--classifier", type=Path, help="bandpower classifier .npz")
+    p.add_argument("--out", type=Path, help="where to write the artefact (.onnx / engine)")
+    p.set_defaults(func=cmd_compile)
+
     p = sub.add_parser("replay", help="publish recordings as LSL streams",
                        description="Publish recordings (FIF, EDF, BDF, BrainVision .vhdr, "
                                    "EEGLAB .set, XDF, or an rtbci session directory) as real "
@@ -286,6 +304,24 @@ def _run_offline(config, args: argparse.Namespace) -> int:
                   f"(chance {entry['chance']:.3f})")
     if args.stats_json:
         args.stats_json.write_text(json.dumps(_finite(stats), indent=2) + "\n")
+    return 0
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from rtbci.models.runtimes.select import importable
+
+    if args.model != "builtin:bandpower":
+        raise RtbciError(f"MODEL: {args.model!r} is not known; expected builtin:bandpower")
+    if not importable("torch"):
+        raise RtbciError("compile needs torch: pip install 'rtbci[onnx]'")
+    from rtbci.models.bandpower import BandPower
+    from rtbci.models.runtimes import compile_decoder, format_latency
+
+    decoder = BandPower(args.samples, args.channels, args.srate, classifier=args.classifier)
+    runtime, artefact, latency = compile_decoder(
+        decoder.to_torch(), (1, args.samples, args.channels), args.runtime, args.precision,
+        args.out, device=args.device, name=args.model)
+    print(format_latency(runtime, artefact, latency))
     return 0
 
 

@@ -91,6 +91,8 @@ class DecoderConfig(_Strict):
     timeout_ms: float = Field(2000.0, gt=0)
     runtime: Runtime = "auto"
     device: str = "cpu"
+    precision: Literal["fp32", "tf32", "fp16", "bf16"] = "fp32"
+    threads: int | None = Field(None, ge=1, description="inference threads (default: 1 on CPU)")
     options: dict[str, Any] = {}
 
     @model_validator(mode="after")

@@ -61,6 +61,7 @@ class Engine:
         self._marker_readers: list[MarkerReader] = []
         self._companions: list = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._attaching: set[asyncio.Future] = set()
 
     def __repr__(self) -> str:
         return f"<Engine: session {self.session} | streams {list(self.streams)}>"
@@ -114,20 +115,32 @@ class Engine:
         stream.add_listener(wake)
 
     def _attach_decoders(self, source: str, stream: Stream) -> None:
+        """On the loop: start building ``source``'s decoders (they attach when ready)."""
+        task = asyncio.ensure_future(self._attach_all(source, stream))
+        self._attaching.add(task)
+        task.add_done_callback(self._attaching.discard)
+
+    async def _attach_all(self, source: str, stream: Stream) -> None:
+        """Build each decoder of ``source`` in a worker thread (loading, compiling and
+        warming up can take seconds: the loop keeps running), then register it."""
         for i, cfg in enumerate(self.config.decoders):
             if cfg.source != source:
                 continue
+            where = f"decoders[{i}]"
             try:
-                self._attach(cfg, stream, f"decoders[{i}]")
+                decoder, trigger = await asyncio.to_thread(self._build, cfg, stream, where)
             except Exception as exc:  # one decoder that cannot start must not stop the others
                 message = str(exc) if isinstance(exc, RtbciError) else (
-                    f"decoders[{i}] ({cfg.name!r}): failed to start: {type(exc).__name__}: {exc}")
+                    f"{where} ({cfg.name!r}): failed to start: {type(exc).__name__}: {exc}")
                 log.error("%s", message)
                 self.decoder_status[cfg.name] = {"error": message}
+                continue
+            self._register_decoder(cfg, decoder, trigger, stream)
         for sink in self.sinks:
             sink.status_changed(self.status())
 
-    def _attach(self, cfg: DecoderConfig, stream: Stream, where: str) -> None:
+    def _build(self, cfg: DecoderConfig, stream: Stream, where: str):
+        """Load and warm up a decoder, and work out its trigger in samples (any thread)."""
         decoder = load_decoder(cfg, stream.info, where, self.config.base_dir)
         start, length = window_samples(cfg, stream.info.srate)
         decoder(np.zeros((length, stream.info.n_channels), np.float32))  # warm-up, off the clock
@@ -136,7 +149,12 @@ class Engine:
             raise RtbciError(f"{where}.every_ms: {cfg.every_ms} ms is under one sample")
         if length > stream.buffer.capacity:
             raise RtbciError(f"{where}.window_ms: longer than sources.buffer_seconds")
-        trigger = TriggerSpec(length=length, every=every, marker=cfg.on_marker, start=start)
+        return decoder, TriggerSpec(length=length, every=every, marker=cfg.on_marker,
+                                    start=start)
+
+    def _register_decoder(self, cfg: DecoderConfig, decoder, trigger: TriggerSpec,
+                          stream: Stream) -> None:
+        start, length, every = trigger.start, trigger.length, trigger.every
         task = DecoderTask(cfg.name, decoder, stream, trigger, cfg.budget_ms, cfg.timeout_ms,
                            self.session)
         self.scheduler.add(task, cfg.device)
@@ -204,6 +222,8 @@ class Engine:
             await self._wait(duration, stop, on_tick)
         finally:
             watchdog.cancel()
+            for task in list(self._attaching):
+                task.cancel()
             await self.shutdown()
         return self.stats()
 
@@ -242,7 +262,7 @@ class Engine:
         self.scheduler = Scheduler(self._loop, clock, self._publish, inline=True)
         for sink in self.sinks:
             await sink.start(self.status())
-        streams = self._offline_streams(recording)
+        streams = await self._offline_streams(recording)
         started, previous = time.perf_counter(), recording.start
         for n, event in enumerate(schedule(recording)):
             clock.set(event[0])
@@ -264,7 +284,7 @@ class Engine:
         await self._close_sinks()
         return self.stats()
 
-    def _offline_streams(self, recording: Recording) -> dict:
+    async def _offline_streams(self, recording: Recording) -> dict:
         """Build each source's Stream from its recorded stream; index → Stream."""
         by_index = {}
         for cfg in self.config.sources:
@@ -277,7 +297,7 @@ class Engine:
             for sink in self.sinks:
                 sink.stream_added(cfg.name, stream)
             stream.add_listener(partial(self.scheduler.on_data, stream))
-            self._attach_decoders(cfg.name, stream)
+            await self._attach_all(cfg.name, stream)
         return by_index
 
     async def shutdown(self) -> None:

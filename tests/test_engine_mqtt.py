@@ -20,7 +20,7 @@ def make_engine(url: str, session: str, collector, **mqtt) -> Engine:
         "engine": {"session": session},
         "sources": [{"name": "eeg", "kind": "simulate", "stream_name": f"{session}-eeg"}],
         "decoders": [{"name": "bp", "model": "builtin:bandpower", "source": "eeg",
-                      "window_ms": 500, "every_ms": 50, "budget_ms": 20}],
+                      "window_ms": 500, "every_ms": 50, "budget_ms": 20, "runtime": "numpy"}],
         "sinks": [{"kind": "mqtt", "url": url, "reconnect_max_s": 1.0, **mqtt}]})
     return Engine(config, sinks=[collector])
 

@@ -110,9 +110,9 @@ def test_live_at_1x_and_offline_give_the_same_outputs(tmp_path, run_engine, coll
     name = recording.streams[0].info.name
     decoders = [
         {"name": "bp", "model": "builtin:bandpower", "source": "eeg", "window_ms": 400,
-         "every_ms": 100, "options": {"bands": [[4, 8], [8, 13]]}},
+         "every_ms": 100, "runtime": "numpy", "options": {"bands": [[4, 8], [8, 13]]}},
         {"name": "ev", "model": "builtin:bandpower", "source": "eeg", "window_ms": [-200, 600],
-         "on_marker": "stim"}]
+         "on_marker": "stim", "runtime": "numpy"}]
     live_config = {"sources": [{"name": "eeg", "kind": "lsl", "stream": {"name": name},
                                 "markers": {"name": f"{name}-markers"},
                                 "preprocess": {"bandpass": [1, 40]}}], "decoders": decoders}

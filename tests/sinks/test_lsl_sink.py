@@ -25,7 +25,8 @@ def test_results_arrive_on_the_decoders_outlet(tmp_path, collector):
         "engine": {"session": session},
         "sources": [{"name": "eeg", "kind": "simulate", "stream_name": f"{session}-eeg"}],
         "decoders": [{"name": "bp", "model": "builtin:bandpower", "source": "eeg",
-                      "window_ms": 500, "every_ms": 100, "options": {"classifier": str(clf)}}],
+                      "window_ms": 500, "every_ms": 100, "runtime": "numpy",
+                      "options": {"classifier": str(clf)}}],
         "sinks": [{"kind": "lsl"}]})
     engine = Engine(config, sinks=[collector])
     received, ready = [], threading.Event()

@@ -32,9 +32,9 @@ def session_config(tmp_path: Path, name: str) -> dict:
                      "preprocess": {"notch": 50}}],
         "decoders": [
             {"name": "bp", "model": "builtin:bandpower", "source": "eeg", "window_ms": 500,
-             "every_ms": 100},
+             "every_ms": 100, "runtime": "numpy"},
             {"name": "trial", "model": "builtin:bandpower", "source": "eeg",
-             "window_ms": [0, 600], "on_marker": "stim",
+             "window_ms": [0, 600], "on_marker": "stim", "runtime": "numpy",
              "options": {"bands": [[1, 4], [4, 8], [8, 13]],
                          "classifier": str(DEMO_CLASSIFIER)}}],
         "sinks": [{"kind": "record", "path": str(tmp_path / "{session}"), "flush_s": 0.5}]}
