@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import signal
+import subprocess
 import sys
 import time
 from importlib import resources
@@ -154,6 +155,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=1883, help="port (default 1883)")
     p.set_defaults(func=cmd_broker)
 
+    p = sub.add_parser("gui", help="the live display: traces, decoder outputs, timing",
+                       description="Open the Qt display of a running session: LSL traces with "
+                                   "markers, each decoder's output, latency histograms and "
+                                   "engine counters (docs/gui.md). Its own process; needs "
+                                   "pip install 'rtbci[gui]'.")
+    from rtbci.gui.app import add_arguments as add_gui_arguments  # light: no Qt imported
+
+    add_gui_arguments(p)
+    p.set_defaults(func=cmd_gui)
+
     p = sub.add_parser("demo", help="run the built-in demo (simulated amplifier)",
                        description="Run the engine on the built-in demo config: a simulated "
                                    "64-channel EEG amplifier streamed over LSL.")
@@ -166,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--duration", type=_positive, help="seconds to run (default: until Ctrl-C)")
+    p.add_argument("--gui", action="store_true",
+                   help="also open the display (rtbci gui) on this session, in its own process")
     p.add_argument("--stats-json", type=Path, metavar="PATH",
                    help="write stream and decoder statistics to PATH at exit")
 
@@ -394,11 +407,31 @@ def _ensure_local_broker(config):
     return None
 
 
+def cmd_gui(args: argparse.Namespace) -> int:
+    from rtbci.gui.app import run
+
+    return run(args)
+
+
+def _start_display(config) -> subprocess.Popen:
+    """``rtbci gui`` on the config's session and first MQTT sink, as its own process."""
+    url = next((sink.url for sink in config.sinks if sink.kind == "mqtt"), None)
+    if url is None:
+        raise RtbciError('--gui: the display reads the results from MQTT; add a [[sinks]] '
+                         'with kind = "mqtt"')
+    cmd = [sys.executable, "-m", "rtbci.gui", "--session", config.engine.session,
+           "--broker", url]
+    log.info("starting the display: %s", " ".join(cmd[1:]))
+    return subprocess.Popen(cmd)  # not waited for: it outlives the engine until closed
+
+
 def _run_engine(config, args: argparse.Namespace) -> int:
     from rtbci.engine import Engine
     from rtbci.report import print_live_stats
 
     engine = Engine(config)
+    if getattr(args, "gui", False):
+        _start_display(config)
 
     async def main() -> dict:
         stop = asyncio.Event()

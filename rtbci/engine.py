@@ -185,7 +185,8 @@ class Engine:
 
     def status(self) -> dict:
         """The engine's status (sent retained on MQTT): session, streams, decoders."""
-        streams = {name: {"type": s.info.type, "n_channels": s.info.n_channels,
+        streams = {name: {"lsl_name": s.raw_info.name, "source_id": s.raw_info.source_id,
+                          "type": s.info.type, "n_channels": s.info.n_channels,
                           "srate": s.info.srate, "ch_names": list(s.info.ch_names)}
                    for name, s in self.streams.items()}
         return {"session": self.session, "version": __version__, "streams": streams,

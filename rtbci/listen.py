@@ -64,9 +64,12 @@ async def listen(host: str, port: int, session: str, duration: float | None,
                 async for msg in client.messages:
                     now = pylsl.local_clock()
                     message = decode(msg.payload)
-                    if str(msg.topic).endswith("/status"):
+                    topic = str(msg.topic)
+                    if topic.endswith("/status"):
                         if not quiet:
                             print(f"status: {message.get('state')}", flush=True)
+                        continue
+                    if topic.endswith("/stats"):  # the engine's statistics, once a second
                         continue
                     log.add(message, now)
                     if not quiet:

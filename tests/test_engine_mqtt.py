@@ -2,6 +2,7 @@
 
 import asyncio
 import socket
+import time
 import uuid
 
 import aiomqtt
@@ -114,3 +115,25 @@ def test_engine_keeps_decoding_through_a_5_s_broker_outage(mosquitto, collector)
     assert len(seqs) > 60  # ... and results flow to a subscriber again after the restart
     assert seqs == sorted(seqs)
     assert stats["decoders"]["bp"]["errors"] == 0
+
+
+def test_rtbci_listen_reports_what_it_received(mosquitto, collector, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    session = f"l{uuid.uuid4().hex[:6]}"
+    engine = make_engine(mosquitto.url, session, collector)
+    out = tmp_path / "listen.json"
+    listener = subprocess.Popen([sys.executable, "-m", "rtbci", "listen", "--url", mosquitto.url,
+                                 "--session", session, "--duration", "12", "--summary-only",
+                                 "--stats-json", str(out)], stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(2.0)  # the listener subscribes
+        asyncio.run(engine.run(5.0))  # results, the status and a stats message each second
+        assert listener.wait(timeout=20) == 0, listener.stderr.read()
+    finally:
+        listener.kill()
+    summary = json.loads(out.read_text())["bp"]
+    assert summary["received"] == len(collector.results) > 60
+    assert 0 < summary["engine_ms"]["p50"] < 20 and summary["end_to_end_ms"]["p50"] > 0

@@ -1,0 +1,387 @@
+"""The Decoders panel: one card per decoder, drawn according to its output kind.
+
+- ``classes``: a bar per class probability, the most probable class highlighted; for
+  marker-locked decoders whose markers name the true class, the running accuracy.
+- ``retrieval``: the top-k candidates with labels and scores (a thumbnail when a label is the
+  path of an image file).
+- ``embedding``: a heat strip of the vector (channels × features when its size is a multiple
+  of the source's channel count, as for ``builtin:bandpower``) and its norm.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6 import QtCore, QtGui, QtWidgets
+
+from rtbci.gui import theme
+from rtbci.gui.state import DecoderState, true_class
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+THUMBNAIL_PX = 36
+
+
+def _label(text: str = "", name: str | None = None) -> QtWidgets.QLabel:
+    label = QtWidgets.QLabel(text)
+    if name:
+        label.setObjectName(name)
+    return label
+
+
+def _bar() -> QtWidgets.QProgressBar:
+    bar = QtWidgets.QProgressBar()
+    bar.setRange(0, 1000)
+    bar.setTextVisible(False)
+    bar.setMinimumWidth(120)
+    return bar
+
+
+def scroll_area(widget: QtWidgets.QWidget) -> QtWidgets.QScrollArea:
+    """A vertical-only scroll area around ``widget``."""
+    scroll = QtWidgets.QScrollArea()
+    scroll.setWidgetResizable(True)
+    scroll.setHorizontalScrollBarPolicy(QtCore.Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    scroll.setWidget(widget)
+    return scroll
+
+
+def _set_highlight(bar: QtWidgets.QProgressBar, on: bool) -> None:
+    if bar.property("argmax") != on:
+        bar.setProperty("argmax", on)
+        bar.style().unpolish(bar)
+        bar.style().polish(bar)
+
+
+class DecoderCard(QtWidgets.QFrame):
+    """A decoder's name, configuration and newest output.
+
+    Parameters
+    ----------
+    name : str
+        Decoder name.
+    """
+
+    kind = ""
+
+    def __init__(self, name: str, parent=None):
+        super().__init__(parent)
+        self.name = name
+        self.setObjectName("card")
+        self.title = _label(name, "cardTitle")
+        self.info = _label("", "muted")
+        self.info.setWordWrap(True)
+        self.info.setSizePolicy(QtWidgets.QSizePolicy.Policy.Ignored,
+                                QtWidgets.QSizePolicy.Policy.Preferred)
+        self.meta = _label("waiting for results", "muted")
+        self.meta.setAlignment(QtCore.Qt.AlignmentFlag.AlignRight)
+        head = QtWidgets.QHBoxLayout()
+        head.addWidget(self.title)
+        head.addStretch(1)
+        head.addWidget(self.meta)
+        self.body = QtWidgets.QGridLayout()
+        self.body.setHorizontalSpacing(8)
+        self.body.setVerticalSpacing(3)
+        layout = QtWidgets.QVBoxLayout(self)
+        layout.setContentsMargins(10, 6, 10, 8)
+        layout.addLayout(head)
+        layout.addWidget(self.info)
+        layout.addLayout(self.body)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}: {self.name}>"
+
+    def set_status(self, entry: dict, streams: dict) -> None:
+        """Show the decoder's configuration from the engine status (``status["decoders"]``)."""
+        trigger = (f"on marker '{entry['on_marker']}'" if entry.get("on_marker")
+                   else f"every {entry.get('every', '?')} samples")
+        budget = entry.get("budget_ms")
+        runtime = (entry.get("runtime") or {}).get("backend", "")
+        parts = [entry.get("kind", "?"), str(entry.get("source", "")), trigger,
+                 f"budget {budget:g} ms" if budget else "", runtime]
+        self.info.setText(" · ".join(p for p in parts if p))
+
+    def show_result(self, state: DecoderState, now: float) -> None:
+        """Draw the newest result of ``state``; ``now`` is the LSL clock, for the rate."""
+        message = state.latest
+        if message is None:
+            return
+        self.meta.setText(f"seq {message['seq']} · {state.rate(now):.1f}/s")
+        self.draw(message, state)
+
+    def draw(self, message: dict, state: DecoderState) -> None:
+        """Draw one result message (kind-specific)."""
+
+
+class ClassesCard(DecoderCard):
+    """Class probabilities as bars; the most probable class highlighted.
+
+    Attributes
+    ----------
+    bars : dict of str to QProgressBar
+        Per class label, value = probability × 1000.
+    values : dict of str to QLabel
+        Per class label, the probability as text (``"73.1 %"``).
+    argmax : str | None
+        The highlighted (most probable) class.
+    """
+
+    kind = "classes"
+
+    def __init__(self, name: str, parent=None):
+        super().__init__(name, parent)
+        self.bars: dict[str, QtWidgets.QProgressBar] = {}
+        self.values: dict[str, QtWidgets.QLabel] = {}
+        self.names: dict[str, QtWidgets.QLabel] = {}
+        self.argmax: str | None = None
+        self.trial = _label("", "muted")
+        self.trial.setWordWrap(True)
+        self.trial.setSizePolicy(QtWidgets.QSizePolicy.Policy.Ignored,
+                                 QtWidgets.QSizePolicy.Policy.Preferred)
+
+    def _rows(self, labels: list[str]) -> None:
+        if list(self.bars) == labels:
+            return
+        for widget in [*self.bars.values(), *self.values.values(), *self.names.values()]:
+            widget.deleteLater()
+        self.bars, self.values, self.names = {}, {}, {}
+        for row, label in enumerate(labels):
+            self.names[label], self.bars[label], self.values[label] = (
+                _label(label), _bar(), _label("", "muted"))
+            self.body.addWidget(self.names[label], row, 0)
+            self.body.addWidget(self.bars[label], row, 1)
+            self.body.addWidget(self.values[label], row, 2)
+        self.body.setColumnStretch(1, 1)
+        self.body.addWidget(self.trial, len(labels), 0, 1, 3)
+
+    def draw(self, message: dict, state: DecoderState) -> None:
+        probabilities = np.asarray(message["probabilities"], dtype=float)
+        labels = list(message.get("labels") or range(len(probabilities)))
+        labels = [str(label) for label in labels]
+        self._rows(labels)
+        best = int(np.argmax(probabilities))
+        self.argmax = labels[best]
+        for i, label in enumerate(labels):
+            self.bars[label].setValue(round(1000 * float(probabilities[i])))
+            self.values[label].setText(f"{100 * probabilities[i]:5.1f} %")
+            _set_highlight(self.bars[label], i == best)
+            self.names[label].setStyleSheet(f"color: {theme.ACCENT if i == best else theme.TEXT};"
+                                            f"font-weight: {600 if i == best else 400};")
+        self.trial.setText(self._trial_text(message, state))
+
+    @staticmethod
+    def _trial_text(message: dict, state: DecoderState) -> str:
+        marker = message.get("marker")
+        if not marker:
+            return ""
+        text = f"marker {marker}"
+        truth = true_class(marker)
+        if truth is not None and state.scored:
+            predicted = message["labels"][int(np.argmax(message["probabilities"]))]
+            text += (f" → {predicted} {'✓' if predicted == truth else '✗'} · accuracy "
+                     f"{100 * state.correct / state.scored:.0f} % ({state.scored} trials)")
+        return text
+
+
+class RetrievalCard(DecoderCard):
+    """Top-k candidates, best first: rank, thumbnail (if any), label, score bar and score.
+
+    Attributes
+    ----------
+    shown : list of (str, float)
+        The candidates drawn: ``(label, score)``.
+    thumbnails : list of QLabel
+        Per row, the thumbnail (an empty pixmap when the label is not an image file).
+    """
+
+    kind = "retrieval"
+    MAX_ROWS = 8
+
+    def __init__(self, name: str, parent=None):
+        super().__init__(name, parent)
+        self.shown: list[tuple[str, float]] = []
+        self.thumbnails: list[QtWidgets.QLabel] = []
+        self._rows: list[tuple[QtWidgets.QLabel, ...]] = []
+        self._bars: list[QtWidgets.QProgressBar] = []
+        self._pixmaps: dict[str, QtGui.QPixmap | None] = {}
+
+    def _row(self, i: int) -> tuple[QtWidgets.QLabel, ...]:
+        while len(self._rows) <= i:
+            row = len(self._rows)
+            rank, thumb, name, score = _label(f"{row + 1}", "muted"), _label(), _label(), _label()
+            bar = _bar()
+            for col, widget in enumerate((rank, thumb, name, bar, score)):
+                self.body.addWidget(widget, row, col)
+            self.body.setColumnStretch(3, 1)
+            self._rows.append((rank, thumb, name, score))
+            self._bars.append(bar)
+            self.thumbnails.append(thumb)
+        return self._rows[i]
+
+    def draw(self, message: dict, state: DecoderState) -> None:
+        scores = np.asarray(message.get("scores") if message.get("scores") is not None else [])
+        ids = message.get("ids")
+        labels = message.get("labels") or [str(int(i)) for i in (ids if ids is not None else [])]
+        k = min(len(scores), len(labels), self.MAX_ROWS)
+        top = float(np.max(np.abs(scores[:k]))) if k else 1.0
+        self.shown = [(str(labels[i]), float(scores[i])) for i in range(k)]
+        for i, (label, score) in enumerate(self.shown):
+            _, thumb, name, value = self._row(i)
+            text = os.path.basename(label) if os.sep in label else label
+            name.setText(text if len(text) < 40 else "…" + text[-38:])
+            value.setText(f"{score:.3f}")
+            self._bars[i].setValue(round(1000 * max(score, 0.0) / top) if top > 0 else 0)
+            _set_highlight(self._bars[i], i == 0)
+            self._thumbnail(thumb, label)
+        for i in range(k, len(self._rows)):
+            for widget in (*self._rows[i], self._bars[i]):
+                widget.setVisible(False)
+        for i in range(k):
+            for widget in (*self._rows[i], self._bars[i]):
+                widget.setVisible(True)
+
+    def _thumbnail(self, target: QtWidgets.QLabel, label: str) -> None:
+        if label not in self._pixmaps:
+            if len(self._pixmaps) >= 256:  # a large candidate bank: keep the cache small
+                self._pixmaps.clear()
+            pixmap = None
+            if label.lower().endswith(IMAGE_SUFFIXES) and os.path.isfile(label):
+                pixmap = QtGui.QPixmap(label).scaled(
+                    THUMBNAIL_PX, THUMBNAIL_PX, QtCore.Qt.AspectRatioMode.KeepAspectRatio,
+                    QtCore.Qt.TransformationMode.SmoothTransformation)
+            self._pixmaps[label] = pixmap
+        pixmap = self._pixmaps[label]
+        if pixmap is None:
+            target.clear()
+        else:
+            target.setPixmap(pixmap)
+
+
+class EmbeddingCard(DecoderCard):
+    """The embedding as a heat strip (channels × features per channel when it divides).
+
+    Attributes
+    ----------
+    image : pg.ImageItem
+        The strip; ``image.image`` holds the drawn values, shape ``(n_rows_x, n_rows_y)``.
+    norm : QLabel
+        ``‖x‖`` and the vector's size.
+    """
+
+    kind = "embedding"
+
+    def __init__(self, name: str, parent=None):
+        super().__init__(name, parent)
+        self.n_channels = 0
+        self.plot = pg.PlotWidget()
+        self.plot.setFixedHeight(64)
+        self.plot.hideAxis("left")
+        self.plot.hideAxis("bottom")
+        self.plot.setMouseEnabled(x=False, y=False)
+        self.plot.getPlotItem().hideButtons()
+        self.plot.getPlotItem().setMenuEnabled(False)
+        self.plot.getPlotItem().getViewBox().setDefaultPadding(0)
+        self.image = pg.ImageItem()
+        self.image.setColorMap(pg.colormap.get("viridis"))
+        self.plot.addItem(self.image)
+        self.norm = _label("", "muted")
+        self.body.addWidget(self.plot, 0, 0)
+        self.body.addWidget(self.norm, 1, 0)
+
+    def set_status(self, entry: dict, streams: dict) -> None:
+        super().set_status(entry, streams)
+        self.n_channels = int((streams.get(entry.get("source"), {}) or {}).get("n_channels", 0))
+
+    def draw(self, message: dict, state: DecoderState) -> None:
+        vector = np.asarray(message["embedding"], dtype=float).ravel()
+        n = self.n_channels
+        if n > 1 and len(vector) % n == 0 and len(vector) > n:
+            strip = vector.reshape(n, len(vector) // n)  # channel-major: x = channel
+            shape = f"{n} ch × {len(vector) // n}"
+        else:
+            strip = vector[:, None]
+            shape = f"{len(vector)} values"
+        self.image.setImage(strip, autoLevels=True)
+        self.plot.getPlotItem().getViewBox().autoRange(padding=0)
+        self.norm.setText(f"‖x‖ = {np.linalg.norm(vector):.2f} · {shape}")
+
+
+class GenericCard(DecoderCard):
+    """A decoder of a kind this display does not know: the output as text."""
+
+    def __init__(self, name: str, parent=None):
+        super().__init__(name, parent)
+        self.text = _label("", "muted")
+        self.body.addWidget(self.text, 0, 0)
+
+    def draw(self, message: dict, state: DecoderState) -> None:
+        self.text.setText(f"kind {message.get('kind')!r}")
+
+
+CARDS = {card.kind: card for card in (ClassesCard, RetrievalCard, EmbeddingCard)}
+
+
+def make_card(name: str, kind: str) -> DecoderCard:
+    """The card class for an output kind (:class:`GenericCard` for unknown kinds)."""
+    return CARDS.get(kind, GenericCard)(name)
+
+
+class DecodersPanel(QtWidgets.QFrame):
+    """The decoder cards, in the order of the engine's status.
+
+    Attributes
+    ----------
+    cards : dict of str to DecoderCard
+    """
+
+    def __init__(self, session: str, parent=None):
+        super().__init__(parent)
+        self.setObjectName("panel")
+        self.cards: dict[str, DecoderCard] = {}
+        self.placeholder = _label(f"waiting for session {session}", "muted")
+        inner = QtWidgets.QWidget()
+        inner.setObjectName("root")
+        inner.setStyleSheet(f"background: {theme.PANEL};")
+        self._cards = QtWidgets.QVBoxLayout(inner)
+        self._cards.setContentsMargins(0, 0, 0, 0)
+        self._cards.addWidget(self.placeholder)
+        self._cards.addStretch(1)
+        scroll = scroll_area(inner)
+        layout = QtWidgets.QVBoxLayout(self)
+        layout.setContentsMargins(10, 8, 10, 10)
+        layout.addWidget(_label("Decoders", "panelTitle"))
+        layout.addWidget(scroll, 1)
+
+    def sync(self, status: dict | None) -> None:
+        """Create, update or remove cards to match the engine status (``None``: keep them)."""
+        if not status or status.get("state") != "online":
+            return
+        decoders, streams = status.get("decoders") or {}, status.get("streams") or {}
+        for name in [n for n in self.cards if n not in decoders]:
+            self.cards.pop(name).deleteLater()
+        for name, entry in decoders.items():
+            if "error" in entry:
+                continue
+            card = self.cards.get(name)
+            if card is None or card.kind != entry.get("kind"):
+                card = self._add(name, entry.get("kind", ""))
+            card.set_status(entry, streams)
+        self.placeholder.setVisible(not self.cards)
+
+    def card_for(self, name: str, kind: str) -> DecoderCard:
+        """The card of decoder ``name``, created if the status has not announced it."""
+        card = self.cards.get(name)
+        if card is None or card.kind != kind and kind in CARDS:
+            card = self._add(name, kind)
+            self.placeholder.hide()
+        return card
+
+    def _add(self, name: str, kind: str) -> DecoderCard:
+        old = self.cards.pop(name, None)
+        if old is not None:
+            old.deleteLater()
+        card = make_card(name, kind)
+        self._cards.insertWidget(self._cards.count() - 1, card)
+        self.cards[name] = card
+        return card

@@ -1,0 +1,83 @@
+"""What the display knows about each decoder: its latest result and recent latencies (no Qt)."""
+
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+
+def percentiles(values, qs=(50, 99)) -> tuple[float, ...]:
+    """Percentiles of a sequence (NaN for an empty one)."""
+    if not len(values):
+        return tuple(float("nan") for _ in qs)
+    return tuple(float(v) for v in np.percentile(np.asarray(values), qs))
+
+
+def true_class(marker: str | None) -> str | None:
+    """The class a marker names, ``stim/left`` → ``left`` (None without a ``/``)."""
+    if not marker or "/" not in marker:
+        return None
+    return marker.rsplit("/", 1)[1]
+
+
+class DecoderState:
+    """Results of one decoder as received by the display.
+
+    Parameters
+    ----------
+    name : str
+        Decoder name.
+    history : int
+        Number of recent results whose latencies are kept.
+
+    Attributes
+    ----------
+    latest : dict | None
+        The newest result message.
+    received : int
+        Results received since the display started.
+    engine_ms, e2e_ms : deque of float
+        Engine latency (``t_published − t_arrived``) and end-to-end latency (receive time −
+        ``window_end``) of the last ``history`` results, in ms.
+    correct, scored : int
+        For class decoders whose marker names the true class: right predictions, and trials.
+    """
+
+    RATE_WINDOW_S = 2.0
+
+    def __init__(self, name: str, history: int = 500):
+        self.name = name
+        self.latest: dict | None = None
+        self.received = 0
+        self.engine_ms: deque[float] = deque(maxlen=history)
+        self.e2e_ms: deque[float] = deque(maxlen=history)
+        self._arrivals: deque[float] = deque(maxlen=4096)
+        self.correct = self.scored = 0
+
+    def __repr__(self) -> str:
+        return f"<DecoderState: {self.name} | {self.received} results>"
+
+    def add(self, message: dict, received_at: float) -> None:
+        """Record a result received at ``received_at`` (seconds, LSL clock)."""
+        engine = (message["t_published"] - message["t_arrived"]) * 1e3
+        e2e = (received_at - message["window_end"]) * 1e3
+        self.latest = message
+        self.received += 1
+        self.engine_ms.append(engine)
+        self.e2e_ms.append(e2e)
+        self._arrivals.append(received_at)
+        self._score(message)
+
+    def _score(self, message: dict) -> None:
+        truth = true_class(message.get("marker"))
+        probabilities, labels = message.get("probabilities"), message.get("labels")
+        if truth is None or probabilities is None or not labels or truth not in labels:
+            return
+        self.scored += 1
+        self.correct += labels[int(np.argmax(probabilities))] == truth
+
+    def rate(self, now: float) -> float:
+        """Results per second received over the last ``RATE_WINDOW_S`` before ``now``."""
+        recent = [t for t in self._arrivals if t > now - self.RATE_WINDOW_S]
+        return len(recent) / self.RATE_WINDOW_S
