@@ -73,7 +73,7 @@ class BandPower(Decoder):
     def features(self, window: np.ndarray) -> np.ndarray:
         """Log band power, shape ``(n_channels * n_bands,)``, channel-major."""
         work = self._work
-        np.subtract(window, window.mean(axis=0), out=work)
+        np.subtract(window, window.mean(axis=0, dtype=np.float64), out=work)  # DC offsets
         work *= self._taper
         power = np.abs(np.fft.rfft(work, axis=0)) ** 2  # (n_freqs, n_channels)
         bands = self._band_matrix @ power  # (n_bands, n_channels)
