@@ -80,11 +80,9 @@ class Branchy(torch.nn.Module):
 
 def eeg_windows(n_samples: int, n_channels: int, n: int = 3,
                 offset: float = 50.0) -> list[np.ndarray]:
-    """µV-like windows: noise, a 10 Hz rhythm on some channels and DC offsets up to ``offset``.
-
-    (``BandPower.features`` takes the mean of a float32 window in float32: with offsets of
-    hundreds of µV its residual DC leaks into the bin next to DC, up to 3e-4 in log10 power;
-    the torch twin stays within 4e-5 of the float64 truth — test_bandpower_net_… .)
+    """µV-like windows: noise, a 10 Hz rhythm on some channels and DC offsets up to ``offset``
+    (offsets of hundreds of µV test the mean removal: residual DC leaks into the bin next to
+    DC; the torch twin stays within 4e-5 of the float64 truth — test_bandpower_net_… .)
     """
     rng = np.random.default_rng(7)
     t = np.arange(n_samples)[:, None] / SRATE
