@@ -8,7 +8,6 @@ T/m → fT/cm) so float32 keeps their precision.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -220,7 +219,3 @@ def stream_info_from_json(d: dict) -> StreamInfo:
                       ch_types=tuple(d["ch_types"]), ch_units=tuple(d["ch_units"]),
                       positions=None if positions is None else np.array(positions, dtype=float),
                       hostname=d.get("hostname", ""))
-
-
-def dumps_info(info: StreamInfo) -> str:
-    return json.dumps(stream_info_to_json(info), indent=2)
