@@ -96,7 +96,7 @@ def prime_clock_sync(inlet: pylsl.StreamInlet, flags: int) -> None:
     """Get liblsl's first clock-offset estimate now (~0.65 s) rather than on the first pull,
     which would otherwise hold the first samples or markers back by that much."""
     if flags & pylsl.proc_clocksync:
-        inlet.time_correction(timeout=5.0)
+        inlet.time_correction(timeout=2.0)
 
 
 def resolve(query: dict[str, str], timeout: float) -> list[pylsl.StreamInfo]:
