@@ -84,8 +84,11 @@ def test_slow_decoder_is_late_and_skips_instead_of_queueing(scripted, run):
     assert s["results"] > 20 and s["late"] == s["results"]
     assert s["skipped"] >= 1.5 * s["results"]  # ~2 triggers pass during each 120 ms call
     latency = np.array([r.latency_ms for r in results])
-    assert latency.max() < 120 + 50 + 150  # never a backlog: at most one call + one period
-    assert latency[-10:].mean() < latency[:10].mean() + 50  # and it does not grow
+    # never a backlog: a result waits at most one call (120 ms) + one period (50 ms); a queue
+    # would add ~70 ms per result (medians: robust to a load spike on a shared machine)
+    third = len(latency) // 3
+    assert np.median(latency) < 120 + 50 + 30
+    assert np.median(latency[-third:]) < np.median(latency[:third]) + 30
     seqs = [r.seq for r in results]
     assert seqs == sorted(set(seqs))  # increasing; skipped triggers leave holes
     holes = sum(b - a - 1 for a, b in zip(seqs, seqs[1:]))  # a decoder starts at its first
@@ -179,7 +182,9 @@ def test_sliding_windows_are_the_same_in_two_runs_of_the_same_recording(new_coll
         async def main():
             async def push():
                 amp.open()
-                assert await asyncio.to_thread(amp.wait_for_consumers, 10.0)
+                while engine.acquisitions.get("eeg") is None or \
+                        engine.acquisitions["eeg"].state != "streaming":
+                    await asyncio.sleep(0.05)  # the engine's own inlet, not any consumer
                 await asyncio.to_thread(amp.run, 5.0)
             task = asyncio.create_task(push())
             await engine.run(7.0)

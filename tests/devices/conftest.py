@@ -17,6 +17,22 @@ def unique_name(request) -> str:
     return f"rtbci-test-{request.node.name[:20]}-{uuid.uuid4().hex[:8]}"
 
 
+async def engine_streaming(engine, source: str = "eeg", timeout: float = 20.0) -> None:
+    """Wait until ``engine``'s own inlet on ``source`` is open (not just any consumer: another
+    LSL client on the machine may subscribe to the same outlet first)."""
+    for _ in range(int(timeout / 0.05)):
+        acquisition = engine.acquisitions.get(source)
+        if acquisition is not None and acquisition.state == "streaming":
+            return
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"the engine did not connect to source {source!r}")
+
+
+@pytest.fixture
+def wait_streaming():
+    return engine_streaming
+
+
 @pytest.fixture
 def run_engine():
     """Run the engine in-process: ``run_engine(config_dict, duration, during=coro_fn)``.

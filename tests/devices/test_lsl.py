@@ -19,7 +19,8 @@ def _lsl_config(name: str, **source) -> dict:
     return {"sources": [{"name": "eeg", "kind": "lsl", "stream": {"name": name}, **source}]}
 
 
-def test_simulated_outlet_arrives_complete_and_bit_identical(unique_name, run_engine):
+def test_simulated_outlet_arrives_complete_and_bit_identical(unique_name, run_engine,
+                                                             wait_streaming):
     pushed, lock = [], threading.Lock()
 
     def tap(data, stamps):
@@ -30,7 +31,7 @@ def test_simulated_outlet_arrives_complete_and_bit_identical(unique_name, run_en
 
     async def during(engine):
         amp.open()
-        assert await asyncio.to_thread(amp.wait_for_consumers, 10.0)
+        await wait_streaming(engine)
         await asyncio.to_thread(amp.run, 10.0)
 
     engine, stats = run_engine(_lsl_config(unique_name), 30.0, during)

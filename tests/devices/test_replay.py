@@ -35,12 +35,13 @@ def write(raw: mne.io.Raw, path) -> None:
         mne.export.export_raw(path, raw, verbose="error")
 
 
-def replay_into_engine(recording, config: dict, run_engine, speed=1.0):
+def replay_into_engine(recording, config: dict, run_engine, wait_streaming, speed=1.0):
     publisher = ReplayPublisher(recording, speed)
 
     async def during(engine):
         publisher.open()
-        assert await asyncio.to_thread(publisher.wait_for_consumers, 10.0)
+        for source in engine.acquisitions:
+            await wait_streaming(engine, source)
         await asyncio.sleep(1.0)  # the marker reader subscribes too
         await asyncio.to_thread(publisher.run)
 
@@ -48,7 +49,8 @@ def replay_into_engine(recording, config: dict, run_engine, speed=1.0):
 
 
 @pytest.mark.parametrize("suffix", [".fif", ".edf", ".vhdr"])
-def test_mne_files_arrive_over_lsl_with_every_annotation(tmp_path, run_engine, suffix):
+def test_mne_files_arrive_over_lsl_with_every_annotation(tmp_path, run_engine, suffix,
+                                                         wait_streaming):
     path = tmp_path / f"rec{uuid.uuid4().hex[:6]}{'_raw' if suffix == '.fif' else ''}{suffix}"
     write(make_raw(), path)
     recording = read_recording(path)
@@ -56,7 +58,7 @@ def test_mne_files_arrive_over_lsl_with_every_annotation(tmp_path, run_engine, s
     name = stream.info.name
     config = {"sources": [{"name": "eeg", "kind": "lsl", "stream": {"name": name},
                            "markers": {"name": f"{name}-markers"}}]}
-    engine, stats = replay_into_engine(recording, config, run_engine)
+    engine, stats = replay_into_engine(recording, config, run_engine, wait_streaming)
     ring = engine.streams["eeg"].buffer
     data, times = ring.window(0, ring.count)
     assert ring.count == len(stream.data), "every sample arrives"
@@ -72,7 +74,8 @@ def test_mne_files_arrive_over_lsl_with_every_annotation(tmp_path, run_engine, s
         assert stamp - times[0] == pytest.approx(onset, abs=1 / 250)  # (BrainVision: samples)
 
 
-def test_xdf_with_two_streams_keeps_their_relative_timing(tmp_path, run_engine, xdf_writer):
+def test_xdf_with_two_streams_keeps_their_relative_timing(tmp_path, run_engine, xdf_writer,
+                                                          wait_streaming):
     tag = uuid.uuid4().hex[:6]
     t0 = 5000.0
     eeg = np.random.default_rng(1).standard_normal((500, 3)).astype(np.float32)
@@ -91,7 +94,7 @@ def test_xdf_with_two_streams_keeps_their_relative_timing(tmp_path, run_engine, 
         {"name": "eeg", "kind": "lsl", "stream": {"name": f"eeg{tag}"},
          "markers": {"name": f"eeg{tag}-markers"}},
         {"name": "emg", "kind": "lsl", "stream": {"name": f"emg{tag}"}}]}
-    engine, _ = replay_into_engine(recording, config, run_engine, speed=2.0)
+    engine, _ = replay_into_engine(recording, config, run_engine, wait_streaming, speed=2.0)
     eeg_ring, emg_ring = engine.streams["eeg"].buffer, engine.streams["emg"].buffer
     np.testing.assert_array_equal(eeg_ring.window(0, eeg_ring.count)[0], eeg)
     np.testing.assert_array_equal(emg_ring.window(0, emg_ring.count)[0], emg)
@@ -103,7 +106,7 @@ def test_xdf_with_two_streams_keeps_their_relative_timing(tmp_path, run_engine, 
 
 
 def test_live_at_1x_and_offline_give_the_same_outputs(tmp_path, run_engine, collector,
-                                                     new_collector):
+                                                     new_collector, wait_streaming):
     path = tmp_path / f"same{uuid.uuid4().hex[:6]}_raw.fif"
     write(make_raw(seconds=8.0), path)
     recording = read_recording(path)
@@ -121,7 +124,7 @@ def test_live_at_1x_and_offline_give_the_same_outputs(tmp_path, run_engine, coll
     async def during(engine):
         engine.sinks.append(collector)
         publisher.open()
-        assert await asyncio.to_thread(publisher.wait_for_consumers, 10.0)
+        await wait_streaming(engine)
         await asyncio.sleep(1.0)
         await asyncio.to_thread(publisher.run)
 
