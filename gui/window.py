@@ -128,11 +128,19 @@ class MainWindow(QtWidgets.QMainWindow):
     def _discover(self) -> None:
         if self.discovery is None:
             return
+        wanted = self._session_streams()
         for found in self.discovery.streams.values():
-            if found.name not in self.feeds:
+            if found.name not in self.feeds and (not wanted or found.name in wanted):
                 log.info("showing LSL stream %r (%s, %d ch @ %g Hz)", found.name, found.type,
                          found.n_channels, found.srate)
                 self._add_feed(found.name, found.source_id)
+
+    def _session_streams(self) -> set[str]:
+        """LSL names of the online engine's sources (empty: none known, show every stream)."""
+        status = self.mqtt.status
+        if not status or status.get("state") != "online":
+            return set()
+        return {s["lsl_name"] for s in status.get("streams", {}).values() if s.get("lsl_name")}
 
     def close_feeds(self) -> None:
         """Stop every background thread (idempotent)."""

@@ -141,3 +141,26 @@ def test_waits_for_the_broker_and_connects_when_it_appears(make_mosquitto, publi
     qt.wait_until(lambda: window.timing.engine.text().startswith("● engine online"),
                   timeout=15, what="online after the broker appeared")
     assert set(window.decoders.cards) == {"clf", "ret", "emb"}
+
+
+def test_an_online_engine_limits_the_traces_to_its_own_streams(mosquitto, publish, make_window,
+                                                               qt, unique):
+    import pylsl
+
+    ours, other = f"{unique}-ours", f"{unique}-other"
+    window = make_window(unique, mosquitto.url)  # no --stream: discover
+    qt.wait_until(lambda: window.mqtt.connected, what="the MQTT subscription")
+    engine_status = {"state": "online", "session": unique, "version": "0", "decoders": {},
+                     "streams": {"eeg": {"lsl_name": ours, "source_id": ours, "type": "EEG",
+                                         "n_channels": 2, "srate": 100.0,
+                                         "ch_names": ["a", "b"]}}}
+    publish(mosquitto.port, [(f"rtbci/{unique}/status", engine_status, True)])
+    qt.wait_until(lambda: window.mqtt.status and window.mqtt.status.get("state") == "online",
+                  what="the online status")
+    outlets = [pylsl.StreamOutlet(pylsl.StreamInfo(name, "EEG", 2, 100.0, pylsl.cf_float32,
+                                                   name)) for name in (ours, other)]
+    qt.wait_until(lambda: {ours, other} <= {s.name for s in window.discovery.streams.values()},
+                  timeout=20, what="discovery of both streams")
+    qt.settle(0.5)
+    assert ours in window.feeds and other not in window.feeds
+    del outlets
