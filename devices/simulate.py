@@ -237,16 +237,31 @@ class SimulatedAmplifier:
         Push period in ms.
     on_push : callable(data, timestamps) | None
         Called with every pushed chunk (for tests and ground truth).
+    task : str | None
+        A decoder family (``motor-gnn``, ``seeg-words``, ``image-retrieval``, ``speech``):
+        publish that family's simulated task (:mod:`rtbci.devices.tasks`) on its profile
+        instead of the class patterns; ``profile`` and ``classes`` are then ignored and the
+        default name is ``rtbci-<task>``.
     """
 
     def __init__(self, profile: str = "eeg64", name: str | None = None, seed: int = 0,
                  snr: float = 1.0, classes: tuple[str, ...] = DEFAULT_CLASSES,
                  subject: int = 0, chunk_ms: float = 10.0,
-                 on_push: Callable[[np.ndarray, np.ndarray], None] | None = None):
+                 on_push: Callable[[np.ndarray, np.ndarray], None] | None = None,
+                 task: str | None = None):
+        if task is not None:  # a decoder family's task (devices/tasks.py) on its own profile
+            from rtbci.devices.tasks import TASKS, TaskSignal
+
+            profile = TASKS[task].profile
+            self.model = TaskSignal(task, snr=snr, seed=seed, subject=subject,
+                                    srate=get_profile(profile).srate)
+            self.marker_prefix = ""  # task markers are complete: "<prefix>/<item>"
+        else:
+            self.model = SignalModel(get_profile(profile), seed=seed, snr=snr,
+                                     classes=classes, subject=subject)
+            self.marker_prefix = MARKER_PREFIX
         self.profile = get_profile(profile)
-        self.name = name or f"rtbci-{profile}"
-        self.model = SignalModel(self.profile, seed=seed, snr=snr, classes=classes,
-                                 subject=subject)
+        self.name = name or f"rtbci-{task or profile}"
         self.info = stream_info(self.profile, self.name, source_id=f"rtbci-sim-{self.name}")
         self.marker_name = f"{self.name}-markers"
         self.marker_source_id = f"{self.info.source_id}-markers"
@@ -321,7 +336,7 @@ class SimulatedAmplifier:
                 time.sleep(wait)
             for sample, label in events:
                 stamp = t0 + sample / fs
-                self._markers.push_sample([MARKER_PREFIX + label], stamp)
+                self._markers.push_sample([self.marker_prefix + label], stamp)
                 self.events.append((stamp, label))
             self._outlet.push_chunk(data, stamps.tolist())
             self.samples_pushed += n

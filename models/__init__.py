@@ -10,6 +10,7 @@ from rtbci.models.base import Decoder, DecoderOutput
 
 if TYPE_CHECKING:
     from rtbci.config import DecoderConfig
+    from rtbci.preprocess import PreprocessConfig
     from rtbci.stream import StreamInfo
 
 __all__ = ["Decoder", "DecoderOutput", "load_decoder", "window_samples"]
@@ -19,6 +20,8 @@ BUILTINS = ("builtin:bandpower",)
 
 def window_samples(config: DecoderConfig, srate: float) -> tuple[int, int]:
     """``(start, length)`` of the decoder's window in samples (start is marker-relative)."""
+    if config.window_ms is None:
+        raise RtbciError(f"decoder {config.name!r}: window_ms is needed for {config.model!r}")
     if isinstance(config.window_ms, tuple):
         start, end = (round(ms * 1e-3 * srate) for ms in config.window_ms)
         return start, end - start
@@ -26,13 +29,17 @@ def window_samples(config: DecoderConfig, srate: float) -> tuple[int, int]:
 
 
 def load_decoder(config: DecoderConfig, info: StreamInfo, where: str = "decoders",
-                 base_dir: Path | None = None) -> Decoder:
+                 base_dir: Path | None = None,
+                 preprocess: PreprocessConfig | None = None) -> Decoder:
     """Build the decoder named by ``config.model`` for a stream with ``info`` (after preprocessing).
 
-    Relative file paths resolve against ``base_dir``. Raises :class:`RtbciError` naming
-    ``where`` (e.g. ``decoders[0]``) on a bad model or option.
+    Relative file paths resolve against ``base_dir``. ``preprocess`` is the stream's
+    preprocessing, which a checkpoint's must equal (None: not checked). Raises
+    :class:`RtbciError` naming ``where`` (e.g. ``decoders[0]``) on a bad model or option.
     """
-    _, length = window_samples(config, info.srate)
+    if is_checkpoint(config.model):
+        return load_checkpoint_decoder(config, info, where, base_dir, preprocess)
+    start, length = window_samples(config, info.srate)
     if length < 2:
         raise RtbciError(f"{where}.window_ms: {config.window_ms} ms is under 2 samples at "
                          f"{info.srate:g} Hz")
@@ -46,12 +53,77 @@ def load_decoder(config: DecoderConfig, info: StreamInfo, where: str = "decoders
         options = dict(config.options)
         if "classifier" in options:
             options["classifier"] = (base_dir or Path.cwd()) / options["classifier"]
-        return compiled(BandPower(length, info.n_channels, info.srate, **options), config,
-                        where)
-    if config.model.startswith("python:"):
-        return _load_python(config, info, length, where)
-    raise RtbciError(f"{where}.model: unknown model {config.model!r}; expected one of "
-                     f"{', '.join(BUILTINS)} or python:MODULE:FACTORY")
+        decoder = compiled(BandPower(length, info.n_channels, info.srate, **options), config,
+                           where)
+    elif config.model.startswith("python:"):
+        decoder = _load_python(config, info, length, where)
+    else:
+        raise RtbciError(f"{where}.model: unknown model {config.model!r}; expected a "
+                         f"checkpoint (.pt), {', '.join(BUILTINS)} or python:MODULE:FACTORY")
+    decoder.window_start = start
+    return decoder
+
+
+def is_checkpoint(model: str) -> bool:
+    """Whether a ``model`` value names a checkpoint file (anything but ``builtin:``/``python:``)."""
+    return not model.startswith(("builtin:", "python:"))
+
+
+def load_checkpoint_decoder(config: DecoderConfig, info: StreamInfo, where: str,
+                            base_dir: Path | None = None,
+                            preprocess: PreprocessConfig | None = None) -> Decoder:
+    """A checkpoint's network compiled with ``config.runtime``, bound to a stream with ``info``.
+
+    Options: ``subject`` (int; default: the mean subject), ``top_k`` (retrieval, default 5),
+    ``importance`` (bool: send per-channel gradient × input with each result, for families
+    that define it).
+    """
+    from rtbci.models.checkpoint import load_checkpoint
+
+    unknown = set(config.options) - {"subject", "top_k", "importance"}
+    if unknown:
+        raise RtbciError(f"{where}.options.{sorted(unknown)[0]}: unknown option for a "
+                         "checkpoint (options: subject, top_k, importance)")
+    ckpt = load_checkpoint((base_dir or Path.cwd()) / config.model, f"{where}.model")
+    contract = ckpt.contract
+    picks = contract.input.channel_indices(info, f"{where} ({config.name!r})")
+    if preprocess is not None:
+        contract.input.check_preprocess(preprocess, f"{where} ({config.name!r})")
+    length = contract.input.n_samples
+    start = round(contract.input.window_start_s * contract.input.srate)
+    if config.window_ms is not None and window_samples(config, info.srate) != (start, length):
+        raise RtbciError(f"{where}.window_ms: {config.window_ms} does not match the "
+                         f"checkpoint's window ({start} + {length} samples at "
+                         f"{contract.input.srate:g} Hz); leave window_ms out to use it")
+    if config.runtime == "numpy":
+        raise RtbciError(f"{where}.runtime: a checkpoint runs in torch, onnxruntime, "
+                         "cudagraph or tensorrt (or auto), not numpy")
+    from rtbci.models.runtimes import CompiledDecoder, load_runtime
+
+    model = ckpt.build_model()
+    subject = config.options.get("subject")
+    pooled = {"pool": True} if contract.output.pooled else {}
+    threads = {"threads": config.threads} if config.threads else {}
+    runtime = load_runtime(config.runtime, model.inference_module(subject, **pooled),
+                           (1, length, len(picks)), config.device, config.precision,
+                           name=f"{where} ({config.name!r})", **threads)
+    explain = None
+    if config.options.get("importance"):
+        explain = _explainer(contract.family, model, f"{where}.options.importance")
+    decoder = CompiledDecoder(runtime, contract.output.kind, contract.output.labels,
+                              picks=picks, n_channels=info.n_channels, bank=ckpt.bank,
+                              top_k=int(config.options.get("top_k", 5)), explain=explain)
+    decoder.window_start = start
+    return decoder
+
+
+def _explainer(family: str, model, where: str):
+    from rtbci.models.families import get_family
+
+    module = get_family(family).load()
+    if not hasattr(module, "channel_importance"):
+        raise RtbciError(f"{where}: family {family!r} has no per-channel importance")
+    return lambda window: module.channel_importance(model, window)[1]
 
 
 def _load_python(config: DecoderConfig, info: StreamInfo, length: int, where: str) -> Decoder:
@@ -84,7 +156,7 @@ def compiled(decoder, config: DecoderConfig, where: str) -> Decoder:
         return decoder
     if not importable("torch"):
         raise RtbciError(f"{where}.runtime: {config.runtime!r} needs torch "
-                         "(pip install 'rtbci[onnx]'), or use runtime = \"numpy\"")
+                         "(pip install 'rtbci[neural]'), or use runtime = \"numpy\"")
     from rtbci.models.runtimes import CompiledDecoder, load_runtime
 
     threads = {"threads": config.threads} if config.threads else {}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -17,7 +17,7 @@ class DecoderOutput:
     probabilities : array (n_classes,)  — ``classes``
     ids, scores : arrays (k,)           — ``retrieval`` (labels: the candidates' labels)
     embedding : array (n_features,)     — ``embedding`` (or alongside the others, on request)
-    extra : dict                        — anything else worth sending (e.g. channel importance)
+    importance : array (n_channels,)      — per-channel importance, on request (``motor-gnn``)
     """
 
     probabilities: np.ndarray | None = None
@@ -25,7 +25,7 @@ class DecoderOutput:
     scores: np.ndarray | None = None
     labels: list[str] | None = None
     embedding: np.ndarray | None = None
-    extra: dict = field(default_factory=dict)
+    importance: np.ndarray | None = None
 
 
 class Decoder(ABC):
@@ -41,6 +41,8 @@ class Decoder(ABC):
         The window shape it takes: ``(n_samples, n_channels)`` float32.
     output_size : int
         Length of the output vector (classes, 2·k for retrieval ids + scores, or features).
+    window_start : int
+        First sample of an event-locked window relative to the marker (checkpoints set it).
     """
 
     kind: str = "embedding"
@@ -48,6 +50,7 @@ class Decoder(ABC):
     n_samples: int
     n_channels: int
     output_size: int
+    window_start: int = 0
 
     @abstractmethod
     def __call__(self, window: np.ndarray) -> DecoderOutput:

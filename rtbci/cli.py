@@ -17,6 +17,7 @@ from pathlib import Path
 
 from rtbci import __version__
 from rtbci.errors import RtbciError
+from rtbci.models.families import FAMILIES
 
 log = logging.getLogger("rtbci")
 
@@ -77,10 +78,64 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated class labels (default left,right)")
     p.add_argument("--chunk-ms", type=_positive, default=10.0,
                    help="push period in ms (default 10)")
+    p.add_argument("--family", choices=list(FAMILIES),
+                   help="simulate a decoder family's task instead of class patterns: its "
+                        "profile, items with latent embeddings, markers <prefix>/<item> "
+                        "(docs/simulator.md)")
+    p.add_argument("--trials", type=int,
+                   help="with --family --save: number of trials (default: the family's)")
     p.add_argument("--save", type=Path, metavar="FILE",
-                   help="instead of streaming, write --duration seconds (default 60) as a "
-                        "labelled recording (FIF, trials as stim/<class> annotations)")
+                   help="instead of streaming, write a labelled recording (FIF, trials as "
+                        "annotations): --duration seconds (default 60), or with --family "
+                        "--trials trials plus, for retrieval families, the targets "
+                        "FILE-targets.npy and their labels FILE-targets.json")
     p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser(
+        "train", help="train a decoder family on recordings",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train a decoder family on event-locked windows of MNE-readable "
+                    "recordings (FIF, EDF, BDF, BrainVision, EEGLAB) or XDF, and write one "
+                    "checkpoint (weights + input/output contract) plus CKPT.metrics.json "
+                    "(validation and linear-baseline scores).\n\nfamilies:\n" + "\n".join(
+                        f"  {f.name:<16} {f.kind:<9} {f.paper}" for f in FAMILIES.values()))
+    p.add_argument("family", choices=list(FAMILIES), metavar="FAMILY",
+                   help=", ".join(FAMILIES))
+    p.add_argument("--data", type=Path, nargs="+", required=True, metavar="FILE",
+                   help="recordings with event annotations/markers")
+    p.add_argument("--events", nargs="+", metavar="PREFIX", default=[],
+                   help="train on markers PREFIX/<label> (default: the family's, e.g. word)")
+    p.add_argument("--targets", type=Path, metavar="BANK.npy",
+                   help="retrieval families: target embeddings (n_items, dim[, time]); row "
+                        "labels in BANK.json (a JSON list) match the events' <label>")
+    p.add_argument("--out", type=Path, required=True, metavar="CKPT",
+                   help="checkpoint to write (e.g. motor.pt)")
+    p.add_argument("--epochs", type=int, default=30, help="training epochs (default 30)")
+    p.add_argument("--batch-size", type=int, default=64, help="default 64")
+    p.add_argument("--lr", type=float, help="Adam learning rate (default: the family's)")
+    p.add_argument("--seed", type=int, default=0, help="seed of split, init and batches")
+    p.add_argument("--val-fraction", type=float, default=0.2,
+                   help="share of trials (classes) or items (retrieval) held out (default 0.2)")
+    p.add_argument("--channels", type=lambda s: [c for c in s.split(",") if c],
+                   metavar="NAMES", help="comma-separated channel names or globs (e.g. 'A*')")
+    p.add_argument("--window", type=float, nargs=2, metavar=("START", "END"),
+                   help="seconds around the event (default: the family's)")
+    p.add_argument("--size", choices=["small", "paper"], default="small",
+                   help="network size: small (default; trains in minutes on a CPU) or the "
+                        "paper's")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a hyper-parameter, e.g. --set hidden=64 (JSON values)")
+    p.add_argument("--subject-per-file", action="store_true",
+                   help="each --data file is another subject (subject layers)")
+    p.add_argument("--pretrain", type=Path, nargs="+", default=[], metavar="FILE",
+                   help="pre-train first: self-supervised (seeg-words) or on these "
+                        "recordings' events (motor-gnn: other conditions), then fine-tune")
+    p.add_argument("--pretrain-epochs", type=int, default=10, help="default 10")
+    p.add_argument("--pool-bank", action="store_true",
+                   help="speech: store time-pooled candidates (dim instead of dim × time: "
+                        "smaller and faster on a CPU; the metrics say what it costs)")
+    p.add_argument("--stream", help="name of the signal stream in multi-stream files (XDF)")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("check", help="validate a config file",
                        description="Validate a TOML config file and print what it sets up.")
@@ -209,6 +264,15 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     classes = tuple(c.strip() for c in args.classes.split(",") if c.strip())
     if not classes:
         raise RtbciError("--classes: give at least one class label")
+    if args.family is not None and args.save is not None:
+        from rtbci.devices.tasks import save_task
+
+        if not args.save.name.endswith((".fif", ".fif.gz")):
+            raise RtbciError(f"--save: {args.save} must end in .fif (MNE's naming: *_raw.fif)")
+        path, targets = save_task(args.save, args.family, args.snr, args.seed, args.subject,
+                                  args.trials)
+        print(f"wrote {path}" + (f" and {targets}" if targets else ""))
+        return 0
     if args.save is not None:
         from rtbci.devices.simulate import save_recording
 
@@ -219,7 +283,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         print(f"wrote {path}")
         return 0
     amp = SimulatedAmplifier(args.profile, name=args.name, seed=args.seed, snr=args.snr,
-                             classes=classes, subject=args.subject, chunk_ms=args.chunk_ms)
+                             classes=classes, subject=args.subject, chunk_ms=args.chunk_ms,
+                             task=args.family)
     info = amp.info
     print(f"publishing {info.name!r} ({info.type}, {info.n_channels} ch @ {info.srate:g} Hz, "
           f"source_id {info.source_id!r}) and markers {amp.marker_name!r}", flush=True)
@@ -227,6 +292,48 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         amp.run(args.duration)
     print(f"pushed {amp.samples_pushed} samples and {len(amp.events)} markers", flush=True)
     return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from rtbci.models.runtimes.select import importable
+
+    if not importable("torch") or not importable("sklearn"):
+        raise RtbciError("train needs torch and scikit-learn: pip install 'rtbci[neural]'")
+    from rtbci.models.training import TrainOptions, train
+
+    hparams = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise RtbciError(f"--set: {item!r} is not KEY=VALUE")
+        try:
+            hparams[key] = json.loads(value)
+        except json.JSONDecodeError:
+            hparams[key] = value
+    opts = TrainOptions(
+        data=args.data, out=args.out, events=args.events, targets=args.targets,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+        val_fraction=args.val_fraction, channels=args.channels,
+        window=tuple(args.window) if args.window else None, size=args.size, hparams=hparams,
+        subject_per_file=args.subject_per_file, pretrain=args.pretrain,
+        pretrain_epochs=args.pretrain_epochs, pool_bank=args.pool_bank, stream=args.stream)
+    metrics = train(args.family, opts)
+    print(f"wrote {args.out} ({metrics['parameters']:,} parameters; {metrics['n_train']} "
+          f"training / {metrics['n_val']} validation windows)")
+    for name in ("val", "linear"):
+        print(f"  {name:<7} {format_score(metrics[name])}")
+    print(f"  metrics in {args.out.name}.metrics.json")
+    return 0
+
+
+def format_score(m: dict) -> str:
+    """One line of a metrics entry: accuracy or top-k, with chance and the multiple of it."""
+    if "accuracy" in m:
+        return (f"accuracy {m['accuracy']:.3f} (chance {m['chance']:.3f}, "
+                f"{m['accuracy'] / m['chance']:.1f}×) on {m['n_val']} windows")
+    return (f"top-1 {m['top1']:.3f}  top-5 {m['top5']:.3f}  top-10 {m['top10']:.3f} among "
+            f"{m['n_candidates']} unseen candidates (chance {m['chance']:.3f}, "
+            f"{m['top1'] / m['chance']:.1f}×)")
 
 
 def cmd_listen(args: argparse.Namespace) -> int:
@@ -326,7 +433,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     if args.model != "builtin:bandpower":
         raise RtbciError(f"MODEL: {args.model!r} is not known; expected builtin:bandpower")
     if not importable("torch"):
-        raise RtbciError("compile needs torch: pip install 'rtbci[onnx]'")
+        raise RtbciError("compile needs torch: pip install 'rtbci[neural]'")
     from rtbci.models.bandpower import BandPower
     from rtbci.models.runtimes import compile_decoder, format_latency
 

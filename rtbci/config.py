@@ -69,6 +69,8 @@ class SimulateSourceConfig(_SourceBase):
     snr: float = Field(1.0, ge=0)
     classes: list[str] = Field(["left", "right"], min_length=1)
     stream_name: str | None = Field(None, description="LSL name of the outlet (default: name)")
+    task: Literal["motor-gnn", "seeg-words", "image-retrieval", "speech"] | None = Field(
+        None, description="simulate a decoder family's task (its own profile) instead")
 
 
 SourceConfig = Annotated[LSLSourceConfig | SimulateSourceConfig, Field(discriminator="kind")]
@@ -81,10 +83,11 @@ class DecoderConfig(_Strict):
     """A ``[[decoders]]`` entry: which model, on which source, when, and how fast."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    model: str = Field(description="builtin:bandpower or a checkpoint path")
+    model: str = Field(description="a checkpoint (.pt), builtin:bandpower or python:MOD:FACTORY")
     source: str
-    window_ms: float | tuple[float, float] = Field(
-        description="sliding window length; [start, end] relative to the marker with on_marker")
+    window_ms: float | tuple[float, float] | None = Field(
+        None, description="sliding window length; [start, end] relative to the marker with "
+        "on_marker; a checkpoint's own window when left out")
     every_ms: float | None = Field(None, gt=0)
     on_marker: str | None = Field(None, min_length=1)
     budget_ms: float = Field(50.0, gt=0)
@@ -101,7 +104,11 @@ class DecoderConfig(_Strict):
             raise ValueError("name: 'status' is reserved (MQTT topic rtbci/<session>/status)")
         if (self.every_ms is None) == (self.on_marker is None):
             raise ValueError("give exactly one of every_ms (sliding) or on_marker (event-locked)")
-        if self.on_marker is not None:
+        if self.window_ms is None:
+            if self.model.startswith(("builtin:", "python:")):
+                raise ValueError(f"window_ms: required for {self.model!r} (only a checkpoint "
+                                 "brings its own window)")
+        elif self.on_marker is not None:
             if not isinstance(self.window_ms, tuple) or self.window_ms[0] >= self.window_ms[1]:
                 raise ValueError("with on_marker, window_ms is [start, end] in ms relative to "
                                  "the marker, start < end (e.g. [0, 600])")

@@ -15,15 +15,16 @@ import pylsl
 
 from rtbci import __version__
 from rtbci.acquisition import Acquisition
-from rtbci.config import Config, DecoderConfig
+from rtbci.config import Config, DecoderConfig, SourceConfig
 from rtbci.devices import make_source
 from rtbci.devices.lsl import MarkerReader
 from rtbci.devices.recording import Recording
 from rtbci.devices.replay import schedule
 from rtbci.errors import RtbciError
 from rtbci.messages import Result
-from rtbci.models import load_decoder, window_samples
-from rtbci.preprocess import Preprocessor
+from rtbci.models import is_checkpoint, load_decoder
+from rtbci.models.checkpoint import load_checkpoint
+from rtbci.preprocess import PreprocessConfig, Preprocessor
 from rtbci.scheduler import DecoderTask, Scheduler, TriggerSpec
 from rtbci.sinks import Sink, make_sink
 from rtbci.stream import Stream, StreamInfo
@@ -62,6 +63,7 @@ class Engine:
         self._companions: list = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._attaching: set[asyncio.Future] = set()
+        self.preprocess = {cfg.name: source_preprocess(cfg, config) for cfg in config.sources}
 
     def __repr__(self) -> str:
         return f"<Engine: session {self.session} | streams {list(self.streams)}>"
@@ -89,7 +91,7 @@ class Engine:
 
             def make_stream(info: StreamInfo, cfg=cfg) -> Stream:
                 return Stream(info, cfg.buffer_seconds, self.clock,
-                              Preprocessor(cfg.preprocess, info))
+                              Preprocessor(self.preprocess[cfg.name], info))
 
             acq = Acquisition(source, make_stream, on_stream=partial(self._on_stream, cfg.name))
             self.acquisitions[cfg.name] = acq
@@ -141,8 +143,9 @@ class Engine:
 
     def _build(self, cfg: DecoderConfig, stream: Stream, where: str):
         """Load and warm up a decoder, and work out its trigger in samples (any thread)."""
-        decoder = load_decoder(cfg, stream.info, where, self.config.base_dir)
-        start, length = window_samples(cfg, stream.info.srate)
+        decoder = load_decoder(cfg, stream.info, where, self.config.base_dir,
+                               self.preprocess[cfg.source])
+        start, length = decoder.window_start, decoder.n_samples
         decoder(np.zeros((length, stream.info.n_channels), np.float32))  # warm-up, off the clock
         every = round(cfg.every_ms * 1e-3 * stream.info.srate) if cfg.every_ms else 0
         if cfg.every_ms and every < 1:
@@ -291,7 +294,8 @@ class Engine:
         for cfg in self.config.sources:
             i = match_source(cfg, recording)
             stream = Stream(recording.streams[i].info, cfg.buffer_seconds, self.clock,
-                            Preprocessor(cfg.preprocess, recording.streams[i].info))
+                            Preprocessor(self.preprocess[cfg.name],
+                                         recording.streams[i].info))
             self._register(cfg.name)
             self._streams[cfg.name] = stream
             by_index[i] = stream
@@ -349,6 +353,26 @@ class VirtualClock:
 
     def __call__(self) -> float:
         return self._at + (time.perf_counter() - self._since)
+
+
+def source_preprocess(source: SourceConfig, config: Config) -> PreprocessConfig:
+    """A source's preprocessing: its ``preprocess`` table if the config sets one, else the
+    preprocessing its first checkpoint decoder was trained with (the default: none).
+
+    A checkpoint that cannot be read here is skipped; its decoder reports why when it starts.
+    """
+    if "preprocess" in source.model_fields_set:
+        return source.preprocess
+    for dec in config.decoders:
+        if dec.source == source.name and is_checkpoint(dec.model):
+            try:
+                contract = load_checkpoint(config.resolve(dec.model)).contract
+            except RtbciError:
+                continue
+            log.info("source %r: preprocessing from %s: %s", source.name, dec.model,
+                     contract.input.preprocess)
+            return contract.input.preprocess_config()
+    return source.preprocess
 
 
 def match_source(cfg, recording: Recording) -> int:

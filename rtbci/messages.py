@@ -43,6 +43,8 @@ class Result:
     ids : array of int, shape (k,) | None
     scores : array, shape (k,) | None
     embedding : array, shape (n_features,) | None
+    importance : array, shape (n_channels,) | None
+        Per-channel importance of the decoder's input channels (``options.importance``).
     t_arrived : float
         Arrival in the engine of the window's last sample.
     t_queued, t_started, t_finished, t_published : float
@@ -72,6 +74,7 @@ class Result:
     ids: np.ndarray | None = None
     scores: np.ndarray | None = None
     embedding: np.ndarray | None = None
+    importance: np.ndarray | None = None
     session: str = ""
     version: int = field(default=SCHEMA_VERSION)
 

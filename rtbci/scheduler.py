@@ -288,6 +288,7 @@ class Scheduler:
         result.labels = output.labels
         result.probabilities, result.ids = output.probabilities, output.ids
         result.scores, result.embedding = output.scores, output.embedding
+        result.importance = output.importance
         result.t_published = self.clock()
         result.late = result.t_published - result.t_arrived > task.budget_ms * 1e-3
         task.results += 1

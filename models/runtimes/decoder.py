@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from rtbci.errors import RtbciError
@@ -12,42 +14,83 @@ from rtbci.models.runtimes.base import Runtime
 class CompiledDecoder(Decoder):
     """A decoder whose network runs in a loaded :class:`Runtime`.
 
-    The runtime's input must be ``(1, n_samples, n_channels)``: the engine's window layout
+    The runtime's input must be ``(1, n_samples, n_inputs)``: the engine's window layout
     (a network that wants ``(channels, time)`` transposes inside its forward, which the
-    exporters fuse). The first output, flattened, is the decoder's output vector.
+    exporters fuse). The first output, flattened, is the network's output vector.
 
     Parameters
     ----------
     runtime : Runtime
         Loaded.
     kind : str
-        ``embedding`` or ``classes`` (then ``labels`` names the classes and the first output
-        holds their probabilities).
+        ``embedding``; ``classes`` (``labels`` names the classes and the output holds their
+        probabilities); or ``retrieval`` (the output is an embedding, compared by cosine
+        similarity with each row of ``bank``; the result is the ``top_k`` best rows, and
+        ``labels`` names the rows).
     labels : list of str | None
+    picks : array of int (n_inputs,) | None
+        Stream channels fed to the network, in its input order (None: all, in order).
+    n_channels : int | None
+        Channels of the stream's window (default: ``n_inputs``).
+    bank : array (n_candidates, ...) | None
+        Retrieval candidates, each of the output's flattened size.
+    top_k : int
+        Candidates per retrieval result.
+    explain : callable(window (n_samples, n_inputs)) -> array (n_inputs,) | None
+        Per-channel importance to send with each result (slower: off the compiled path).
     """
 
     def __init__(self, runtime: Runtime, kind: str = "embedding",
-                 labels: list[str] | None = None):
+                 labels: list[str] | None = None, *, picks: np.ndarray | None = None,
+                 n_channels: int | None = None, bank: np.ndarray | None = None,
+                 top_k: int = 5,
+                 explain: Callable[[np.ndarray], np.ndarray] | None = None):
         shape = runtime.input_shape
         if len(shape) != 3 or shape[0] != 1:
             raise RtbciError(f"{runtime.name}: a decoder's runtime takes (1, n_samples, "
                              f"n_channels) windows, not {shape}")
-        if kind not in ("embedding", "classes"):
-            raise RtbciError(f"{runtime.name}: compiled decoders output an embedding or "
-                             f"classes, not {kind!r}")
-        self.runtime, self.kind, self.labels = runtime, kind, labels
-        self.n_samples, self.n_channels = shape[1], shape[2]
-        self.output_size = int(np.prod(runtime.output_shapes[0]))
-        if kind == "classes" and (labels is None or len(labels) != self.output_size):
-            raise RtbciError(f"{runtime.name}: {self.output_size} class outputs but labels "
-                             f"{labels}")
+        if kind not in ("embedding", "classes", "retrieval"):
+            raise RtbciError(f"{runtime.name}: unknown output kind {kind!r}")
+        self.runtime, self.kind, self.labels, self.explain = runtime, kind, labels, explain
+        self.n_samples, self.n_channels = shape[1], n_channels or shape[2]
+        self.picks = picks
+        self._input = np.empty((shape[1], shape[2]), np.float32) if picks is not None else None
+        size = int(np.prod(runtime.output_shapes[0]))
+        self.output_size = size
+        if kind == "classes" and (labels is None or len(labels) != size):
+            raise RtbciError(f"{runtime.name}: {size} class outputs but labels {labels}")
+        if kind == "retrieval":
+            self._bank = self._normalised_bank(bank, size, labels)
+            self.top_k = min(top_k, len(self._bank))
+            self.output_size = 2 * self.top_k
+
+    def _normalised_bank(self, bank, size: int, labels) -> np.ndarray:
+        if bank is None or int(np.prod(bank.shape[1:])) != size:
+            raise RtbciError(f"{self.runtime.name}: the candidate bank "
+                             f"{None if bank is None else bank.shape} does not match the "
+                             f"network's {size} outputs")
+        if labels is None or len(labels) != len(bank):
+            raise RtbciError(f"{self.runtime.name}: {len(bank)} candidates but "
+                             f"{0 if labels is None else len(labels)} labels")
+        flat = np.asarray(bank, np.float32).reshape(len(bank), -1)
+        return flat / np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), 1e-12)
 
     def __call__(self, window: np.ndarray) -> DecoderOutput:
+        if self.picks is not None:
+            window = np.take(window, self.picks, axis=1, out=self._input)
         out = self.runtime.run(window)
-        vector = (out[0] if isinstance(out, tuple) else out).reshape(-1).copy()
+        vector = (out[0] if isinstance(out, tuple) else out).reshape(-1)
+        importance = None if self.explain is None else self.explain(window)
         if self.kind == "classes":
-            return DecoderOutput(probabilities=vector, labels=self.labels)
-        return DecoderOutput(embedding=vector)
+            return DecoderOutput(probabilities=vector.copy(), labels=self.labels,
+                                 importance=importance)
+        if self.kind == "retrieval":
+            scores = self._bank @ (vector / max(float(np.linalg.norm(vector)), 1e-12))
+            best = np.argpartition(-scores, self.top_k - 1)[:self.top_k]
+            best = best[np.argsort(-scores[best])]
+            return DecoderOutput(ids=best, scores=scores[best],
+                                 labels=[self.labels[i] for i in best], importance=importance)
+        return DecoderOutput(embedding=vector.copy(), importance=importance)
 
     def describe(self) -> dict:
         """The runtime's description, with the decoder's ``input`` / ``output`` shapes."""

@@ -1,0 +1,195 @@
+"""Decoder checkpoints: one file with the weights and the contracts the engine checks.
+
+A checkpoint is a ``torch.save`` of a plain dict, read back with ``torch.load(...,
+weights_only=True)`` (tensors, numbers, strings, lists and dicts only: loading a checkpoint
+never runs code)::
+
+    {"contract": Contract.model_dump(),   # family, hyper-parameters, input, output, metrics
+     "state_dict": {name: tensor},         # the trained network
+     "bank": tensor (n_candidates, ...) | None}   # retrieval: the candidate bank, float16
+
+At start-up the engine checks the stream against the **input contract**: it picks and reorders
+the channels by name, refuses a missing channel or a different sampling rate with one line,
+and applies the contract's preprocessing to the source (``Preprocess`` below).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from rtbci.errors import RtbciError
+from rtbci.preprocess import PreprocessConfig
+from rtbci.stream import StreamInfo
+
+__all__ = ["CHECKPOINT_FORMAT", "Checkpoint", "Contract", "InputContract", "OutputContract",
+           "load_checkpoint", "save_checkpoint"]
+
+CHECKPOINT_FORMAT = 1
+
+
+class InputContract(BaseModel):
+    """What the network was trained on (the stream after preprocessing).
+
+    ch_names, ch_types : the channels, in the network's input order
+    positions : (n_channels, 3) metres, None entries for channels without one
+    srate : sampling rate in Hz after ``preprocess``
+    n_samples : window length in samples
+    window_start_s : first sample of the window relative to the marker (event-locked) in s
+    events : marker texts it was trained on (``on_marker`` prefixes), empty for sliding windows
+    preprocess : the source's streaming preprocessing (a :class:`PreprocessConfig` without picks)
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    ch_names: list[str]
+    ch_types: list[str]
+    positions: list[list[float] | None] | None = None
+    srate: float
+    n_samples: int
+    window_start_s: float = 0.0
+    events: list[str] = []
+    preprocess: dict[str, Any] = {}
+
+    def channel_indices(self, info: StreamInfo, where: str) -> np.ndarray:
+        """Indices of the contract's channels in a stream with ``info``, in contract order.
+
+        Raises a one-line :class:`RtbciError` on a different rate or a missing channel.
+        """
+        if abs(info.srate - self.srate) > 1e-6 * self.srate:
+            raise RtbciError(f"{where}: stream {info.name!r} runs at {info.srate:g} Hz after "
+                             f"preprocessing, the checkpoint expects {self.srate:g} Hz")
+        index = {name: i for i, name in enumerate(info.ch_names)}
+        missing = [name for name in self.ch_names if name not in index]
+        if missing:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise RtbciError(f"{where}: stream {info.name!r} has no channel {missing[0]!r}"
+                             f"{more} that the checkpoint needs")
+        return np.array([index[name] for name in self.ch_names], dtype=np.intp)
+
+    def positions_array(self) -> np.ndarray | None:
+        """Positions as an array (n_channels, 3), NaN for channels without one."""
+        if self.positions is None:
+            return None
+        return np.array([p if p is not None else [np.nan] * 3 for p in self.positions], float)
+
+    def preprocess_config(self) -> PreprocessConfig:
+        return PreprocessConfig(**self.preprocess)
+
+    def check_preprocess(self, preprocess: PreprocessConfig, where: str) -> None:
+        """One-line :class:`RtbciError` if a source's preprocessing (picks aside) differs
+        from the one the network was trained with."""
+        have = preprocess.model_dump(exclude={"picks"})
+        want = self.preprocess_config().model_dump(exclude={"picks"})
+        diff = [k for k in want if have[k] != want[k]]
+        if diff:
+            k = diff[0]
+            raise RtbciError(f"{where}: the source's preprocess.{k} is {have[k]!r} but the "
+                             f"checkpoint was trained with {want[k]!r} (leave the source's "
+                             "preprocess out to use the checkpoint's)")
+
+
+class OutputContract(BaseModel):
+    """What the network's output means.
+
+    kind : ``classes`` (``labels`` are the classes), ``retrieval`` (``labels`` name the rows
+        of the checkpoint's candidate bank; results are the ``top_k`` best) or ``embedding``
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["classes", "retrieval", "embedding"]
+    labels: list[str] | None = None
+    top_k: int = 5
+    pooled: bool = False  # retrieval on time-pooled embeddings (speech maps averaged over time)
+
+
+class Contract(BaseModel):
+    """Everything about a checkpoint except its tensors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: int = CHECKPOINT_FORMAT
+    family: str
+    hparams: dict[str, Any] = {}
+    n_subjects: int = 1
+    input: InputContract
+    output: OutputContract
+    training: dict[str, Any] = {}
+    metrics: dict[str, Any] = {}
+
+
+class Checkpoint:
+    """A loaded checkpoint: ``contract``, ``state_dict`` and ``bank`` (array or None)."""
+
+    def __init__(self, contract: Contract, state_dict: dict, bank: np.ndarray | None = None,
+                 path: Path | None = None):
+        self.contract, self.state_dict, self.bank, self.path = contract, state_dict, bank, path
+
+    def __repr__(self) -> str:
+        c = self.contract
+        return (f"<Checkpoint: {c.family} | {len(c.input.ch_names)} ch × {c.input.n_samples} "
+                f"samples @ {c.input.srate:g} Hz → {c.output.kind}>")
+
+    def build_model(self):
+        """The family's network with the trained weights, in eval mode."""
+        from rtbci.models.families import get_family
+
+        family = get_family(self.contract.family)
+        model = family.build(self.contract)
+        model.load_state_dict(self.state_dict)
+        return model.eval()
+
+
+def save_checkpoint(path: str | Path, contract: Contract, state_dict: dict,
+                    bank: np.ndarray | None = None) -> Path:
+    """Write a checkpoint (see the module docstring); returns the path."""
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    bank_t = None if bank is None else torch.from_numpy(np.asarray(bank, np.float16))
+    plain = json.loads(contract.model_dump_json())  # only JSON types: weights_only loads it
+    torch.save({"contract": plain, "state_dict": state, "bank": bank_t}, path)
+    return path
+
+
+def load_checkpoint(path: str | Path, where: str = "model") -> Checkpoint:
+    """Read a checkpoint with ``weights_only=True``; one-line :class:`RtbciError` naming the
+    file if it is missing, not a checkpoint, or of another format version."""
+    path = Path(path)
+    if not path.is_file():
+        raise RtbciError(f"{where}: no checkpoint file {str(path)!r}")
+    try:
+        import torch
+    except ImportError:
+        raise RtbciError(f"{where}: reading {path.name} needs torch "
+                         "(pip install 'rtbci[neural]')") from None
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unpickling errors of many kinds
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        why = (f"it holds a Python object ({refused.group(1)}) that a safe load refuses"
+               if refused else str(exc).splitlines()[0])
+        raise RtbciError(f"{where}: {str(path)!r} is not an rtbci checkpoint: {why}") from None
+    if not isinstance(raw, dict) or not {"contract", "state_dict"} <= set(raw):
+        raise RtbciError(f"{where}: {str(path)!r} is not an rtbci checkpoint (no contract)")
+    if raw["contract"].get("format") != CHECKPOINT_FORMAT:
+        raise RtbciError(f"{where}: {str(path)!r} has checkpoint format "
+                         f"{raw['contract'].get('format')!r}; this rtbci reads "
+                         f"{CHECKPOINT_FORMAT}")
+    try:
+        contract = Contract(**raw["contract"])
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        raise RtbciError(f"{where}: {str(path)!r}: contract.{key}: {err['msg']}") from None
+    bank = raw.get("bank")
+    return Checkpoint(contract, raw["state_dict"],
+                      None if bank is None else bank.float().numpy(), path)

@@ -1,0 +1,401 @@
+"""``rtbci train``: event-locked windows from recordings → a trained checkpoint + metrics.
+
+The windows are cut exactly as the live engine cuts them: the whole recording goes through
+the same causal streaming preprocessing (:func:`rtbci.preprocess.preprocess_offline`, equal
+to the live :class:`~rtbci.preprocess.Preprocessor`), each marker is placed on the sample
+nearest its timestamp, and the window starts ``window[0]`` seconds from there.
+
+Validation is held out **by trial** (classes, stratified) or **by item** (retrieval: the
+validation candidates are never seen in training, so retrieval is zero-shot). A linear
+baseline is fitted on the same split (logistic regression on time-binned windows for
+classes, ridge regression to the targets for retrieval) so every report shows the gain
+over linear, as the papers do.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from rtbci.errors import RtbciError
+from rtbci.models.families import Family
+from rtbci.preprocess import PreprocessConfig, preprocess_offline
+from rtbci.stream import StreamInfo
+
+log = logging.getLogger("rtbci.models.training")
+
+__all__ = ["TrainOptions", "Windows", "load_windows", "train"]
+
+
+@dataclass
+class Windows:
+    """Event-locked windows of one or more recordings.
+
+    x : array (n_windows, n_samples, n_channels) float32, after preprocessing
+    labels : marker text after the ``events`` prefix, per window
+    subject : array (n_windows,) int, the recording's subject index
+    info : the preprocessed stream's info restricted to the chosen channels
+    """
+
+    x: np.ndarray
+    labels: list[str]
+    subject: np.ndarray
+    info: StreamInfo
+
+
+@dataclass
+class TrainOptions:
+    """What ``rtbci train`` was asked (see ``rtbci train --help``)."""
+
+    data: list[Path]
+    out: Path
+    events: list[str] = field(default_factory=list)
+    targets: Path | None = None
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float | None = None
+    seed: int = 0
+    val_fraction: float = 0.2
+    channels: list[str] | None = None
+    window: tuple[float, float] | None = None
+    size: str = "small"
+    hparams: dict = field(default_factory=dict)
+    subject_per_file: bool = False
+    pretrain: list[Path] = field(default_factory=list)
+    pretrain_epochs: int = 10
+    pool_bank: bool = False
+    stream: str | None = None
+    progress: bool = True
+
+
+# --- data --------------------------------------------------------------------------------
+
+def _preprocess_config(family: Family, opts: TrainOptions) -> PreprocessConfig:
+    return PreprocessConfig(**{**family.preprocess, "resample_hz": family.srate})
+
+
+def _pick(info: StreamInfo, patterns: list[str] | None, file: Path) -> np.ndarray:
+    if not patterns:
+        return np.arange(info.n_channels)
+    chosen: list[int] = []
+    for pattern in patterns:
+        hits = [i for i, name in enumerate(info.ch_names)
+                if fnmatch.fnmatchcase(name, pattern) and i not in chosen]
+        if not hits:
+            raise RtbciError(f"--channels: {pattern!r} matches no channel of {file.name}")
+        chosen += hits
+    return np.array(chosen)
+
+
+def load_windows(files: list[Path], family: Family, opts: TrainOptions) -> Windows:
+    """Cut the windows of every event ``<prefix>/<label>`` (prefixes: ``opts.events`` or the
+    family's) from each file; channels chosen by name (``opts.channels``, glob patterns)."""
+    from rtbci.devices.recording import read_recording
+
+    prefixes = opts.events or [family.events]
+    start_s, end_s = opts.window or family.window
+    config = _preprocess_config(family, opts)
+    xs, labels, subjects, info, names = [], [], [], None, None
+    for k, file in enumerate(files):
+        rec = read_recording(file, opts.stream)
+        stream = rec.streams[0]
+        if opts.stream is None and len(rec.streams) > 1:
+            log.warning("%s: %d signal streams, training on the first, %r (--stream NAME)",
+                        file.name, len(rec.streams), stream.info.name)
+        data, times = preprocess_offline(config, stream.info, stream.data, stream.times)
+        srate = family.srate
+        picks = _pick(stream.info, opts.channels, file)
+        file_names = [stream.info.ch_names[i] for i in picks]
+        if names is not None and file_names != names:
+            raise RtbciError(f"{file.name}: channels differ from {files[0].name}'s")
+        names = file_names
+        info = _picked_info(stream.info, picks, srate)
+        offset, length = round(start_s * srate), round((end_s - start_s) * srate)
+        n_before = len(xs)
+        for t, text in rec.markers:
+            prefix = next((p for p in prefixes if text.startswith(p + "/")), None)
+            if prefix is None:
+                continue
+            onset = int(np.searchsorted(times, t - 0.5 / srate)) + offset
+            if onset < 0 or onset + length > len(data):
+                continue
+            xs.append(data[onset:onset + length, picks])
+            labels.append(text[len(prefix) + 1:])
+            subjects.append(k if opts.subject_per_file else 0)
+        if len(xs) == n_before:
+            raise RtbciError(f"{file.name}: no complete window around an event "
+                             f"{' or '.join(p + '/…' for p in prefixes)} (--events)")
+    return Windows(np.stack(xs).astype(np.float32), labels, np.array(subjects), info)
+
+
+def _picked_info(info: StreamInfo, picks: np.ndarray, srate: float) -> StreamInfo:
+    from dataclasses import replace
+
+    pos = None if info.positions is None else np.asarray(info.positions)[picks]
+    return replace(info, srate=srate, ch_names=tuple(info.ch_names[i] for i in picks),
+                   ch_types=tuple(info.ch_types[i] for i in picks),
+                   ch_units=tuple(info.ch_units[i] for i in picks), positions=pos)
+
+
+def load_targets(path: Path) -> tuple[np.ndarray, list[str]]:
+    """A target bank ``.npy`` (n_items, dim[, time]) and its labels (``<stem>.json``, a JSON
+    list of strings; default ``"0"`` … ``"n-1"``)."""
+    try:
+        bank = np.load(path)
+    except (OSError, ValueError) as exc:
+        raise RtbciError(f"--targets: cannot read {str(path)!r}: {exc}") from None
+    if bank.ndim not in (2, 3):
+        raise RtbciError(f"--targets: {path.name} has shape {bank.shape}; expected "
+                         "(n_items, dim) or (n_items, dim, time)")
+    names = path.with_suffix(".json")
+    labels = json.loads(names.read_text()) if names.exists() else [
+        str(i) for i in range(len(bank))]
+    if len(labels) != len(bank):
+        raise RtbciError(f"--targets: {names.name} has {len(labels)} labels for "
+                         f"{len(bank)} rows")
+    return bank.astype(np.float32), [str(x) for x in labels]
+
+
+# --- splits and metrics ------------------------------------------------------------------
+
+def split_trials(labels: list[str], fraction: float, seed: int) -> np.ndarray:
+    """Boolean validation mask, stratified by label (each label keeps ≥ 1 training trial)."""
+    rng = np.random.default_rng(seed)
+    val = np.zeros(len(labels), bool)
+    arr = np.array(labels)
+    for label in sorted(set(labels)):
+        idx = rng.permutation(np.flatnonzero(arr == label))
+        val[idx[:min(len(idx) - 1, round(fraction * len(idx)))]] = True
+    return val
+
+
+def split_items(labels: list[str], fraction: float, seed: int) -> np.ndarray:
+    """Boolean validation mask holding out whole items (zero-shot retrieval)."""
+    items = sorted(set(labels))
+    rng = np.random.default_rng(seed)
+    held = set(rng.permutation(items)[:max(2, round(fraction * len(items)))])
+    return np.array([label in held for label in labels])
+
+
+def class_metrics(probabilities: np.ndarray, y: np.ndarray, n_classes: int) -> dict:
+    """``accuracy``, ``n_val`` and ``chance`` (the majority class's share of ``y``)."""
+    chance = float(np.bincount(y, minlength=n_classes).max() / len(y))
+    return {"accuracy": float(np.mean(probabilities.argmax(1) == y)), "n_val": int(len(y)),
+            "chance": chance}
+
+
+def binned_features(x: np.ndarray, n_bins: int = 10) -> np.ndarray:
+    """Window means over ``n_bins`` equal time bins per channel: (n, n_bins · n_channels)."""
+    n, t, c = x.shape
+    edges = np.linspace(0, t, n_bins + 1).astype(int)
+    return np.concatenate([x[:, a:b].mean(axis=1) for a, b in zip(edges[:-1], edges[1:])],
+                          axis=1)
+
+
+def linear_classes(x_tr, y_tr, x_val, y_val, n_classes) -> dict:
+    """Logistic regression on standardised time-binned windows."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=2000))
+    clf.fit(binned_features(x_tr), y_tr)
+    proba = np.zeros((len(x_val), n_classes))
+    proba[:, clf.classes_] = clf.predict_proba(binned_features(x_val))
+    return class_metrics(proba, y_val, n_classes)
+
+
+def linear_retrieval(x_tr, t_tr, x_val, bank_val, true_val) -> dict:
+    """Ridge regression (alpha by cross-validation) from time-binned windows to the targets."""
+    from sklearn.linear_model import RidgeCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from rtbci.models.contrastive import retrieval_metrics
+
+    ridge = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-1, 5, 13)))
+    ridge.fit(binned_features(x_tr, 20), t_tr.reshape(len(t_tr), -1))
+    pred = ridge.predict(binned_features(x_val, 20))
+    return retrieval_metrics(pred, bank_val.reshape(len(bank_val), -1), true_val)
+
+
+# --- training ----------------------------------------------------------------------------
+
+def fit(model, loss_fn, x: np.ndarray, target: np.ndarray, subject: np.ndarray, *,
+        epochs: int, batch_size: int, lr: float, seed: int, desc: str,
+        progress: bool = True) -> list[float]:
+    """Adam on shuffled mini-batches (the last batch of 1 is skipped: BatchNorm and
+    contrastive losses need two items); returns the mean loss of each epoch."""
+    import torch
+    from tqdm import tqdm
+
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    xt, tt, st = (torch.from_numpy(np.ascontiguousarray(a)) for a in (x, target, subject))
+    losses = []
+    bar = tqdm(range(epochs), desc=desc, unit="epoch", disable=not progress, leave=False)
+    for _ in bar:
+        model.train()
+        order, total, batches = torch.randperm(len(xt), generator=generator), 0.0, 0
+        for i in range(0, len(order), batch_size):
+            idx = order[i:i + batch_size]
+            if len(idx) < 2:
+                continue
+            loss = loss_fn(model, xt[idx], tt[idx], st[idx])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total, batches = total + loss.item(), batches + 1
+        losses.append(total / max(batches, 1))
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    return losses
+
+
+def predict(model, x: np.ndarray, subject: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """The model's training output for every window (eval mode, no gradients)."""
+    import torch
+
+    model.eval()
+    with torch.inference_mode():
+        return np.concatenate([
+            model(torch.from_numpy(x[i:i + batch_size]),
+                  torch.from_numpy(subject[i:i + batch_size])).numpy()
+            for i in range(0, len(x), batch_size)])
+
+
+def train(family_name: str, opts: TrainOptions) -> dict:
+    """Train a family on ``opts.data``; write the checkpoint and ``<out>.metrics.json``.
+
+    Returns the metrics document.
+    """
+    import torch
+
+    from rtbci.models.checkpoint import Contract, InputContract, OutputContract
+    from rtbci.models.families import get_family
+
+    family = get_family(family_name)
+    module = family.load()
+    torch.manual_seed(opts.seed)
+    started = time.perf_counter()
+    win = load_windows(opts.data, family, opts)
+    task = _classes_task(win, opts) if family.kind == "classes" else _retrieval_task(win, opts)
+    base = module.HPARAMS if opts.size == "paper" else module.SMALL
+    hparams = {**base, **opts.hparams, "n_outputs": task["n_outputs"]}
+    n_subjects = int(win.subject.max()) + 1
+    start_s, end_s = opts.window or family.window
+    positions = None if win.info.positions is None else [
+        None if np.isnan(p).any() else [float(v) for v in p] for p in win.info.positions]
+    contract = Contract(
+        family=family.name, hparams=hparams, n_subjects=n_subjects,
+        input=InputContract(
+            ch_names=list(win.info.ch_names), ch_types=list(win.info.ch_types),
+            positions=positions, srate=family.srate, n_samples=win.x.shape[1],
+            window_start_s=start_s, events=opts.events or [family.events],
+            preprocess=_preprocess_config(family, opts).model_dump(exclude={"picks"})),
+        output=OutputContract(kind=family.kind, labels=task["labels"],
+                              pooled=task.get("pooled", False)))
+    model = family.build(contract)
+    val = task["val"]
+    if hasattr(model, "fit_input"):
+        model.fit_input(win.x[~val])
+    lr = opts.lr or family.lr
+    pretrained = _pretrain(model, module, family, opts, task, lr) if opts.pretrain else None
+    losses = fit(model, module.training_loss, win.x[~val], task["target"][~val],
+                 win.subject[~val], epochs=opts.epochs, batch_size=opts.batch_size, lr=lr,
+                 seed=opts.seed, desc=f"train {family.name}", progress=opts.progress)
+    out = predict(model, win.x[val], win.subject[val])
+    metrics = {"val": task["score"](out), "linear": task["linear"](),
+               "n_train": int((~val).sum()), "n_val": int(val.sum()),
+               "parameters": sum(p.numel() for p in model.parameters()),
+               "final_loss": losses[-1] if losses else None}
+    if pretrained:
+        metrics["pretrain"] = pretrained
+    contract.metrics = metrics
+    contract.training = {
+        "data": [str(p) for p in opts.data], "seed": opts.seed, "epochs": opts.epochs,
+        "batch_size": opts.batch_size, "lr": lr, "size": opts.size,
+        "val_fraction": opts.val_fraction, "seconds": round(time.perf_counter() - started, 1),
+        "torch": str(torch.__version__)}
+    from rtbci.models.checkpoint import save_checkpoint
+
+    save_checkpoint(opts.out, contract, model.state_dict(), task.get("bank"))
+    metrics_path = opts.out.with_name(opts.out.name + ".metrics.json")
+    metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def _classes_task(win: Windows, opts: TrainOptions) -> dict:
+    classes = sorted(set(win.labels))
+    if len(classes) < 2:
+        raise RtbciError(f"--events: only one class ({classes[0]!r}) among the events")
+    y = np.array([classes.index(label) for label in win.labels])
+    val = split_trials(win.labels, opts.val_fraction, opts.seed)
+
+    def score(logits):
+        return class_metrics(logits, y[val], len(classes))
+
+    def linear():
+        return linear_classes(win.x[~val], y[~val], win.x[val], y[val], len(classes))
+
+    return {"n_outputs": len(classes), "labels": classes, "target": y, "val": val,
+            "score": score, "linear": linear}
+
+
+def _retrieval_task(win: Windows, opts: TrainOptions) -> dict:
+    from rtbci.models.contrastive import retrieval_metrics
+
+    if opts.targets is None:
+        raise RtbciError("--targets: a retrieval family needs the candidates' target "
+                         "embeddings (bank.npy)")
+    bank, labels = load_targets(opts.targets)
+    row = {label: i for i, label in enumerate(labels)}
+    missing = sorted({label for label in win.labels if label not in row})
+    if missing:
+        raise RtbciError(f"--targets: no row labelled {missing[0]!r} in {opts.targets.name} "
+                         f"({len(missing)} event labels missing)")
+    rows = np.array([row[label] for label in win.labels])
+    val = split_items(win.labels, opts.val_fraction, opts.seed)
+    val_rows = np.unique(rows[val])
+    true_val = np.searchsorted(val_rows, rows[val])
+
+    def score(out):
+        result = retrieval_metrics(out, bank[val_rows], true_val)
+        if bank.ndim == 3:  # maps: also what time-pooled candidates cost
+            result["pooled"] = retrieval_metrics(out.mean(-1), bank[val_rows].mean(-1),
+                                                 true_val)
+        return result
+
+    def linear():
+        return linear_retrieval(win.x[~val], bank[rows[~val]], win.x[val], bank[val_rows],
+                                true_val)
+
+    pooled = opts.pool_bank and bank.ndim == 3
+    return {"n_outputs": bank.shape[1], "labels": labels, "target": bank[rows], "val": val,
+            "score": score, "linear": linear, "bank": bank.mean(-1) if pooled else bank,
+            "pooled": pooled}
+
+
+def _pretrain(model, module, family: Family, opts: TrainOptions, task: dict, lr: float) -> dict:
+    """``--pretrain FILE…``: the family's self-supervised ``pretrain`` if it has one (Du-IN),
+    else supervised pre-training on those recordings' events (task-driven GNN pre-training)."""
+    pre_opts = TrainOptions(**{**opts.__dict__, "data": opts.pretrain, "channels": None})
+    pre = load_windows(opts.pretrain, family, pre_opts)
+    if hasattr(module, "pretrain"):
+        stats = module.pretrain(model, pre.x, epochs=opts.pretrain_epochs, seed=opts.seed)
+        return {"windows": len(pre.x), **{k: v[-1] if isinstance(v, list) else v
+                                          for k, v in stats.items()}}
+    labels = task["labels"]
+    unknown = sorted(set(pre.labels) - set(labels))
+    if unknown:
+        raise RtbciError(f"--pretrain: event label {unknown[0]!r} is not one of {labels}")
+    y = np.array([labels.index(label) for label in pre.labels])
+    losses = fit(model, module.training_loss, pre.x, y, np.zeros(len(y), int),
+                 epochs=opts.pretrain_epochs, batch_size=opts.batch_size, lr=lr,
+                 seed=opts.seed + 1, desc=f"pretrain {family.name}", progress=opts.progress)
+    return {"windows": len(pre.x), "final_loss": losses[-1]}

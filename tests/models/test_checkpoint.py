@@ -1,0 +1,166 @@
+"""Checkpoints: the contract round-trips, the engine binds it to a stream or refuses in one line.
+
+One small motor-gnn checkpoint is trained once per module (simulated task, MNE-written FIF).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rtbci.config import parse_config
+from rtbci.errors import RtbciError
+
+torch = pytest.importorskip("torch", reason="checkpoints need torch")
+pytest.importorskip("sklearn", reason="training needs scikit-learn")
+pytest.importorskip("onnxruntime", reason="the decoder runs in onnxruntime")
+
+from rtbci.devices.recording import read_recording  # noqa: E402
+from rtbci.devices.tasks import save_task  # noqa: E402
+from rtbci.engine import Engine  # noqa: E402
+from rtbci.models import load_decoder  # noqa: E402
+from rtbci.models.checkpoint import load_checkpoint  # noqa: E402
+from rtbci.models.training import TrainOptions, train  # noqa: E402
+from rtbci.preprocess import PreprocessConfig  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(checkpoint, recording file): motor-gnn on 100 simulated trials at SNR 2."""
+    root = tmp_path_factory.mktemp("ckpt")
+    fif, _ = save_task(root / "motor_raw.fif", "motor-gnn", snr=2.0, seed=1, trials=100)
+    out = root / "motor.pt"
+    train("motor-gnn", TrainOptions(data=[fif], out=out, epochs=8, progress=False))
+    return out, fif
+
+
+def decoder_config(model: Path, **overrides) -> dict:
+    return {"name": "outcome", "model": str(model), "source": "eeg", "on_marker": "outcome",
+            "runtime": "onnxruntime", **overrides}
+
+
+def test_contract_round_trips(trained):
+    ckpt_path, fif = trained
+    ckpt = load_checkpoint(ckpt_path)
+    c = ckpt.contract
+    raw_info = read_recording(fif).streams[0].info
+    assert c.family == "motor-gnn" and c.output.kind == "classes"
+    assert c.output.labels == ["failure", "success"]
+    assert c.input.ch_names == list(raw_info.ch_names) and c.input.ch_types == ["eeg"] * 64
+    np.testing.assert_allclose(c.input.positions_array(), raw_info.positions, atol=1e-7)
+    assert (c.input.srate, c.input.n_samples, c.input.window_start_s) == (250.0, 250, 0.0)
+    assert c.input.preprocess["bandpass"] == [1.0, 40.0]
+    assert c.input.preprocess["resample_hz"] == 250.0 and "picks" not in c.input.preprocess
+    metrics = json.loads(ckpt_path.with_name("motor.pt.metrics.json").read_text())
+    assert c.metrics == metrics and set(metrics["val"]) == {"accuracy", "n_val", "chance"}
+    model = ckpt.build_model()
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(tensor, ckpt.state_dict[name], rtol=0, atol=0)
+
+
+def test_unsafe_or_foreign_files_are_refused_in_one_line(tmp_path, trained):
+    cases = {  # unpickling a Fraction means importing and calling a class: a safe load refuses
+        "pickle.pt": {"contract": {"format": 1}, "state_dict": {}, "obj": Fraction(1, 3)},
+        "plain.pt": {"weights": torch.zeros(3)},
+        "future.pt": {"contract": {"format": 99}, "state_dict": {}},
+    }
+    for name, payload in cases.items():
+        torch.save(payload, tmp_path / name)
+    expected = {"pickle.pt": "holds a Python object", "plain.pt": "no contract",
+                "future.pt": "checkpoint format 99", "missing.pt": "no checkpoint file"}
+    for name, words in expected.items():
+        with pytest.raises(RtbciError, match=words) as err:
+            load_checkpoint(tmp_path / name, "decoders[0].model")
+        assert "\n" not in str(err.value) and str(err.value).startswith("decoders[0].model")
+
+
+def stream_info(fif: Path):
+    """The recorded stream's info after the checkpoint's preprocessing (250 Hz)."""
+    return dataclasses.replace(read_recording(fif).streams[0].info, srate=250.0)
+
+
+def test_channels_are_picked_and_reordered_by_name(trained):
+    ckpt_path, fif = trained
+    info = stream_info(fif)
+    cfg = parse_config({"sources": [{"name": "eeg", "kind": "simulate"}],
+                        "decoders": [decoder_config(ckpt_path)]}).decoders[0]
+    straight = load_decoder(cfg, info)
+    order = np.random.default_rng(0).permutation(info.n_channels + 3)  # shuffled + extras
+    names = [*info.ch_names, "EXG1", "EXG2", "EXG3"]
+    shuffled_info = dataclasses.replace(
+        info, ch_names=tuple(names[i] for i in order), ch_types=("eeg",) * len(order),
+        ch_units=("microvolts",) * len(order), positions=None)
+    shuffled = load_decoder(cfg, shuffled_info)
+    window = np.random.default_rng(1).standard_normal((250, 64)).astype(np.float32) * 10
+    extended = np.concatenate([window, np.full((250, 3), 1e3, np.float32)], axis=1)
+    a, b = straight(window), shuffled(extended[:, order])
+    np.testing.assert_allclose(b.probabilities, a.probabilities, rtol=1e-6)
+    assert shuffled.n_channels == 67 and shuffled.describe()["input"] == [250, 67]
+
+
+def test_stream_mismatches_are_refused_in_one_line(trained):
+    ckpt_path, fif = trained
+    info = stream_info(fif)
+    cfg = parse_config({"sources": [{"name": "eeg", "kind": "simulate"}],
+                        "decoders": [decoder_config(ckpt_path)]}).decoders[0]
+    missing = dataclasses.replace(info, ch_names=("Fp1x", *info.ch_names[1:]))
+    cases = [
+        (missing, None, "has no channel 'Fp1' that the checkpoint needs"),
+        (dataclasses.replace(info, srate=500.0), None,
+         "runs at 500 Hz after preprocessing, the checkpoint expects 250 Hz"),
+        (info, PreprocessConfig(bandpass=(1.0, 30.0), resample_hz=250.0),
+         r"preprocess.bandpass is \(1.0, 30.0\) but the checkpoint was trained with "
+         r"\(1.0, 40.0\)"),
+    ]
+    for stream, preprocess, words in cases:
+        with pytest.raises(RtbciError, match=words) as err:
+            load_decoder(cfg, stream, "decoders[0]", preprocess=preprocess)
+        assert "\n" not in str(err.value) and str(err.value).startswith("decoders[0]")
+    window_cfg = parse_config({"sources": [{"name": "eeg", "kind": "simulate"}],
+                               "decoders": [decoder_config(ckpt_path, window_ms=[0, 500])]})
+    with pytest.raises(RtbciError, match="does not match the checkpoint's window"):
+        load_decoder(window_cfg.decoders[0], info)
+
+
+def replay(config: dict, fif: Path, new_collector):
+    collector = new_collector()
+    engine = Engine(parse_config(config), sinks=[collector])
+    asyncio.run(engine.run_offline(read_recording(fif)))
+    return engine, collector.results
+
+
+def test_engine_adopts_the_preprocessing_and_decodes_every_event(trained, new_collector):
+    ckpt_path, fif = trained
+    config = {"sources": [{"name": "eeg", "kind": "simulate", "stream_name": "rtbci-motor-gnn"}],
+              "decoders": [decoder_config(ckpt_path, options={"importance": True})]}
+    engine, results = replay(config, fif, new_collector)
+    assert engine.preprocess["eeg"].bandpass == (1.0, 40.0)
+    assert engine.streams["eeg"].info.srate == 250.0
+    events = [text for _, text in read_recording(fif).markers]
+    assert [r.marker for r in results] == events[:len(results)]
+    assert len(results) >= len(events) - 1  # the last window may run past the recording
+    for r in results:
+        assert r.labels == ["failure", "success"] and abs(r.probabilities.sum() - 1) < 1e-5
+        assert r.importance.shape == (64,) and abs(r.importance.sum() - 1) < 1e-5
+    truth = [r.marker.split("/")[1] for r in results]
+    predicted = [r.labels[int(np.argmax(r.probabilities))] for r in results]
+    assert np.mean(np.array(truth) == np.array(predicted)) > 0.75  # chance 0.5
+
+
+def test_a_conflicting_source_preprocess_stops_only_that_decoder(trained, new_collector):
+    ckpt_path, fif = trained
+    config = {"sources": [{"name": "eeg", "kind": "simulate", "stream_name": "rtbci-motor-gnn",
+                           "preprocess": {"bandpass": [1, 30], "resample_hz": 250}}],
+              "decoders": [decoder_config(ckpt_path),
+                           {"name": "bp", "model": "builtin:bandpower", "source": "eeg",
+                            "window_ms": 400, "every_ms": 1000, "runtime": "numpy"}]}
+    engine, results = replay(config, fif, new_collector)
+    error = engine.decoder_status["outcome"]["error"]
+    assert "preprocess.bandpass" in error and "\n" not in error
+    assert results and all(r.decoder == "bp" for r in results)
