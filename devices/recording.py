@@ -117,6 +117,9 @@ def to_mne_raw(stream: RecordedStream, markers: list[tuple[float, str]] = ()):
         montage = mne.channels.make_dig_montage(dict(zip(info.ch_names, info.positions)),
                                                 coord_frame="head")
         raw.set_montage(montage, on_missing="ignore", verbose="error")
+        for ch, pos, kind in zip(raw.info["chs"], info.positions, types, strict=True):
+            if kind in ("mag", "grad"):  # a montage only places EEG-like channels
+                ch["loc"][:12] = [*pos, 1, 0, 0, 0, 1, 0, 0, 0, 1]  # position, coil axes
     t0 = float(stream.times[0])
     kept = [(t - t0, text) for t, text in markers if t >= t0]
     if kept:

@@ -239,9 +239,9 @@ class SimulatedAmplifier:
         Called with every pushed chunk (for tests and ground truth).
     task : str | None
         A decoder family (``motor-gnn``, ``seeg-words``, ``image-retrieval``, ``speech``):
-        publish that family's simulated task (:mod:`rtbci.devices.tasks`) on its profile
-        instead of the class patterns; ``profile`` and ``classes`` are then ignored and the
-        default name is ``rtbci-<task>``.
+        publish that family's simulated task (:mod:`rtbci.devices.tasks`) on its profile, at
+        its rate, instead of the class patterns; ``profile`` and ``classes`` are then ignored
+        and the default name is ``rtbci-<task>``.
     """
 
     def __init__(self, profile: str = "eeg64", name: str | None = None, seed: int = 0,
@@ -249,18 +249,16 @@ class SimulatedAmplifier:
                  subject: int = 0, chunk_ms: float = 10.0,
                  on_push: Callable[[np.ndarray, np.ndarray], None] | None = None,
                  task: str | None = None):
-        if task is not None:  # a decoder family's task (devices/tasks.py) on its own profile
-            from rtbci.devices.tasks import TASKS, TaskSignal
+        if task is not None:  # a decoder family's task (devices/tasks.py): its profile and rate
+            from rtbci.devices.tasks import TaskSignal
 
-            profile = TASKS[task].profile
-            self.model = TaskSignal(task, snr=snr, seed=seed, subject=subject,
-                                    srate=get_profile(profile).srate)
+            self.model = TaskSignal(task, snr=snr, seed=seed, subject=subject)
             self.marker_prefix = ""  # task markers are complete: "<prefix>/<item>"
         else:
             self.model = SignalModel(get_profile(profile), seed=seed, snr=snr,
                                      classes=classes, subject=subject)
             self.marker_prefix = MARKER_PREFIX
-        self.profile = get_profile(profile)
+        self.profile = self.model.profile
         self.name = name or f"rtbci-{task or profile}"
         self.info = stream_info(self.profile, self.name, source_id=f"rtbci-sim-{self.name}")
         self.marker_name = f"{self.name}-markers"

@@ -5,12 +5,15 @@ Every trial presents an *item* — a class (``motor-gnn``: the previous shot's o
 Each item has a latent embedding ``z`` (``LATENT_DIM`` numbers; for speech a time series
 ``z(t)``). The brain's response is a fixed forward mix of ``N_SOURCES`` sources driven by it::
 
-    response(t) = Σ_k (B z)_k · h_k(t − τ) · pattern_k         (speech: (B z(t − 0.15 s)) ∗ h_k)
+    response(t) = Σ_k (B z)_k · h_k(t − τ) · pattern_k     (speech: (B z(t − 0.15 s)) ∗ trf_k)
 
 - ``pattern_k``: a smooth spatial pattern (Gaussian of 3 cm around a random sensor; subject
   seed; for ``seeg-words`` a contact of shaft A, the "language area"),
   ``h_k``: a damped oscillation (3–12 Hz, latency 50–250 ms, 150 ms decay),
-  ``B``: a fixed random (N_SOURCES × LATENT_DIM) mix. Each trial adds latency jitter
+  ``B``: a fixed random (N_SOURCES × LATENT_DIM) mix. Speech: ``z(t)`` is low-passed at
+  6 Hz (an envelope-like feature) and each source tracks it through a temporal response
+  function ``trf_k(τ) = ±(τ/τ_k)·exp(1 − τ/τ_k)`` peaking at ``τ_k`` = 50–150 ms, as speech
+  tracking is modelled in MEG/EEG (TRFs). Each trial adds latency jitter
   (``τ`` ~ N(0, 10 ms)) and a gain (1 + 0.2 N(0, 1)).
 - the background is :class:`~rtbci.devices.simulate.SignalModel` with no evoked response
   (pink noise with volume conduction, alpha, mains); responses are scaled so that their RMS
@@ -120,6 +123,11 @@ class TaskSignal:
         lat = rng_subject.uniform(0.05, 0.25, N_SOURCES)[:, None]
         on = tau[None] >= lat
         self.kernels = on * np.sin(2 * np.pi * freq * (tau - lat)) * np.exp(-(tau - lat) / 0.15)
+        if self.spec.time_resolved:  # speech tracking: a temporal response function per source
+            peak = rng_subject.uniform(0.05, 0.15, N_SOURCES)[:, None]
+            sign = rng_subject.choice([-1.0, 1.0], N_SOURCES)[:, None]
+            trf = (tau / peak) * np.exp(1 - tau / peak) * (tau < 0.6)
+            self.kernels = sign * trf
         self.latents = self._item_latents(rng_items)
         self.target_map = rng_items.standard_normal((TARGET_DIM, LATENT_DIM)) / np.sqrt(
             LATENT_DIM / 4)
@@ -139,7 +147,7 @@ class TaskSignal:
         from scipy import signal
 
         n = int(round(spec.response_s * self.profile.srate))
-        sos = signal.butter(2, 2.0, fs=self.profile.srate, output="sos")
+        sos = signal.butter(2, 6.0, fs=self.profile.srate, output="sos")
         white = rng.standard_normal((spec.items, LATENT_DIM, n + 200))
         z = signal.sosfiltfilt(sos, white, axis=-1)[..., 100:-100]
         return z / z.std(axis=-1, keepdims=True)
@@ -154,8 +162,7 @@ class TaskSignal:
         delay = int(round(0.15 * self.profile.srate)) + jitter
         drive = np.roll(self.mix @ z, delay, axis=1)
         drive[:, :max(delay, 0)] = 0.0
-        return signal.fftconvolve(drive, self.kernels[:, :self.kernels.shape[1] // 3],
-                                  axes=1)[:, :drive.shape[1]]
+        return signal.fftconvolve(drive, self.kernels, axes=1)[:, :drive.shape[1]]
 
     def response(self, item: int, jitter: int = 0, gain: float = 1.0) -> np.ndarray:
         """A trial's response (n_response_samples, n_channels), before SNR scaling."""

@@ -69,6 +69,18 @@ def is_checkpoint(model: str) -> bool:
     return not model.startswith(("builtin:", "python:"))
 
 
+def checkpoint_path(model: str, base_dir: Path | None = None) -> Path:
+    """The file a checkpoint ``model`` names: ``demo:FAMILY`` is the packaged demo checkpoint
+    of that family (``models/checkpoints/FAMILY.pt``); a relative path is relative to
+    ``base_dir`` (default: the working directory)."""
+    if model.startswith("demo:"):
+        from importlib import resources
+
+        name = model.removeprefix("demo:")
+        return Path(str(resources.files("rtbci.models"))) / "checkpoints" / f"{name}.pt"
+    return (base_dir or Path.cwd()) / model
+
+
 def load_checkpoint_decoder(config: DecoderConfig, info: StreamInfo, where: str,
                             base_dir: Path | None = None,
                             preprocess: PreprocessConfig | None = None) -> Decoder:
@@ -84,7 +96,7 @@ def load_checkpoint_decoder(config: DecoderConfig, info: StreamInfo, where: str,
     if unknown:
         raise RtbciError(f"{where}.options.{sorted(unknown)[0]}: unknown option for a "
                          "checkpoint (options: subject, top_k, importance)")
-    ckpt = load_checkpoint((base_dir or Path.cwd()) / config.model, f"{where}.model")
+    ckpt = load_checkpoint(checkpoint_path(config.model, base_dir), f"{where}.model")
     contract = ckpt.contract
     picks = contract.input.channel_indices(info, f"{where} ({config.name!r})")
     if preprocess is not None:

@@ -68,7 +68,8 @@ __all__ = ["HPARAMS", "SMALL", "ConvStack", "PooledSpeechInference", "SpeechInfe
 HPARAMS = {"n_merger": 270, "fourier_dim": 2048, "dropout_radius": 0.2, "hidden": 320,
            "depth": 10, "kernel_size": 3, "dilation_period": 5, "glu_every": 2,
            "baseline_s": 0.3, "clamp": 20.0}
-SMALL = {**HPARAMS, "n_merger": 32, "fourier_dim": 128, "hidden": 32, "depth": 4}
+SMALL = {**HPARAMS, "n_merger": 32, "fourier_dim": 128, "hidden": 32}  # depth 10: the
+# receptive field (~1 s) must reach the brain response 150–500 ms after the speech it tracks
 
 FOURIER_MARGIN = 0.2
 

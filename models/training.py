@@ -283,6 +283,9 @@ def train(family_name: str, opts: TrainOptions) -> dict:
     module = family.load()
     torch.manual_seed(opts.seed)
     started = time.perf_counter()
+    if family.kind == "retrieval" and opts.targets is None:
+        raise RtbciError("--targets: a retrieval family needs the candidates' target "
+                         "embeddings (bank.npy)")
     win = load_windows(opts.data, family, opts)
     task = _classes_task(win, opts) if family.kind == "classes" else _retrieval_task(win, opts)
     base = module.HPARAMS if opts.size == "paper" else module.SMALL
@@ -350,9 +353,6 @@ def _classes_task(win: Windows, opts: TrainOptions) -> dict:
 def _retrieval_task(win: Windows, opts: TrainOptions) -> dict:
     from rtbci.models.contrastive import retrieval_metrics
 
-    if opts.targets is None:
-        raise RtbciError("--targets: a retrieval family needs the candidates' target "
-                         "embeddings (bank.npy)")
     bank, labels = load_targets(opts.targets)
     row = {label: i for i, label in enumerate(labels)}
     missing = sorted({label for label in win.labels if label not in row})
@@ -384,7 +384,7 @@ def _retrieval_task(win: Windows, opts: TrainOptions) -> dict:
 def _pretrain(model, module, family: Family, opts: TrainOptions, task: dict, lr: float) -> dict:
     """``--pretrain FILE…``: the family's self-supervised ``pretrain`` if it has one (Du-IN),
     else supervised pre-training on those recordings' events (task-driven GNN pre-training)."""
-    pre_opts = TrainOptions(**{**opts.__dict__, "data": opts.pretrain, "channels": None})
+    pre_opts = TrainOptions(**{**opts.__dict__, "data": opts.pretrain})
     pre = load_windows(opts.pretrain, family, pre_opts)
     if hasattr(module, "pretrain"):
         stats = module.pretrain(model, pre.x, epochs=opts.pretrain_epochs, seed=opts.seed)

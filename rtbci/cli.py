@@ -420,8 +420,12 @@ def _run_offline(config, args: argparse.Namespace) -> int:
         report = {"replay": stats["replay"], "decoders": scorer.report()}
         args.report.write_text(json.dumps(report, indent=2) + "\n")
         for name, entry in report["decoders"].items():
-            print(f"{name}: accuracy {entry['accuracy']:.3f} on {entry['n']} events "
-                  f"(chance {entry['chance']:.3f})")
+            if "top1" in entry:
+                print(f"{name}: top-1 {entry['top1']:.3f}, top-{entry['k']} "
+                      f"{entry['top_k']:.3f} on {entry['n']} events")
+            else:
+                print(f"{name}: accuracy {entry['accuracy']:.3f} on {entry['n']} events "
+                      f"(chance {entry['chance']:.3f})")
     if args.stats_json:
         args.stats_json.write_text(json.dumps(_finite(stats), indent=2) + "\n")
     return 0

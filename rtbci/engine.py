@@ -22,7 +22,7 @@ from rtbci.devices.recording import Recording
 from rtbci.devices.replay import schedule
 from rtbci.errors import RtbciError
 from rtbci.messages import Result
-from rtbci.models import is_checkpoint, load_decoder
+from rtbci.models import checkpoint_path, is_checkpoint, load_decoder
 from rtbci.models.checkpoint import load_checkpoint
 from rtbci.preprocess import PreprocessConfig, Preprocessor
 from rtbci.scheduler import DecoderTask, Scheduler, TriggerSpec
@@ -366,7 +366,7 @@ def source_preprocess(source: SourceConfig, config: Config) -> PreprocessConfig:
     for dec in config.decoders:
         if dec.source == source.name and is_checkpoint(dec.model):
             try:
-                contract = load_checkpoint(config.resolve(dec.model)).contract
+                contract = load_checkpoint(checkpoint_path(dec.model, config.base_dir)).contract
             except RtbciError:
                 continue
             log.info("source %r: preprocessing from %s: %s", source.name, dec.model,

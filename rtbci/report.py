@@ -23,16 +23,19 @@ def print_live_stats(engine) -> None:
 
 
 def true_label(result) -> str | None:
-    """The class a marker-locked result should have found: the marker's last ``/`` part
-    (``stim/left`` → ``left``), if it is one of the decoder's labels."""
+    """What a marker-locked result should have found: the marker's last ``/`` part
+    (``stim/left`` → ``left``), if it is one of a class decoder's labels; any candidate
+    label for a retrieval decoder (``image/i42`` → ``i42``)."""
     if result.marker is None or not result.labels:
         return None
     truth = result.marker.rpartition("/")[2]
-    return truth if truth in result.labels else None
+    return truth if result.kind == "retrieval" or truth in result.labels else None
 
 
 def predicted_label(result) -> str | None:
-    """The argmax class of a ``classes`` result."""
+    """The argmax class of a ``classes`` result; the best candidate of a ``retrieval`` one."""
+    if result.kind == "retrieval":
+        return result.labels[0] if result.labels else None
     if result.probabilities is None or not result.labels:
         return None
     return result.labels[int(np.argmax(result.probabilities))]
@@ -51,16 +54,26 @@ class Scorer(Sink):
         if truth is None:
             return
         entry = self.scores.setdefault(result.decoder, {
-            "n": 0, "correct": 0, "labels": list(result.labels), "confusion": {}})
+            "n": 0, "correct": 0, "kind": result.kind, "labels": list(result.labels),
+            "confusion": {}, "in_top_k": 0, "k": len(result.labels)})
         predicted = predicted_label(result)
         entry["n"] += 1
         entry["correct"] += predicted == truth
+        if result.kind == "retrieval":
+            entry["in_top_k"] += truth in result.labels
+            return
         row = entry["confusion"].setdefault(truth, {})
         row[predicted] = row.get(predicted, 0) + 1
 
     def report(self) -> dict:
-        """``{decoder: {"n", "accuracy", "chance", "labels", "confusion": {true: {pred: n}}}}``."""
-        return {name: {"n": e["n"], "accuracy": e["correct"] / e["n"],
-                       "chance": 1.0 / len(e["labels"]), "labels": e["labels"],
-                       "confusion": e["confusion"]}
-                for name, e in self.scores.items() if e["n"]}
+        """Per decoder: classes ``{"n", "accuracy", "chance", "labels", "confusion": {true:
+        {pred: n}}}``; retrieval ``{"n", "top1", "top_k", "k"}``."""
+        return {name: self._entry(e) for name, e in self.scores.items() if e["n"]}
+
+    @staticmethod
+    def _entry(e: dict) -> dict:
+        if e["kind"] == "retrieval":
+            return {"n": e["n"], "top1": e["correct"] / e["n"], "top_k": e["in_top_k"] / e["n"],
+                    "k": e["k"]}
+        return {"n": e["n"], "accuracy": e["correct"] / e["n"], "chance": 1.0 / len(e["labels"]),
+                "labels": e["labels"], "confusion": e["confusion"]}

@@ -17,6 +17,7 @@ import io
 import logging
 import os
 import re
+import threading
 import warnings
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from rtbci.errors import RtbciError
 from rtbci.models.runtimes.base import as_tensors, import_torch, module_device
 
 OPSET = 18
+_EXPORT_LOCK = threading.Lock()  # decoders are built in parallel worker threads
 INPUT_NAME = "input"
 QUIET_LOGGERS = ("torch", "onnxscript", "onnx_ir")
 
@@ -63,7 +65,7 @@ def export_onnx(module, input_shape: tuple[int, ...], name: str, opset: int = OP
     with torch.inference_mode():
         n_outputs = len(as_tensors(module(example), name))
     try:
-        with _quiet():
+        with _EXPORT_LOCK, _quiet():  # torch.export traces with global state: one at a time
             program = torch.onnx.export(
                 module, (example,), dynamo=True, opset_version=opset, external_data=False,
                 input_names=[INPUT_NAME], output_names=output_names(n_outputs), verbose=False)
