@@ -164,3 +164,34 @@ def test_a_conflicting_source_preprocess_stops_only_that_decoder(trained, new_co
     error = engine.decoder_status["outcome"]["error"]
     assert "preprocess.bandpass" in error and "\n" not in error
     assert results and all(r.decoder == "bp" for r in results)
+
+
+@pytest.mark.slow
+def test_demo_checkpoints_decode_live_simulated_tasks(new_collector, tmp_path, monkeypatch):
+    """Real LSL: a simulated motor task and image task, decoded live by the demo checkpoints."""
+    monkeypatch.setenv("RTBCI_CACHE", str(tmp_path / "cache"))
+    tag = tmp_path.name
+    config = parse_config({
+        "sources": [{"name": "motor", "kind": "simulate", "task": "motor-gnn",
+                     "stream_name": f"motor-{tag}"},
+                    {"name": "images", "kind": "simulate", "task": "image-retrieval",
+                     "stream_name": f"images-{tag}"}],
+        "decoders": [{"name": "outcome", "model": "demo:motor-gnn", "source": "motor",
+                      "on_marker": "outcome", "options": {"importance": True}},
+                     {"name": "image", "model": "demo:image-retrieval", "source": "images",
+                      "on_marker": "image", "options": {"top_k": 3}}]})
+    collector = new_collector()
+    engine = Engine(config, sinks=[collector])
+    asyncio.run(engine.run(16.0))  # start-up (exports, warm-up) takes a few seconds
+    by_decoder = {name: [r for r in collector.results if r.decoder == name]
+                  for name in ("outcome", "image")}
+    assert len(by_decoder["outcome"]) >= 2 and len(by_decoder["image"]) >= 2, \
+        engine.decoder_status
+    for r in by_decoder["outcome"]:
+        assert r.kind == "classes" and r.marker.startswith("outcome/")
+        assert r.importance.shape == (64,) and r.probabilities.shape == (2,)
+    for r in by_decoder["image"]:
+        assert r.kind == "retrieval" and len(r.ids) == 3 and len(r.labels) == 3
+        assert np.all(np.diff(r.scores) <= 0) and r.marker.startswith("image/")
+    status = engine.decoder_status["image"]
+    assert status["window"] == [0, 250] and status["runtime"]["input"] == [250, 64]
