@@ -71,7 +71,7 @@ TASKS = {
                            sources_near="A*"),  # one shaft in a "language area"
     "image-retrieval": TaskSpec("eeg64", 500.0, "image", 100, 400, (1.2, 1.5), 0.8,
                                 retrieval=True),
-    "speech": TaskSpec("meg306", 240.0, "segment", 200, 200, (3.2, 3.6), 3.0,
+    "speech": TaskSpec("meg306", 240.0, "segment", 100, 200, (3.2, 3.6), 3.0,
                        retrieval=True, time_resolved=True),
 }
 

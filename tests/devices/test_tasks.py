@@ -57,4 +57,4 @@ def test_meg_positions_survive_the_fif(tmp_path):
     fif, targets = save_task(tmp_path / "speech_raw.fif", "speech", trials=3)
     info = read_recording(fif).streams[0].info
     np.testing.assert_allclose(info.positions, get_profile("meg306").positions, atol=1e-6)
-    assert np.load(targets).shape == (200, 32, 360)
+    assert np.load(targets).shape == (100, 32, 360)
