@@ -162,8 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Build and cache a decoder's compiled form ahead of an "
                                    "experiment (ONNX export + checks, TensorRT engine, CUDA "
                                    "graph) and print its measured latency (batch 1, 200 calls). "
-                                   "MODEL is builtin:bandpower for now (checkpoints: issue 4).")
-    p.add_argument("model", metavar="MODEL", help="builtin:bandpower")
+                                   "MODEL is a checkpoint (its own window and channels), "
+                                   "demo:FAMILY, or builtin:bandpower (--samples, --channels, "
+                                   "--srate).")
+    p.add_argument("model", metavar="MODEL",
+                   help="a checkpoint (.pt), demo:FAMILY or builtin:bandpower")
     p.add_argument("--runtime", default="auto",
                    choices=["auto", "torch", "onnxruntime", "cudagraph", "tensorrt"])
     p.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "fp16", "bf16"])
@@ -432,19 +435,33 @@ def _run_offline(config, args: argparse.Namespace) -> int:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
+    from rtbci.models import checkpoint_path, is_checkpoint
     from rtbci.models.runtimes.select import importable
 
-    if args.model != "builtin:bandpower":
-        raise RtbciError(f"MODEL: {args.model!r} is not known; expected builtin:bandpower")
+    if args.model.startswith("builtin:") and args.model != "builtin:bandpower":
+        raise RtbciError(f"MODEL: {args.model!r} is not known; expected a checkpoint, "
+                         "demo:FAMILY or builtin:bandpower")
     if not importable("torch"):
         raise RtbciError("compile needs torch: pip install 'rtbci[neural]'")
-    from rtbci.models.bandpower import BandPower
     from rtbci.models.runtimes import compile_decoder, format_latency
 
-    decoder = BandPower(args.samples, args.channels, args.srate, classifier=args.classifier)
+    if is_checkpoint(args.model):
+        from rtbci.models.checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(checkpoint_path(args.model), "MODEL")
+        c = ckpt.contract
+        module = ckpt.build_model().inference_module(
+            None, **({"pool": True} if c.output.pooled else {}))
+        shape = (1, c.input.n_samples, len(c.input.ch_names))
+    else:
+        from rtbci.models.bandpower import BandPower
+
+        module = BandPower(args.samples, args.channels, args.srate,
+                           classifier=args.classifier).to_torch()
+        shape = (1, args.samples, args.channels)
     runtime, artefact, latency = compile_decoder(
-        decoder.to_torch(), (1, args.samples, args.channels), args.runtime, args.precision,
-        args.out, device=args.device, name=args.model)
+        module, shape, args.runtime, args.precision, args.out, device=args.device,
+        name=args.model)
     print(format_latency(runtime, artefact, latency))
     return 0
 

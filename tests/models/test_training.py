@@ -142,3 +142,11 @@ def test_cli_mistakes_are_one_line(tmp_path):
         run = rtbci(*args, "--out", str(tmp_path / "x.pt"))
         assert run.returncode == 2 and words in run.stderr, run.stderr
         assert len(run.stderr.strip().splitlines()) == 1 and "Traceback" not in run.stderr
+
+
+def test_cli_compiles_and_times_a_checkpoint(tmp_path):
+    onnx = tmp_path / "words.onnx"
+    run = rtbci("compile", "demo:seeg-words", "--runtime", "onnxruntime", "--out", str(onnx))
+    assert run.returncode == 0, run.stderr
+    assert "onnxruntime on cpu (fp32), input [1, 1000, 16]: p50" in run.stdout
+    assert onnx.stat().st_size > 100_000
