@@ -20,13 +20,7 @@ SRATE, C, T, N_WORDS = 1000.0, 16, 1000, 4
 PAPER_PARAMS = 4.38e6  # Du-IN, 16 channels, 61 words, 4000-sample windows (params file)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny batches run 4-5x faster on one intra-op thread than on two busy cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def small_model(n_subjects: int = 3, n_outputs: int = N_WORDS, seed: int = 0) -> DuIN:

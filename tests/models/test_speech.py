@@ -23,13 +23,7 @@ SRATE = 120.0
 MEG_POSITIONS = get_profile("meg306").positions[::3]  # 102 sensors
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These small models run fastest on one thread; two spin-wait badly on a busy 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def small_net(n_channels=102, n_samples=72, n_outputs=16, positions=MEG_POSITIONS,
