@@ -61,6 +61,7 @@ class CompiledDecoder(Decoder):
             raise RtbciError(f"{runtime.name}: {size} class outputs but labels {labels}")
         if kind == "retrieval":
             self._bank = self._normalised_bank(bank, size, labels)
+            self._scores = np.empty(len(self._bank), np.float32)
             self.top_k = min(top_k, len(self._bank))
             self.output_size = 2 * self.top_k
 
@@ -85,8 +86,9 @@ class CompiledDecoder(Decoder):
             return DecoderOutput(probabilities=vector.copy(), labels=self.labels,
                                  importance=importance)
         if self.kind == "retrieval":
-            scores = self._bank @ (vector / max(float(np.linalg.norm(vector)), 1e-12))
-            best = np.argpartition(-scores, self.top_k - 1)[:self.top_k]
+            scores = np.matmul(self._bank, vector, out=self._scores)
+            scores /= max(float(np.linalg.norm(vector)), 1e-12)  # cosine similarities
+            best = np.argpartition(scores, len(scores) - self.top_k)[-self.top_k:]
             best = best[np.argsort(-scores[best])]
             return DecoderOutput(ids=best, scores=scores[best],
                                  labels=[self.labels[i] for i in best], importance=importance)

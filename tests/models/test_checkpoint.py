@@ -195,3 +195,30 @@ def test_demo_checkpoints_decode_live_simulated_tasks(new_collector, tmp_path, m
         assert np.all(np.diff(r.scores) <= 0) and r.marker.startswith("image/")
     status = engine.decoder_status["image"]
     assert status["window"] == [0, 250] and status["runtime"]["input"] == [250, 64]
+
+
+def test_retrieval_returns_the_best_candidates_by_cosine():
+    from rtbci.models import checkpoint_path
+    from rtbci.stream import StreamInfo
+
+    ckpt = load_checkpoint(checkpoint_path("demo:image-retrieval"))
+    inp = ckpt.contract.input
+    info = StreamInfo(name="x", type="EEG", source_id="x", srate=inp.srate,
+                      ch_names=tuple(inp.ch_names), ch_types=tuple(inp.ch_types),
+                      ch_units=("microvolts",) * len(inp.ch_names))
+    cfg = parse_config({"sources": [{"name": "s", "kind": "simulate"}], "decoders": [
+        {"name": "d", "model": "demo:image-retrieval", "source": "s", "on_marker": "image",
+         "runtime": "onnxruntime", "options": {"top_k": 4}}]}).decoders[0]
+    decoder = load_decoder(cfg, info)
+    window = np.random.default_rng(0).standard_normal((inp.n_samples, 64)).astype(np.float32)
+    out = decoder(window)
+    with torch.inference_mode():
+        embedding = ckpt.build_model().inference_module(None)(
+            torch.from_numpy(window[None])).numpy()[0]
+    bank = ckpt.bank / np.linalg.norm(ckpt.bank, axis=1, keepdims=True)
+    cosine = bank @ (embedding / np.linalg.norm(embedding))
+    order = np.argsort(-cosine)[:4]
+    assert list(out.ids) == list(order)
+    assert out.labels == [ckpt.contract.output.labels[i] for i in order]
+    np.testing.assert_allclose(out.scores, cosine[order], atol=1e-4)
+    assert decoder.output_size == 8 and decoder.describe()["output"] == [8]
