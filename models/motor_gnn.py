@@ -12,7 +12,11 @@ types and sizes, so rtbci's network is a plain, compile-friendly GCN (../shared/
 2. ``n_layers`` graph convolutions ``H ← ELU(Â H W)`` with the **dense** symmetric-normalised
    adjacency ``Â = D^-1/2 (A + I) D^-1/2`` stored as a buffer (a matmul: no scatter, no
    dynamic shapes, so it exports to ONNX and TensorRT as is);
-3. readout: mean over nodes → dropout → linear → class logits.
+3. readout: ``readout="nodes"`` (default) concatenates the nodes' features → dropout →
+   linear → class logits, so the decision can weight electrodes individually as a linear
+   decoder does; ``"mean"`` averages over nodes first (permutation-invariant, the usual GNN
+   readout). On the simulated task, ``nodes`` raised validation accuracy at SNR 0.1 / 0.3 from
+   0.54 / 0.77 (``mean``, at chance at 0.1) to 0.81 / 0.96 (benchmarks/README.md).
 
 ``A`` joins each electrode to its ``k`` nearest neighbours (symmetrised) on the montage
 positions. Per-channel importance is gradient × input of the predicted class, summed over
@@ -30,7 +34,7 @@ __all__ = ["HPARAMS", "SMALL", "MotorGNN", "channel_importance", "knn_adjacency"
            "normalized_adjacency", "training_loss"]
 
 HPARAMS = {"n_filters": 8, "kernel_s": 0.1, "pool_s": 0.04, "hidden": 32, "n_layers": 2,
-           "k_neighbours": 6, "dropout": 0.25}
+           "k_neighbours": 6, "dropout": 0.25, "readout": "nodes"}
 SMALL = dict(HPARAMS)
 
 
@@ -75,7 +79,7 @@ class MotorGNN(nn.Module):
         Electrode positions in metres (the graph). None: a fully connected graph.
     n_subjects : int
         Accepted for the family interface; the GNN has no subject-specific layer.
-    n_filters, kernel_s, pool_s, hidden, n_layers, k_neighbours, dropout
+    n_filters, kernel_s, pool_s, hidden, n_layers, k_neighbours, dropout, readout
         See the module docstring (:data:`HPARAMS`).
     """
 
@@ -83,8 +87,10 @@ class MotorGNN(nn.Module):
                  positions: np.ndarray | None = None, n_subjects: int = 1,
                  n_filters: int = 8, kernel_s: float = 0.1, pool_s: float = 0.04,
                  hidden: int = 32, n_layers: int = 2, k_neighbours: int = 6,
-                 dropout: float = 0.25):
+                 dropout: float = 0.25, readout: str = "nodes"):
         super().__init__()
+        if readout not in ("nodes", "mean"):
+            raise ValueError(f"readout must be 'nodes' or 'mean', not {readout!r}")
         kernel = max(1, round(kernel_s * srate))
         pool = max(1, round(pool_s * srate))
         if kernel > n_samples:
@@ -101,7 +107,8 @@ class MotorGNN(nn.Module):
         self.node_in = nn.Linear(n_filters * n_time, hidden)
         self.graph = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(n_layers))
         self.dropout = nn.Dropout(dropout)
-        self.readout = nn.Linear(hidden, n_outputs)
+        self.pool_nodes = readout == "mean"
+        self.readout = nn.Linear(hidden if self.pool_nodes else hidden * n_channels, n_outputs)
 
     def forward(self, x: torch.Tensor, subject: torch.Tensor | None = None) -> torch.Tensor:
         """x: (batch, n_samples, n_channels) → logits (batch, n_outputs)."""
@@ -110,7 +117,8 @@ class MotorGNN(nn.Module):
         h = self.node_in(h.permute(0, 2, 1, 3).flatten(2))  # (batch, channels, hidden)
         for layer in self.graph:
             h = F.elu(torch.matmul(self.adjacency, layer(h)))
-        return self.readout(self.dropout(h.mean(dim=1)))
+        h = h.mean(dim=1) if self.pool_nodes else h.flatten(1)
+        return self.readout(self.dropout(h))
 
     def inference_module(self, subject: int | None = None) -> nn.Module:
         """Eval-mode module for one window: ``(1, n_samples, n_channels)`` → probabilities."""
