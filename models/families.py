@@ -17,6 +17,7 @@ from rtbci.errors import RtbciError
 
 if TYPE_CHECKING:
     from rtbci.models.checkpoint import Contract
+    from rtbci.preprocess import PreprocessConfig
 
 __all__ = ["FAMILIES", "Family", "get_family"]
 
@@ -43,6 +44,12 @@ class Family:
     preprocess: dict = field(default_factory=dict)
     events: str = "stim"
     lr: float = 1e-3
+
+    def preprocess_config(self) -> PreprocessConfig:
+        """The source preprocessing it trains with: ``preprocess``, resampled to ``srate``."""
+        from rtbci.preprocess import PreprocessConfig
+
+        return PreprocessConfig(**{**self.preprocess, "resample_hz": self.srate})
 
     def load(self) -> ModuleType:
         return importlib.import_module(f"rtbci.models.{self.module}")

@@ -25,7 +25,7 @@ import numpy as np
 
 from rtbci.errors import RtbciError
 from rtbci.models.families import Family
-from rtbci.preprocess import PreprocessConfig, preprocess_offline
+from rtbci.preprocess import preprocess_offline
 from rtbci.stream import StreamInfo
 
 log = logging.getLogger("rtbci.models.training")
@@ -76,10 +76,6 @@ class TrainOptions:
 
 # --- data --------------------------------------------------------------------------------
 
-def _preprocess_config(family: Family, opts: TrainOptions) -> PreprocessConfig:
-    return PreprocessConfig(**{**family.preprocess, "resample_hz": family.srate})
-
-
 def _pick(info: StreamInfo, patterns: list[str] | None, file: Path) -> np.ndarray:
     if not patterns:
         return np.arange(info.n_channels)
@@ -100,7 +96,7 @@ def load_windows(files: list[Path], family: Family, opts: TrainOptions) -> Windo
 
     prefixes = opts.events or [family.events]
     start_s, end_s = opts.window or family.window
-    config = _preprocess_config(family, opts)
+    config = family.preprocess_config()
     xs, labels, subjects, info, names = [], [], [], None, None
     for k, file in enumerate(files):
         rec = read_recording(file, opts.stream)
@@ -309,7 +305,7 @@ def train(family_name: str, opts: TrainOptions) -> dict:
             ch_names=list(win.info.ch_names), ch_types=list(win.info.ch_types),
             positions=positions, srate=family.srate, n_samples=win.x.shape[1],
             window_start_s=start_s, events=opts.events or [family.events],
-            preprocess=_preprocess_config(family, opts).model_dump(exclude={"picks"})),
+            preprocess=family.preprocess_config().model_dump(exclude={"picks"})),
         output=OutputContract(kind=family.kind, labels=task["labels"],
                               pooled=task.get("pooled", False)))
     model = family.build(contract)
