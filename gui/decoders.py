@@ -1,7 +1,8 @@
 """The Decoders panel: one card per decoder, drawn according to its output kind.
 
 - ``classes``: a bar per class probability, the most probable class highlighted; for
-  marker-locked decoders whose markers name the true class, the running accuracy.
+  marker-locked decoders whose markers name the true class, the running accuracy; with
+  per-channel importance (``options.importance``), the three most important channels.
 - ``retrieval``: the top-k candidates with labels and scores (a thumbnail when a label is the
   path of an image file).
 - ``embedding``: a heat strip of the vector (channels × features when its size is a multiple
@@ -135,6 +136,8 @@ class ClassesCard(DecoderCard):
         self.values: dict[str, QtWidgets.QLabel] = {}
         self.names: dict[str, QtWidgets.QLabel] = {}
         self.argmax: str | None = None
+        self.channel_names: list[str] | None = None
+        self.importance = _label("", "muted")
         self.trial = _label("", "muted")
         self.trial.setWordWrap(True)
         self.trial.setSizePolicy(QtWidgets.QSizePolicy.Policy.Ignored,
@@ -154,6 +157,11 @@ class ClassesCard(DecoderCard):
             self.body.addWidget(self.values[label], row, 2)
         self.body.setColumnStretch(1, 1)
         self.body.addWidget(self.trial, len(labels), 0, 1, 3)
+        self.body.addWidget(self.importance, len(labels) + 1, 0, 1, 3)
+
+    def set_status(self, entry: dict, streams: dict) -> None:
+        super().set_status(entry, streams)
+        self.channel_names = entry.get("channels")
 
     def draw(self, message: dict, state: DecoderState) -> None:
         probabilities = np.asarray(message["probabilities"], dtype=float)
@@ -169,6 +177,17 @@ class ClassesCard(DecoderCard):
             self.names[label].setStyleSheet(f"color: {theme.ACCENT if i == best else theme.TEXT};"
                                             f"font-weight: {600 if i == best else 400};")
         self.trial.setText(self._trial_text(message, state))
+        self.importance.setText(self._importance_text(message.get("importance")))
+
+    def _importance_text(self, importance) -> str:
+        """``importance Cz 21 % · C3 12 % · FCz 9 %``: the three most important channels."""
+        if importance is None:
+            return ""
+        values = np.asarray(importance, dtype=float)
+        names = self.channel_names if self.channel_names and len(
+            self.channel_names) == len(values) else [str(i) for i in range(len(values))]
+        top = np.argsort(-values)[:3]
+        return "importance " + " · ".join(f"{names[i]} {100 * values[i]:.0f} %" for i in top)
 
     @staticmethod
     def _trial_text(message: dict, state: DecoderState) -> str:

@@ -124,7 +124,8 @@ def load_checkpoint_decoder(config: DecoderConfig, info: StreamInfo, where: str,
         explain = _explainer(contract.family, model, f"{where}.options.importance")
     decoder = CompiledDecoder(runtime, contract.output.kind, contract.output.labels,
                               picks=picks, n_channels=info.n_channels, bank=ckpt.bank,
-                              top_k=int(config.options.get("top_k", 5)), explain=explain)
+                              top_k=int(config.options.get("top_k", 5)), explain=explain,
+                              channel_names=list(contract.input.ch_names))
     decoder.window_start = start
     return decoder
 

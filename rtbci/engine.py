@@ -165,7 +165,7 @@ class Engine:
             "source": cfg.source, "kind": decoder.kind, "labels": decoder.labels,
             "output_size": decoder.output_size, "window": [start, length],
             "every": every, "on_marker": cfg.on_marker, "budget_ms": cfg.budget_ms,
-            "runtime": decoder.describe()}
+            "runtime": decoder.describe(), "channels": getattr(decoder, "channel_names", None)}
         log.info("decoder %r on %r: %s, window %d samples, %s, budget %g ms, %s", cfg.name,
                  cfg.source, decoder.kind, length,
                  f"every {every} samples" if every else f"on marker {cfg.on_marker!r}",

@@ -38,13 +38,16 @@ class CompiledDecoder(Decoder):
         Candidates per retrieval result.
     explain : callable(window (n_samples, n_inputs)) -> array (n_inputs,) | None
         Per-channel importance to send with each result (slower: off the compiled path).
+    channel_names : list of str | None
+        Names of the network's input channels, in order (reported in the engine status).
     """
 
     def __init__(self, runtime: Runtime, kind: str = "embedding",
                  labels: list[str] | None = None, *, picks: np.ndarray | None = None,
                  n_channels: int | None = None, bank: np.ndarray | None = None,
                  top_k: int = 5,
-                 explain: Callable[[np.ndarray], np.ndarray] | None = None):
+                 explain: Callable[[np.ndarray], np.ndarray] | None = None,
+                 channel_names: list[str] | None = None):
         shape = runtime.input_shape
         if len(shape) != 3 or shape[0] != 1:
             raise RtbciError(f"{runtime.name}: a decoder's runtime takes (1, n_samples, "
@@ -53,7 +56,7 @@ class CompiledDecoder(Decoder):
             raise RtbciError(f"{runtime.name}: unknown output kind {kind!r}")
         self.runtime, self.kind, self.labels, self.explain = runtime, kind, labels, explain
         self.n_samples, self.n_channels = shape[1], n_channels or shape[2]
-        self.picks = picks
+        self.picks, self.channel_names = picks, channel_names
         self._input = np.empty((shape[1], shape[2]), np.float32) if picks is not None else None
         size = int(np.prod(runtime.output_shapes[0]))
         self.output_size = size

@@ -28,6 +28,7 @@ def status(session: str) -> dict:
                                 "ch_names": CH_NAMES}},
             "decoders": {
                 "clf": {**common, "kind": "classes", "labels": ["left", "right"],
+                        "channels": ["C3", "Cz", "C4", "Pz"],
                         "output_size": 2, "every": 0, "on_marker": "stim"},
                 "ret": {**common, "kind": "retrieval", "labels": None, "output_size": 3},
                 "emb": {**common, "kind": "embedding", "labels": None, "output_size": 12}}}
@@ -79,7 +80,8 @@ def test_cards_and_timing_show_the_messages(mosquitto, publish, make_window, nob
     qt.wait_until(lambda: set(window.decoders.cards) == {"clf", "ret", "emb"}, what="cards")
     publish(mosquitto.port, [
         (f"{root}/clf", result(unique, "clf", 0, probabilities=np.array([0.2, 0.8], "f4"),
-                               labels=["left", "right"], marker="stim/right"), False),
+                               labels=["left", "right"], marker="stim/right",
+                               importance=np.array([0.1, 0.5, 0.15, 0.25], "f4")), False),
         (f"{root}/ret", result(unique, "ret", 4, ids=np.array([3, 1, 2]),
                                scores=np.array([0.9, 0.5, 0.1], "f4"),
                                labels=["cat", "dog", thumbnail(tmp_path)]), False),
@@ -107,6 +109,7 @@ def _assert_cards(cards) -> None:
     assert clf.values["right"].text() == " 80.0 %" and clf.argmax == "right"
     assert clf.bars["right"].property("argmax") and not clf.bars["left"].property("argmax")
     assert clf.trial.text() == "marker stim/right → right ✓ · accuracy 100 % (1 trials)"
+    assert clf.importance.text() == "importance Cz 50 % · Pz 25 % · C4 15 %"
     assert "on marker 'stim'" in clf.info.text() and clf.meta.text().startswith("seq 0")
     assert [label for label, _ in ret.shown][:2] == ["cat", "dog"]
     np.testing.assert_allclose([score for _, score in ret.shown], [0.9, 0.5, 0.1], rtol=1e-6)
