@@ -277,7 +277,8 @@ def predict(model, x: np.ndarray, subject: np.ndarray, batch_size: int = 256) ->
 def train(family_name: str, opts: TrainOptions) -> dict:
     """Train a family on ``opts.data``; write the checkpoint and ``<out>.metrics.json``.
 
-    Returns the metrics document.
+    Also draws ``<out>.png`` (loss per epoch; validation vs linear vs chance). Returns the
+    metrics document.
     """
     import torch
 
@@ -335,7 +336,30 @@ def train(family_name: str, opts: TrainOptions) -> dict:
     save_checkpoint(opts.out, contract, model.state_dict(), task.get("bank"))
     metrics_path = opts.out.with_name(opts.out.name + ".metrics.json")
     metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
+    plot_training(opts.out.with_name(opts.out.name + ".png"), family.name, losses, metrics)
     return metrics
+
+
+def plot_training(path: Path, family: str, losses: list[float], metrics: dict) -> None:
+    """``CKPT.png``: the training loss per epoch, and validation vs linear vs chance."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    key = "accuracy" if "accuracy" in metrics["val"] else "top1"
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3))
+    left.plot(range(1, len(losses) + 1), losses, marker=".")
+    left.set(xlabel="epoch", ylabel="training loss", title=f"{family}: training")
+    scores = [metrics["val"][key], metrics["linear"][key], metrics["val"]["chance"]]
+    right.bar(["network", "linear", "chance"], scores, color=["C0", "C1", "0.6"])
+    right.set(ylim=(0, 1), ylabel="top-1" if key == "top1" else key,
+              title=f"validation ({metrics['n_val']} windows)")
+    for x, y in enumerate(scores):
+        right.text(x, y + 0.02, f"{y:.2f}", ha="center")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def _classes_task(win: Windows, opts: TrainOptions) -> dict:

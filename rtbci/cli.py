@@ -325,7 +325,7 @@ def cmd_train(args: argparse.Namespace) -> int:
           f"training / {metrics['n_val']} validation windows)")
     for name in ("val", "linear"):
         print(f"  {name:<7} {format_score(metrics[name])}")
-    print(f"  metrics in {args.out.name}.metrics.json")
+    print(f"  metrics in {args.out.name}.metrics.json, plot in {args.out.name}.png")
     return 0
 
 

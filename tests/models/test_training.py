@@ -118,6 +118,7 @@ def test_cli_trains_and_reports_against_chance_and_linear(tmp_path):
     assert lines[0].startswith(f"wrote {out}") and "parameters" in lines[0]
     assert lines[1].split()[0] == "val" and "unseen candidates (chance" in lines[1]
     assert lines[2].split()[0] == "linear" and out.exists()
+    assert (tmp_path / "img.pt.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_cli_mistakes_are_one_line(tmp_path):
