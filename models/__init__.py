@@ -86,7 +86,8 @@ def load_checkpoint_decoder(config: DecoderConfig, info: StreamInfo, where: str,
                             preprocess: PreprocessConfig | None = None) -> Decoder:
     """A checkpoint's network compiled with ``config.runtime``, bound to a stream with ``info``.
 
-    Options: ``subject`` (int; default: the mean subject), ``top_k`` (retrieval, default 5),
+    Options: ``subject`` (int; default: the mean subject), ``top_k`` (retrieval; default the
+    checkpoint's ``output.top_k``, 5),
     ``importance`` (bool: send per-channel gradient × input with each result, for families
     that define it).
     """
@@ -124,8 +125,8 @@ def load_checkpoint_decoder(config: DecoderConfig, info: StreamInfo, where: str,
         explain = _explainer(contract.family, model, f"{where}.options.importance")
     decoder = CompiledDecoder(runtime, contract.output.kind, contract.output.labels,
                               picks=picks, n_channels=info.n_channels, bank=ckpt.bank,
-                              top_k=int(config.options.get("top_k", 5)), explain=explain,
-                              channel_names=list(contract.input.ch_names))
+                              top_k=int(config.options.get("top_k", contract.output.top_k)),
+                              explain=explain, channel_names=list(contract.input.ch_names))
     decoder.window_start = start
     return decoder
 
