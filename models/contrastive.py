@@ -53,9 +53,20 @@ def topk_hits(scores: np.ndarray, true_index: np.ndarray, ks: tuple[int, ...]) -
     """Fraction of rows whose true candidate ranks in the top ``k``, for each ``k``.
 
     scores : array (n_queries, n_candidates); true_index : array (n_queries,) of ints.
+
+    The rank counts ties and NaN against the query: a candidate scoring the same as the true
+    one, or NaN, ranks ahead of it, and a NaN true score is a miss. So a collapsed network
+    (one output for every query) scores at most chance, never a perfect 1.0.
     """
-    true_score = scores[np.arange(len(scores)), true_index][:, None]
-    rank = (scores > true_score).sum(axis=1)  # 0 = best; ties count in the query's favour
+    n = scores.shape[1]
+    rows = np.arange(len(scores))
+    true_score = scores[rows, true_index]
+    others = np.array(scores, dtype=np.float64)
+    others[rows, true_index] = -np.inf
+    with np.errstate(invalid="ignore"):
+        ahead = (others >= true_score[:, None]) | np.isnan(others)
+    rank = ahead.sum(axis=1)  # 0 = best
+    rank[np.isnan(true_score)] = n
     return {k: float(np.mean(rank < k)) for k in ks}
 
 
