@@ -223,6 +223,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_gui_arguments(p)
     p.set_defaults(func=cmd_gui)
 
+    p = sub.add_parser("data", help="fetch real EEG recordings for development",
+                       description="Fetch a real, labelled EEG data set that a package on the "
+                                   "Python package index ships, convert it with MNE, and cache "
+                                   "it (~/.cache/rtbci/data, or $RTBCI_DATA); print the files. "
+                                   "Nothing else in rtbci downloads anything.")
+    from rtbci.devices.datasets import DATASETS
+
+    p.add_argument("name", nargs="?", choices=list(DATASETS), metavar="NAME",
+                   help="data set: " + "; ".join(f"{d.name}: {d.description}"
+                                                 for d in DATASETS.values())
+                        + " (default: list them)")
+    p.set_defaults(func=cmd_data)
+
     p = sub.add_parser("demo", help="run the built-in demo (simulated amplifier)",
                        description="Run the engine on the built-in demo config: a simulated "
                                    "64-channel EEG amplifier streamed over LSL.")
@@ -492,6 +505,19 @@ def cmd_replay(args: argparse.Namespace) -> int:
             publisher.run(progress)
     print(f"pushed {publisher.samples_pushed} samples and {publisher.markers_pushed} markers",
           flush=True)
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from rtbci.devices.datasets import DATASETS, cache_dir, fetch
+
+    if args.name is None:
+        for d in DATASETS.values():
+            print(f"{d.name:<18} {d.description} [{d.wheel}, {d.license}]")
+        print(f"cache: {cache_dir()}")
+        return 0
+    for path in fetch(args.name):
+        print(path)
     return 0
 
 

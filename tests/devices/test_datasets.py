@@ -63,3 +63,13 @@ def test_finger_movements_as_published(finger_movements):
         counts.append(len(labels))
         assert 1 < np.median(np.abs(raw.get_data())) * 1e6 < 1000
     assert counts == [316, 100]
+
+
+def test_rtbci_data_lists_the_sets_and_the_cache(capsys, monkeypatch, tmp_path):
+    from rtbci.cli import main
+
+    monkeypatch.setenv("RTBCI_DATA", str(tmp_path))
+    assert main(["data"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith("finger-movements ")
+    assert f"cache: {tmp_path}" in out
