@@ -7,6 +7,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -134,6 +135,15 @@ def make_mosquitto(tmp_path: Path) -> Iterator[Callable[..., MosquittoBroker]]:
     yield make
     for broker in brokers:
         broker.stop()
+
+
+@pytest.fixture
+def broker_dir() -> Iterator[Path]:
+    """A world-readable folder for files mosquitto reads (it drops root: tmp_path is 0700)."""
+    folder = Path(tempfile.mkdtemp(prefix="rtbci-broker-"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture
