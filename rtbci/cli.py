@@ -18,6 +18,7 @@ from pathlib import Path
 from rtbci import __version__
 from rtbci.errors import RtbciError
 from rtbci.models.families import FAMILIES
+from rtbci.mqtt_connection import add_arguments as add_mqtt_arguments
 
 log = logging.getLogger("rtbci")
 
@@ -195,10 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("listen", help="print results from MQTT with their latency",
                        description="Subscribe to rtbci/SESSION/# and print each result with its "
                                    "end-to-end latency (receive time − the window's last "
-                                   "sample's timestamp; run it on the engine's machine).")
-    p.add_argument("--url", default="mqtt://127.0.0.1:1883",
-                   help="broker (default mqtt://127.0.0.1:1883)")
-    p.add_argument("--session", default="demo", help="engine session (default demo)")
+                                   "sample's timestamp; run it on the engine's machine). "
+                                   "Connects like the MQTT sink: mqtts://, CA file, user "
+                                   "name and password (docs/security.md).")
+    add_mqtt_arguments(p, "--url")
+    p.add_argument("--session", default="demo",
+                   help="engine session (default demo; no wildcards)")
     p.add_argument("--duration", type=_positive, help="seconds to listen (default: until Ctrl-C)")
     p.add_argument("--stats-json", type=Path, metavar="PATH",
                    help="write per-decoder latency percentiles to PATH at exit")
@@ -341,14 +344,11 @@ def format_score(m: dict) -> str:
 
 def cmd_listen(args: argparse.Namespace) -> int:
     from rtbci.listen import listen
-    from rtbci.sinks.mqtt import parse_url
+    from rtbci.mqtt_connection import from_arguments
 
-    try:
-        _, host, port = parse_url(args.url)
-    except ValueError as exc:
-        raise RtbciError(f"--url: {exc}") from None
+    connection = from_arguments(args.url, args, "--url")
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(listen(host, port, args.session, args.duration, args.stats_json,
+        asyncio.run(listen(connection, args.session, args.duration, args.stats_json,
                            quiet=args.summary_only))
     return 0
 
@@ -543,14 +543,17 @@ def cmd_gui(args: argparse.Namespace) -> int:
 
 def _start_display(config) -> subprocess.Popen:
     """``rtbci gui`` on the config's session and first MQTT sink, as its own process."""
-    url = next((sink.url for sink in config.sinks if sink.kind == "mqtt"), None)
-    if url is None:
+    from rtbci.mqtt_connection import child_environment
+
+    sink = next((sink for sink in config.sinks if sink.kind == "mqtt"), None)
+    if sink is None:
         raise RtbciError('--gui: the display reads the results from MQTT; add a [[sinks]] '
                          'with kind = "mqtt"')
+    login, env = child_environment(sink)  # the password travels in the environment only
     cmd = [sys.executable, "-m", "rtbci.gui", "--session", config.engine.session,
-           "--broker", url]
+           "--broker", sink.url, *login]
     log.info("starting the display: %s", " ".join(cmd[1:]))
-    return subprocess.Popen(cmd)  # not waited for: it outlives the engine until closed
+    return subprocess.Popen(cmd, env=env)  # not waited for: it outlives the engine
 
 
 def _run_engine(config, args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ import pytest
 
 from rtbci.config import parse_config
 from rtbci.engine import Engine
-from rtbci.mqtt_connection import NODELAY, MQTTConnection
+from rtbci.mqtt_connection import MQTTConnection
 
 pytestmark = pytest.mark.slow
 
