@@ -148,3 +148,12 @@ def test_an_mqtts_url_builds_a_verifying_tls_context(certificates):
     assert context is not None and context.check_hostname
     assert (kwargs["hostname"], kwargs["port"], kwargs["password"]) == ("broker.lab", 8883, "p")
     assert MQTTConnection(url="mqtt://h").client_kwargs()["tls_context"] is None
+
+
+def test_the_display_gets_the_login_without_the_password_in_its_arguments():
+    from rtbci.mqtt_connection import PASSWORD_ENV, child_environment
+
+    login = MQTTConnection(url="mqtts://h", username="demo", password="pw-x", tls_ca="ca.pem")
+    args, env = child_environment(login)
+    assert args == ["--username", "demo", "--tls-ca", "ca.pem"]
+    assert env[PASSWORD_ENV] == "pw-x"
