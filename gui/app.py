@@ -14,9 +14,10 @@ import logging
 import signal
 import sys
 
+from rtbci.mqtt_connection import add_arguments as add_mqtt_arguments
+
 log = logging.getLogger("rtbci.gui")
 
-DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
 DEFAULT_SIZE = (1600, 1000)
 
 
@@ -47,9 +48,7 @@ def _size(text: str) -> tuple[int, int]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the display's options to ``parser`` (used by ``rtbci gui``)."""
     parser.add_argument("--session", default="demo", help="engine session to show (default demo)")
-    parser.add_argument("--broker", default=DEFAULT_BROKER, metavar="URL",
-                        help=f"MQTT broker, mqtt://HOST[:PORT] or mqtts://… "
-                             f"(default {DEFAULT_BROKER})")
+    add_mqtt_arguments(parser, "--broker")  # and --username, --password-file, --tls-ca, …
     parser.add_argument("--stream", dest="streams", action="append", default=[], metavar="NAME",
                         help="LSL stream to draw (repeatable; default: every numeric, regularly "
                              "sampled stream found on the network)")
@@ -69,12 +68,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Open the display window and run the Qt event loop until it closes; exit status."""
-    from rtbci.sinks.mqtt import parse_url
+    from rtbci.errors import RtbciError
+    from rtbci.mqtt_connection import from_arguments
 
     try:
-        parse_url(args.broker)
-    except ValueError as exc:
-        print(f"rtbci: error: --broker: {exc}", file=sys.stderr)
+        connection = from_arguments(args.broker, args, "--broker")
+    except RtbciError as exc:
+        print(f"rtbci: error: {exc}", file=sys.stderr)
         return 2
     try:
         from PySide6 import QtCore
@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
     app = ensure_app(sys.argv[:1])
-    window = MainWindow(args.session, args.broker, args.streams, seconds=args.seconds,
+    window = MainWindow(args.session, connection, args.streams, seconds=args.seconds,
                         fps=args.fps, history=args.history)
     window.resize(*args.size)
     window.show()

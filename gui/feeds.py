@@ -16,8 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
-import ssl
 import threading
 import time
 from collections import deque
@@ -28,8 +26,8 @@ import pylsl
 from rtbci.devices.base import SourceLost
 from rtbci.devices.lsl import LSLSource, MarkerReader
 from rtbci.messages import decode
+from rtbci.mqtt_connection import MQTTConnection
 from rtbci.ringbuffer import RingBuffer
-from rtbci.sinks.mqtt import parse_url
 from rtbci.stream import StreamInfo
 
 log = logging.getLogger("rtbci.gui")
@@ -42,8 +40,9 @@ class MqttFeed:
 
     Parameters
     ----------
-    url : str
-        Broker, ``mqtt://HOST[:PORT]`` or ``mqtts://HOST[:PORT]``.
+    connection : MQTTConnection or str
+        Broker and login (TLS, CA, credentials), or only its URL, ``mqtt://HOST[:PORT]`` or
+        ``mqtts://HOST[:PORT]``.
     session : str
         Engine session; the feed subscribes to ``rtbci/<session>/#``.
     history : int
@@ -67,12 +66,15 @@ class MqttFeed:
         Messages received; messages that could not be decoded.
     """
 
-    def __init__(self, url: str, session: str, history: int = 5000,
+    def __init__(self, connection: MQTTConnection | str, session: str, history: int = 5000,
                  reconnect_s: tuple[float, float] = (0.25, 2.0)):
-        scheme, self.host, self.port = parse_url(url)
-        self.url, self.session = url, session
+        if isinstance(connection, str):
+            connection = MQTTConnection(url=connection)
+        self.connection = connection
+        self.host, self.port = connection.host, connection.port
+        self.url, self.session = connection.url, session
         self.topic = f"rtbci/{session}/#"
-        self._tls = ssl.create_default_context() if scheme == "mqtts" else None
+        self._client_kwargs = connection.client_kwargs()  # the TLS context, built once
         self._reconnect = reconnect_s
         self._results: deque[tuple[dict, float]] = deque(maxlen=history)
         self._lock = threading.Lock()
@@ -142,9 +144,7 @@ class MqttFeed:
             delay = min(2 * delay, self._reconnect[1])
 
     async def _serve(self, aiomqtt) -> None:
-        nodelay = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
-        async with aiomqtt.Client(self.host, self.port, socket_options=nodelay, keepalive=5,
-                                  timeout=5.0, tls_context=self._tls,
+        async with aiomqtt.Client(**self._client_kwargs, keepalive=5, timeout=5.0,
                                   logger=logging.getLogger("rtbci.gui.mqtt")) as client:
             await client.subscribe(self.topic)
             self.connected, self.error = True, None

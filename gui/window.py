@@ -32,8 +32,8 @@ class MainWindow(QtWidgets.QMainWindow):
     ----------
     session : str
         Engine session to follow (MQTT topics ``rtbci/<session>/…``).
-    broker : str
-        MQTT broker URL, ``mqtt://HOST[:PORT]``.
+    broker : MQTTConnection or str
+        MQTT broker and login (rtbci.mqtt_connection), or only its URL ``mqtt://HOST[:PORT]``.
     streams : sequence of str
         LSL stream names to draw; empty: every numeric, regularly sampled stream found.
     seconds : float
@@ -57,7 +57,7 @@ class MainWindow(QtWidgets.QMainWindow):
         Frames drawn so far.
     """
 
-    def __init__(self, session: str, broker: str, streams=(), seconds: float = 10.0,
+    def __init__(self, session: str, broker, streams=(), seconds: float = 10.0,
                  fps: float = 30.0, history: int = 500, parent=None):
         super().__init__(parent)
         self.session, self.seconds, self.history = session, seconds, history

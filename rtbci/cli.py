@@ -18,6 +18,7 @@ from pathlib import Path
 from rtbci import __version__
 from rtbci.errors import RtbciError
 from rtbci.models.families import FAMILIES
+from rtbci.mqtt_connection import add_arguments as add_mqtt_arguments
 
 log = logging.getLogger("rtbci")
 
@@ -195,10 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("listen", help="print results from MQTT with their latency",
                        description="Subscribe to rtbci/SESSION/# and print each result with its "
                                    "end-to-end latency (receive time − the window's last "
-                                   "sample's timestamp; run it on the engine's machine).")
-    p.add_argument("--url", default="mqtt://127.0.0.1:1883",
-                   help="broker (default mqtt://127.0.0.1:1883)")
-    p.add_argument("--session", default="demo", help="engine session (default demo)")
+                                   "sample's timestamp; run it on the engine's machine). "
+                                   "Connects like the MQTT sink: mqtts://, CA file, user "
+                                   "name and password (docs/security.md).")
+    add_mqtt_arguments(p, "--url")
+    p.add_argument("--session", default="demo",
+                   help="engine session (default demo; no wildcards)")
     p.add_argument("--duration", type=_positive, help="seconds to listen (default: until Ctrl-C)")
     p.add_argument("--stats-json", type=Path, metavar="PATH",
                    help="write per-decoder latency percentiles to PATH at exit")
@@ -206,11 +209,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_listen)
 
     p = sub.add_parser("broker", help="run an embedded MQTT broker (amqtt)",
-                       description="Run a small MQTT broker (amqtt, anonymous) for the demo or "
-                                   "a lab without one. For experiments prefer mosquitto with "
+                       description="Run a small MQTT broker (amqtt) for the demo or a lab "
+                                   "without one: anonymous, or with --password-file only known "
+                                   "users, each limited to rtbci/USER/# (docs/security.md). "
+                                   "For experiments prefer mosquitto with "
                                    "'set_tcp_nodelay true'.")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=1883, help="port (default 1883)")
+    p.add_argument("--password-file", type=Path, metavar="PATH",
+                   help="USER:ARGON2-HASH lines: refuse anonymous clients; user U may use only "
+                        "rtbci/U/#")
+    p.add_argument("--add-user", metavar="USER",
+                   help="add or replace USER in --password-file (password read from stdin) "
+                        "and exit")
     p.set_defaults(func=cmd_broker)
 
     p = sub.add_parser("gui", help="the live display: traces, decoder outputs, timing",
@@ -354,21 +365,30 @@ def format_score(m: dict) -> str:
 
 def cmd_listen(args: argparse.Namespace) -> int:
     from rtbci.listen import listen
-    from rtbci.sinks.mqtt import parse_url
+    from rtbci.mqtt_connection import from_arguments
 
-    try:
-        _, host, port = parse_url(args.url)
-    except ValueError as exc:
-        raise RtbciError(f"--url: {exc}") from None
+    connection = from_arguments(args.url, args, "--url")
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(listen(host, port, args.session, args.duration, args.stats_json,
+        asyncio.run(listen(connection, args.session, args.duration, args.stats_json,
                            quiet=args.summary_only))
     return 0
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
-    from rtbci.broker import port_open, serve
+    from rtbci.broker import add_user, port_open, serve
 
+    if args.add_user is not None:
+        if args.password_file is None:
+            raise RtbciError("--add-user needs --password-file")
+        import getpass
+
+        password = (getpass.getpass(f"password of {args.add_user}: ") if sys.stdin.isatty()
+                    else sys.stdin.readline().rstrip("\n"))
+        add_user(args.password_file, args.add_user, password)
+        print(f"{args.add_user} written to {args.password_file}")
+        return 0
+    if not 1 <= args.port <= 65535:
+        raise RtbciError(f"--port: must be 1..65535, got {args.port}")
     if port_open(args.host, args.port):
         raise RtbciError(f"--port: something already listens on {args.host}:{args.port}")
 
@@ -377,7 +397,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await serve(args.host, args.port, stop)
+        await serve(args.host, args.port, stop, args.password_file)
 
     print(f"MQTT broker on {args.host}:{args.port} (Ctrl-C to stop)", flush=True)
     asyncio.run(main())
@@ -569,14 +589,17 @@ def cmd_gui(args: argparse.Namespace) -> int:
 
 def _start_display(config) -> subprocess.Popen:
     """``rtbci gui`` on the config's session and first MQTT sink, as its own process."""
-    url = next((sink.url for sink in config.sinks if sink.kind == "mqtt"), None)
-    if url is None:
+    from rtbci.mqtt_connection import child_environment
+
+    sink = next((sink for sink in config.sinks if sink.kind == "mqtt"), None)
+    if sink is None:
         raise RtbciError('--gui: the display reads the results from MQTT; add a [[sinks]] '
                          'with kind = "mqtt"')
+    login, env = child_environment(sink)  # the password travels in the environment only
     cmd = [sys.executable, "-m", "rtbci.gui", "--session", config.engine.session,
-           "--broker", url]
+           "--broker", sink.url, *login]
     log.info("starting the display: %s", " ".join(cmd[1:]))
-    return subprocess.Popen(cmd)  # not waited for: it outlives the engine until closed
+    return subprocess.Popen(cmd, env=env)  # not waited for: it outlives the engine
 
 
 def _run_engine(config, args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -137,9 +138,50 @@ def make_mosquitto(tmp_path: Path) -> Iterator[Callable[..., MosquittoBroker]]:
 
 
 @pytest.fixture
+def broker_dir() -> Iterator[Path]:
+    """A world-readable folder for files mosquitto reads (it drops root: tmp_path is 0700)."""
+    folder = Path(tempfile.mkdtemp(prefix="rtbci-broker-"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
 def mosquitto(make_mosquitto: Callable[..., MosquittoBroker]) -> MosquittoBroker:
     """A running mosquitto broker on 127.0.0.1 (``.port``, ``.url``, ``.stop()``, ``.start()``)."""
     return make_mosquitto()
+
+
+def make_certificates(folder: Path) -> tuple[Path, Path, Path]:
+    """A CA and a server certificate for 127.0.0.1 signed by it: (ca, cert, key)."""
+    ca, ca_key = folder / "ca.crt", folder / "ca.key"
+    cert, key, csr, ext = (folder / n for n in ("server.crt", "server.key", "server.csr",
+                                                "san.ext"))
+    ext.write_text("subjectAltName=IP:127.0.0.1\n")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    for cmd in (
+        ["req", "-x509", *ec, "-keyout", ca_key, "-out", ca, "-days", "1", "-subj", "/CN=ca"],
+        ["req", *ec, "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1"],
+        ["x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
+         "-out", cert, "-days", "1", "-extfile", ext],
+    ):
+        subprocess.run(["openssl", *map(str, cmd)], check=True, capture_output=True)
+    folder.chmod(0o755)  # mosquitto may read them after dropping root privileges
+    for path in (ca, cert, key):
+        path.chmod(0o644)
+    return ca, cert, key
+
+
+@pytest.fixture
+def certificates() -> Iterator[tuple[Path, Path, Path]]:
+    """CA, server certificate and key in a world-readable folder (mosquitto drops root)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed (needed to make test certificates)")
+    folder = Path(tempfile.mkdtemp(prefix="rtbci-tls-"))
+    try:
+        yield make_certificates(folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 class MosquittoSub:

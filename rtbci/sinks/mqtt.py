@@ -22,18 +22,19 @@ import asyncio
 import collections
 import contextlib
 import logging
-import socket
-import ssl
 import time
 from typing import Literal
-from urllib.parse import urlsplit
 
 import aiomqtt
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from rtbci.errors import RtbciError
 from rtbci.messages import Result, encode
+from rtbci.mqtt_connection import DEFAULT_PORTS, URL_FORM, MQTTConnection, parse_url
 from rtbci.sinks.base import Sink
+
+__all__ = ["DEFAULT_PORTS", "URL_FORM", "MQTTSink", "MQTTSinkConfig", "parse_url",
+           "result_topic", "status_topic", "valid_topic_level"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,63 +52,22 @@ class _ClientLog(logging.LoggerAdapter):
 
 _CLIENT_LOG = _ClientLog(logging.getLogger(f"{__name__}.client"), {})
 
-URL_FORM = "mqtt://HOST[:PORT] or mqtts://HOST[:PORT] (TLS)"
-DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 TOPIC_ROOT = "rtbci"
 _OP_TIMEOUT_S = 5.0  # CONNACK, PUBACK and DISCONNECT waits of one connection
 _BAD_TOPIC_CHARS = frozenset("+#/\0")
 
 
-def parse_url(url: str) -> tuple[str, str, int]:
-    """Split a broker URL into ``(scheme, host, port)``.
-
-    Parameters
-    ----------
-    url : str
-        ``mqtt://HOST[:PORT]`` or ``mqtts://HOST[:PORT]``; the port defaults to 1883 / 8883.
-
-    Raises
-    ------
-    ValueError
-        If the URL is not of that form; the message shows the expected form.
-    """
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as exc:
-        raise ValueError(f"expected {URL_FORM}, got {url!r} ({exc})") from None
-    problem = None
-    if parts.scheme not in DEFAULT_PORTS:
-        problem = f"unknown scheme {parts.scheme!r}" if parts.scheme else "no scheme"
-    elif not parts.hostname:
-        problem = "no host"
-    elif parts.username is not None or parts.password is not None:
-        problem = "credentials belong in the username/password fields"
-    elif parts.path not in ("", "/") or parts.query or parts.fragment:
-        problem = "unexpected path or query"
-    elif port == 0:
-        problem = "port 0"
-    if problem:
-        raise ValueError(f"expected {URL_FORM}, got {url!r} ({problem})")
-    return parts.scheme, parts.hostname, DEFAULT_PORTS[parts.scheme] if port is None else port
-
-
-class MQTTSinkConfig(BaseModel):
+class MQTTSinkConfig(MQTTConnection):
     """The ``[[sinks]]`` entry of kind ``mqtt``.
+
+    The connection keys (``url``, ``username``, ``password``, ``tls_ca``, ``tls_insecure``)
+    are those of :class:`~rtbci.mqtt_connection.MQTTConnection`; the password is never
+    written out (``**********`` in a dumped config).
 
     Attributes
     ----------
-    url : str
-        Broker address, ``mqtt://HOST[:PORT]`` or ``mqtts://HOST[:PORT]`` for TLS.
     qos : {0, 1}
         MQTT quality of service of the result messages (the status always uses QoS 1).
-    username, password : str | None
-        Broker credentials.
-    tls_ca : str | None
-        CA certificate file (PEM) to verify the broker with (``mqtts`` only); the system's
-        trusted CAs when omitted.
-    tls_insecure : bool
-        Skip verification of the broker's certificate and host name (testing only).
     client_id : str | None
         MQTT client identifier; generated when omitted.
     outbox_size : int
@@ -118,26 +78,13 @@ class MQTTSinkConfig(BaseModel):
         MQTT keepalive, in seconds: a silent broker is declared lost after 1 to 2 × this.
     """
 
-    model_config = ConfigDict(extra="forbid")
-
     kind: Literal["mqtt"] = "mqtt"
-    url: str = "mqtt://127.0.0.1:1883"
     qos: Literal[0, 1] = 0
-    username: str | None = None
-    password: str | None = Field(default=None, repr=False)
-    tls_ca: str | None = None
-    tls_insecure: bool = False
     client_id: str | None = None
     outbox_size: int = Field(default=1000, gt=0)
     reconnect_min_s: float = Field(default=0.2, gt=0)
     reconnect_max_s: float = Field(default=5.0, gt=0)
     keepalive_s: int = Field(default=10, ge=1, le=65535)
-
-    @field_validator("url")
-    @classmethod
-    def _check_url(cls, url: str) -> str:
-        parse_url(url)
-        return url
 
     @model_validator(mode="after")
     def _check_consistency(self) -> MQTTSinkConfig:
@@ -146,26 +93,7 @@ class MQTTSinkConfig(BaseModel):
                 f"reconnect_max_s ({self.reconnect_max_s}) must be >= reconnect_min_s "
                 f"({self.reconnect_min_s})"
             )
-        if not self.tls and (self.tls_ca is not None or self.tls_insecure):
-            raise ValueError("tls_ca / tls_insecure need a TLS url: mqtts://HOST[:PORT]")
-        if self.password is not None and self.username is None:
-            raise ValueError("password is set but username is not")
         return self
-
-    @property
-    def host(self) -> str:
-        """Broker host name or address."""
-        return parse_url(self.url)[1]
-
-    @property
-    def port(self) -> int:
-        """Broker TCP port."""
-        return parse_url(self.url)[2]
-
-    @property
-    def tls(self) -> bool:
-        """Whether the connection uses TLS (``mqtts://``)."""
-        return self.url.startswith("mqtts:")
 
 
 def status_topic(session: str) -> str:
@@ -178,7 +106,8 @@ def result_topic(session: str, decoder: str) -> str:
     return f"{TOPIC_ROOT}/{session}/{decoder}"
 
 
-def _valid_level(name: str) -> bool:
+def valid_topic_level(name: str) -> bool:
+    """Whether ``name`` can be one MQTT topic level: non-empty, no ``/``, ``+``, ``#``, NUL."""
     return bool(name) and not _BAD_TOPIC_CHARS.intersection(name)
 
 
@@ -202,14 +131,14 @@ class MQTTSink(Sink):
     kind = "mqtt"
 
     def __init__(self, config: MQTTSinkConfig, session: str) -> None:
-        if not _valid_level(session):
+        if not valid_topic_level(session):
             raise RtbciError(
                 f"MQTT sink: session {session!r} cannot be an MQTT topic level "
                 "(must be non-empty, without '/', '+', '#')"
             )
         self.config = config
         self.session = session
-        self._tls_context = _make_tls_context(config)
+        self._tls_context = config.tls_context("MQTT sink: tls_ca")
         self._address = f"{config.host}:{config.port}"
         self._status_topic = status_topic(session)
         self._stats_topic = f"rtbci/{session}/stats"
@@ -344,7 +273,7 @@ class MQTTSink(Sink):
         try:
             return self._topics[decoder]
         except KeyError:
-            ok = _valid_level(decoder) and decoder != "status"
+            ok = valid_topic_level(decoder) and decoder != "status"
             topic = self._topics[decoder] = result_topic(self.session, decoder) if ok else None
             if not ok:
                 logger.warning("MQTT sink: decoder name %r cannot be a topic level ('/', '+', "
@@ -379,12 +308,10 @@ class MQTTSink(Sink):
     def _make_client(self) -> aiomqtt.Client:
         cfg = self.config
         return aiomqtt.Client(
-            cfg.host, cfg.port,
-            username=cfg.username, password=cfg.password, identifier=cfg.client_id,
+            **cfg.client_kwargs(self._tls_context), identifier=cfg.client_id,
             logger=_CLIENT_LOG,  # type: ignore[arg-type]  # a Logger-compatible adapter
             will=aiomqtt.Will(self._status_topic, self._will_payload, qos=1, retain=True),
-            keepalive=cfg.keepalive_s, timeout=_OP_TIMEOUT_S, tls_context=self._tls_context,
-            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+            keepalive=cfg.keepalive_s, timeout=_OP_TIMEOUT_S,
         )
 
     async def _run(self) -> None:
@@ -494,19 +421,6 @@ class MQTTSink(Sink):
         logger.log(logging.WARNING if first else logging.DEBUG,
                    "MQTT broker %s unreachable (%s); buffering results, retrying in %.1f s",
                    self._address, reason, delay)
-
-
-def _make_tls_context(config: MQTTSinkConfig) -> ssl.SSLContext | None:
-    if not config.tls:
-        return None
-    try:
-        context = ssl.create_default_context(cafile=config.tls_ca)
-    except (OSError, ssl.SSLError) as exc:
-        raise RtbciError(f"MQTT sink: cannot load tls_ca {config.tls_ca!r}: {exc}") from None
-    if config.tls_insecure:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
 
 
 async def _cancel(*tasks: asyncio.Task | None, grace: float = 1.0) -> None:
