@@ -209,11 +209,14 @@ class RingBuffer:
             The counter to pass to the next call.
         """
         count = self.count
+        if counter > count:
+            raise IndexError(f"sample {counter} is not written yet (count {count})")
         if counter < count - self.capacity:
             self.overflows += 1
             counter = count - self.capacity
-        data, times = self.window(counter, count)
-        return data, times, count
+        i = counter % self.capacity
+        j = i + (count - counter)
+        return self._data[i:j], self._times[i:j], count
 
     def search(self, timestamp: float) -> int:
         """Counter of the first held sample stamped at or after ``timestamp`` (binary search).

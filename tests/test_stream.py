@@ -1,6 +1,8 @@
 """Stream: ingest through preprocessing, arrival times, counters."""
 
 import asyncio
+import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -150,3 +152,51 @@ def test_engine_skips_and_counts_the_windows_of_a_nonfinite_burst(new_collector)
     for seq, result in results.items():
         assert np.isfinite(result.embedding).all()
         np.testing.assert_allclose(result.embedding, clean[seq].embedding, rtol=1e-2, atol=1e-3)
+
+
+# --- the producer thread against a reader thread ----------------------------------------------
+
+
+def test_a_reader_sees_each_sample_complete_with_its_arrival_time_and_nonfinite_mark():
+    """Stream.ingest at full speed in one thread (value == counter, every 37th chunk NaN,
+    arrival == the chunk's first counter) while this thread reads as the scheduler does:
+    count once, copy the window, arrival of its last sample, then ``clean``."""
+    chunk, length, n_chunks = 8, 128, 6_000
+    clock = FakeClock()
+    stream = Stream(INFO, 0.128, clock)  # windows as long as the buffer: at the oldest edge
+
+    def produce():
+        data = np.empty((chunk, 3), np.float32)
+        for k in range(0, chunk * n_chunks, chunk):
+            data[:] = np.nan if k // chunk % 37 == 36 else (k + np.arange(chunk))[:, None]
+            clock.now = float(k)
+            stream.ingest(data, (k + np.arange(chunk)) / 1000.0)
+
+    producer = threading.Thread(target=produce)
+    window = np.empty((length, 3), np.float32)
+    accepted = refused = 0
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        producer.start()
+        while producer.is_alive():
+            end = stream.buffer.count
+            if end < length:
+                continue
+            try:
+                data, times = stream.buffer.window(end - length, end)
+                np.copyto(window, data)
+                arrived = stream.arrival(end - 1)
+            except IndexError:  # the producer lapped this reader between two lines
+                continue
+            if not stream.clean(end - length, end):
+                refused += 1
+                continue
+            accepted += 1
+            np.testing.assert_array_equal(window[:, 0], np.arange(end - length, end))
+            assert arrived == (end - 1) // chunk * chunk
+    finally:
+        sys.setswitchinterval(interval)
+    producer.join()
+    assert stream.stats()["nonfinite_samples"] == chunk * (n_chunks // 37)
+    assert accepted > 50 and refused > 0
