@@ -620,7 +620,7 @@ def _settle_samples(d: _Design) -> int:
     settle_in = 0
     if d.sos is not None:
         radius = float(np.max(np.abs(signal.sos2zpk(d.sos)[1])))
-        if radius > 0:
+        if 0 < radius < 1:  # stable (always, for the notch and Butterworth designs)
             settle_in += math.ceil(math.log(SETTLE_TOLERANCE) / math.log(radius))
     if d.fir is not None:
         settle_in += -(-len(d.fir) // d.up) - 1  # input samples held in the FIR's history

@@ -200,3 +200,19 @@ def test_a_reader_sees_each_sample_complete_with_its_arrival_time_and_nonfinite_
     producer.join()
     assert stream.stats()["nonfinite_samples"] == chunk * (n_chunks // 37)
     assert accepted > 50 and refused > 0
+
+
+def test_ingest_of_finite_chunks_allocates_nothing():
+    """The non-finite check is one reduction; no mask or copy per clean chunk."""
+    import tracemalloc
+
+    stream = Stream(INFO, 2.0, FakeClock())
+    data, stamps = np.ones((10, 3), np.float32), np.arange(10) / 1000.0
+    stream.ingest(data, stamps)
+    tracemalloc.start()
+    for _ in range(200):
+        stamps += 0.01
+        stream.ingest(data, stamps)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 2_000  # bytes: small Python objects only, never a per-chunk array
