@@ -13,6 +13,13 @@ the *first sample of the first chunk* (as if that value had been held forever be
 ``sosfilt_zi(sos) * x0`` per channel, as mne-lsl does), so there is no onset transient.
 The running standardisation starts empty and averages over the samples seen so far (see
 :class:`PreprocessConfig`).
+
+Non-finite input (NaN, ±Inf in a used channel, after picks and reference) is never fed to
+the filters: the samples from the first to the last non-finite one of a chunk come out NaN
+in every channel, the notch/band-pass cascade and the resampler restart in steady state on the
+next finite sample (as at the start), and the running standardisation skips them (it keeps
+its mean and variance). :attr:`Preprocessor.nonfinite` tells which output samples are
+affected, the filters' settling after the restart (:attr:`Preprocessor.settle_s`) included.
 """
 
 from __future__ import annotations
@@ -28,11 +35,12 @@ from pydantic import BaseModel, ConfigDict, field_validator
 from scipy import signal
 
 from rtbci.errors import RtbciError
-from rtbci.stream import StreamInfo
+from rtbci.stream import NonFinite, StreamInfo, find_nonfinite
 
 __all__ = ["PreprocessConfig", "Preprocessor", "preprocess_offline", "resample_filter"]
 
 STANDARDIZED_UNIT = "z-score"  # ch_units of standardised output channels
+SETTLE_TOLERANCE = 1e-3  # filters have settled once their slowest mode decayed to this
 
 
 class PreprocessConfig(BaseModel):
@@ -355,6 +363,15 @@ class Preprocessor:
     delay_s : float
         Group delay of the resampling FIR in seconds (0 without resampling). The IIR filters
         have frequency-dependent delay and are not counted.
+    settle_samples : int
+        Output samples after a restart (on non-finite input) that still depend on it: until
+        the slowest pole of the notch/band-pass has decayed to 0.1 %, plus the resampling
+        FIR's history (0 without filters or resampling).
+    settle_s : float
+        The same in seconds, at the output rate.
+    nonfinite : NonFinite | None
+        After each :meth:`process`: None if the chunk was finite, else its non-finite input
+        samples and the output samples they affect (relative to the returned chunk).
     """
 
     def __init__(self, config: PreprocessConfig, info: StreamInfo, max_chunk: int = 4096):
@@ -366,6 +383,9 @@ class Preprocessor:
         self.info = d.info_out
         self.sos, self.up, self.down, self.fir = d.sos, d.up, d.down, d.fir
         self.delay_s = 0.0 if d.fir is None else (len(d.fir) - 1) / 2 / (d.up * info.srate)
+        self.settle_samples = _settle_samples(d)
+        self.settle_s = self.settle_samples / self.info.srate if self.settle_samples else 0.0
+        self.nonfinite: NonFinite | None = None
         n_in, n_out = info.n_channels, self.info.n_channels
         max_out = -(-self.max_chunk * d.up // d.down) + 1
         self._in = np.empty((self.max_chunk, n_in))  # float64 copy of the input chunk
@@ -421,8 +441,8 @@ class Preprocessor:
     def reset(self) -> None:
         """Forget all state: the next chunk starts afresh, in steady state on its first sample."""
         n = self.info.n_channels
-        self._zi_sos: np.ndarray | None = None
-        self._started = False
+        self._zi_sos: np.ndarray | None = None  # None: start in steady state on the next sample
+        self._fir_fresh = True  # fill the resampler's history with the next sample
         self._n_resample_in = 0  # input samples that reached the resampler
         self._n_std = 0  # samples that reached the standardisation
         self._z_mean = np.zeros((1, n))
@@ -450,21 +470,37 @@ class Preprocessor:
         _check_chunk(self._d.info_in, data, timestamps)
         n = len(data)
         if n <= self.max_chunk:
-            return self._process_chunk(data, timestamps)
+            y, t, self.nonfinite = self._process_chunk(data, timestamps)
+            return y, t
         step = self.max_chunk
-        parts = []
+        parts, nonfinite, n_out = [], None, 0
         for i in range(0, n, step):
-            y, t = self._process_chunk(data[i : i + step], timestamps[i : i + step])
+            y, t, bad = self._process_chunk(data[i : i + step], timestamps[i : i + step])
+            if bad is not None:
+                nonfinite = _merge(nonfinite, NonFinite(bad.samples, n_out + bad.start,
+                                                        n_out + bad.stop))
             parts.append((y.copy(), t.copy()))
+            n_out += len(y)
+        self.nonfinite = nonfinite
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
-    def _process_chunk(self, data: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        d, n = self._d, len(data)
+    def _process_chunk(
+        self, data: np.ndarray, ts: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, NonFinite | None]:
+        n = len(data)
         if n == 0:
-            return self._out[:0], self._t_out[:0]
+            return self._out[:0], self._t_out[:0], None
         x_in = self._in[:n]
         x_in[...] = data
         x = self._select(x_in)
+        bad = find_nonfinite(x)
+        if bad is None:
+            return *self._chain(x, ts), None
+        return self._chain_around(x, ts, bad)
+
+    def _chain(self, x: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Filters, resampling, standardisation of finite selected samples ``x`` (scratch)."""
+        d, n = self._d, len(x)
         if d.sos is not None:
             x = self._filter(x)
         if d.fir is not None:
@@ -475,9 +511,44 @@ class Preprocessor:
         n_out = len(x)
         if d.std_decay is not None and n_out:
             x = self._standardize(x)
-        self._started = True
         out = self._out[:n_out]
         out[...] = x
+        return out, t_out
+
+    def _chain_around(
+        self, x: np.ndarray, ts: np.ndarray, bad: NonFinite
+    ) -> tuple[np.ndarray, np.ndarray, NonFinite]:
+        """Process the finite rows before and after ``bad``'s span, NaN for the span."""
+        parts = []  # (data, timestamps) copies: each step reuses the output buffers
+        for rows, run in ((slice(0, bad.start), self._chain),
+                          (slice(bad.start, bad.stop), self._skip),
+                          (slice(bad.stop, len(x)), self._chain)):
+            y, t = run(x[rows], ts[rows]) if rows.start < rows.stop else (self._out[:0], ts[:0])
+            parts.append((y.copy(), t.copy()))
+        start = len(parts[0][1])
+        stop = start + len(parts[1][1])
+        n_out = stop + len(parts[2][1])
+        out, t_out = self._out[:n_out], self._t_out[:n_out]
+        np.concatenate([p[0] for p in parts], out=out)
+        np.concatenate([p[1] for p in parts], out=t_out)
+        return out, t_out, NonFinite(bad.samples, start, stop + self.settle_samples)
+
+    def _skip(self, x: np.ndarray, ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Non-finite rows: NaN output at the output rate; filters restart after them."""
+        d, n = self._d, len(x)
+        self._zi_sos = None
+        if d.fir is None:
+            t_out = self._t_out[:n]
+            t_out[...] = ts
+        else:
+            first, last = self._n_resample_in, self._n_resample_in + n
+            j0, j1 = -(-first * d.up // d.down), -(-last * d.up // d.down)
+            t_out = _resample_times(d, ts, first, self._count[: j1 - j0] + j0,
+                                    self._t_out[: j1 - j0])
+            self._n_resample_in = last
+            self._fir_fresh = True
+        out = self._out[: len(t_out)]
+        out.fill(np.nan)
         return out, t_out
 
     def _select(self, x_in: np.ndarray) -> np.ndarray:
@@ -507,8 +578,9 @@ class Preprocessor:
         d, n, buf = self._d, len(x), self._hist
         n_taps = self._branches.shape[1]
         keep = n_taps - 1  # history rows carried between chunks
-        if not self._started:
+        if self._fir_fresh:
             buf[:keep] = x[0]  # steady state: the first sample held forever before it
+            self._fir_fresh = False
         buf[keep : keep + n] = x
         first, last = self._n_resample_in, self._n_resample_in + n
         j0, j1 = -(-first * d.up // d.down), -(-last * d.up // d.down)
@@ -541,6 +613,25 @@ class Preprocessor:
         x /= np.sqrt(var, out=var)
         self._n_std += n
         return x
+
+
+def _settle_samples(d: _Design) -> int:
+    """Output samples after a filter restart that still depend on it (see Preprocessor)."""
+    settle_in = 0
+    if d.sos is not None:
+        radius = float(np.max(np.abs(signal.sos2zpk(d.sos)[1])))
+        if 0 < radius < 1:  # stable (always, for the notch and Butterworth designs)
+            settle_in += math.ceil(math.log(SETTLE_TOLERANCE) / math.log(radius))
+    if d.fir is not None:
+        settle_in += -(-len(d.fir) // d.up) - 1  # input samples held in the FIR's history
+    return -(-settle_in * d.up // d.down)
+
+
+def _merge(a: NonFinite | None, b: NonFinite) -> NonFinite:
+    """One span covering both (``b`` after ``a``)."""
+    if a is None:
+        return b
+    return NonFinite(a.samples + b.samples, a.start, max(a.stop, b.stop))
 
 
 def preprocess_offline(

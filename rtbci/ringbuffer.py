@@ -12,6 +12,22 @@ class RingBuffer:
     so any run of up to ``capacity`` consecutive samples is contiguous in memory and reads
     return zero-copy views. Writing allocates nothing.
 
+    Thread-safety contract (one writer, any number of readers, no lock):
+
+    - One thread (the stream's producer) calls :meth:`write`. It first announces the counters
+      it is about to write (:meth:`intact` turns False for the slots they overwrite), then
+      writes samples, timestamps and arrival times, and publishes :attr:`count` last, in one
+      assignment. A reader that sees ``count == c`` therefore sees samples, timestamps and
+      arrival times of every counter below ``c`` complete.
+    - Readers (the event loop, sinks' threads, the display) read :attr:`count` once per
+      operation: :meth:`window`, :meth:`latest`, :meth:`since` and :meth:`search` each take
+      a single snapshot. Their views point into the ring, and the writer keeps writing: a
+      reader copies what it needs, then checks :meth:`intact` for the first counter it read.
+      True means the copy is whole; False means the writer overwrote (part of) it meanwhile
+      (the reader fell behind by a whole buffer: discard the copy).
+    - :attr:`gaps`, :attr:`gap_seconds` are written by the writer only, :attr:`overflows` by
+      readers (:meth:`since`); each is a single int/float that readers may read at any time.
+
     Parameters
     ----------
     capacity : int
@@ -26,7 +42,8 @@ class RingBuffer:
     Attributes
     ----------
     count : int
-        Samples written since creation; sample ``k`` (0-based) lives at ``k % capacity``.
+        Samples written (and published) since creation; sample ``k`` (0-based) lives at
+        ``k % capacity``.
     gaps : int
         Timestamp jumps larger than 1.5 sample periods (between or within chunks).
     gap_seconds : float
@@ -47,8 +64,10 @@ class RingBuffer:
         self.srate = float(srate)
         self._data = np.zeros((2 * self.capacity, self.n_channels), dtype=dtype)
         self._times = np.zeros(2 * self.capacity, dtype=np.float64)
+        self._arrivals = np.full(self.capacity, np.nan)  # arrival time per sample, seconds
         self._dt = np.empty(self.capacity, dtype=np.float64)  # scratch for gap detection
         self._max_step = self.GAP_FACTOR / self.srate if self.srate > 0 else np.inf
+        self._claimed = 0  # counters below this are written or being written
         self.count = 0
         self.gaps = 0
         self.gap_seconds = 0.0
@@ -68,15 +87,26 @@ class RingBuffer:
     @property
     def last_timestamp(self) -> float:
         """Timestamp of the newest sample (NaN before the first write)."""
-        return float(self._times[(self.count - 1) % self.capacity]) if self.count else np.nan
+        count = self.count
+        return float(self._times[(count - 1) % self.capacity]) if count else np.nan
 
-    def write(self, data: np.ndarray, timestamps: np.ndarray) -> None:
-        """Append a chunk.
+    def intact(self, counter: int) -> bool:
+        """Whether samples from ``counter`` on are held and not being overwritten.
+
+        A reader calls it after copying a window (from :meth:`window`, :meth:`latest` or
+        :meth:`since`) that starts at ``counter``: True means the copy is whole.
+        """
+        return counter >= self._claimed - self.capacity
+
+    def write(self, data: np.ndarray, timestamps: np.ndarray, arrived: float = np.nan) -> None:
+        """Append a chunk (writer thread only; publishes :attr:`count` last).
 
         Parameters
         ----------
         data : array, shape (n_samples, n_channels)
         timestamps : array, shape (n_samples,), seconds
+        arrived : float
+            When the chunk arrived, seconds on the engine's clock (see :meth:`arrival`).
         """
         n = len(timestamps)
         if n == 0:
@@ -87,21 +117,25 @@ class RingBuffer:
                 f"n_channels={self.n_channels})"
             )
         self._count_gaps(timestamps, n)
+        count = self.count
         if n > self.capacity:  # only the newest `capacity` samples can be kept
-            self.count += n - self.capacity
+            count += n - self.capacity
             n = self.capacity
             data, timestamps = data[-n:], timestamps[-n:]
-        start = self.count % self.capacity
+        self._claimed = count + n  # readers' copies of counters < count + n - capacity: torn
+        start = count % self.capacity
         first = min(n, self.capacity - start)  # samples before the wrap point
         for offset in (start, start + self.capacity):
             self._data[offset : offset + first] = data[:first]
             self._times[offset : offset + first] = timestamps[:first]
+        self._arrivals[start : start + first] = arrived
         if first < n:  # wrapped: the rest goes to the start of both halves
             rest = n - first
             for offset in (0, self.capacity):
                 self._data[offset : offset + rest] = data[first:]
                 self._times[offset : offset + rest] = timestamps[first:]
-        self.count += n
+            self._arrivals[:rest] = arrived
+        self.count = count + n  # publish: everything below it is complete
 
     def _count_gaps(self, timestamps: np.ndarray, n: int) -> None:
         if self._max_step == np.inf:
@@ -126,7 +160,8 @@ class RingBuffer:
         """Samples with counters in ``[start, stop)`` as zero-copy views.
 
         The views stay valid until ``capacity - (stop - start)`` further samples are written;
-        copy them to keep them longer.
+        a reader in another thread than the writer copies them, then checks
+        ``intact(start)``.
 
         Returns
         -------
@@ -138,10 +173,11 @@ class RingBuffer:
         IndexError
             If the range is not fully held (not yet written, or already overwritten).
         """
-        if not (self.oldest <= start <= stop <= self.count):
+        count = self.count
+        if not (max(0, count - self.capacity) <= start <= stop <= count):
             raise IndexError(
                 f"samples [{start}, {stop}) are not in the buffer (it holds "
-                f"[{self.oldest}, {self.count}))"
+                f"[{max(0, count - self.capacity)}, {count}))"
             )
         i = start % self.capacity
         j = i + (stop - start)
@@ -149,8 +185,16 @@ class RingBuffer:
 
     def latest(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """The newest ``n`` samples (fewer if fewer were written); see :meth:`window`."""
-        n = min(n, self.count, self.capacity)
-        return self.window(self.count - n, self.count)
+        data, times, _ = self._newest(n)
+        return data, times
+
+    def _newest(self, n: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """The newest ``min(n, held)`` samples of one snapshot of :attr:`count`, and their first
+        counter."""
+        count = self.count
+        n = min(n, count, self.capacity)
+        i = (count - n) % self.capacity
+        return self._data[i : i + n], self._times[i : i + n], count - n
 
     def since(self, counter: int) -> tuple[np.ndarray, np.ndarray, int]:
         """Samples from ``counter`` up to the newest, for a reader that keeps its position.
@@ -165,8 +209,39 @@ class RingBuffer:
             The counter to pass to the next call.
         """
         count = self.count
+        if counter > count:
+            raise IndexError(f"sample {counter} is not written yet (count {count})")
         if counter < count - self.capacity:
             self.overflows += 1
             counter = count - self.capacity
-        data, times = self.window(counter, count)
-        return data, times, count
+        i = counter % self.capacity
+        j = i + (count - counter)
+        return self._data[i:j], self._times[i:j], count
+
+    def search(self, timestamp: float) -> int:
+        """Counter of the first held sample stamped at or after ``timestamp`` (binary search).
+
+        Returns the oldest held counter if every held sample is at or after ``timestamp``, and
+        :attr:`count` if none is. Safe against a concurrent writer: a search that the writer
+        overtook (it overwrote the oldest samples meanwhile) is repeated on a fresh snapshot.
+        """
+        for _ in range(8):
+            _, times, oldest = self._newest(self.capacity)
+            found = oldest + int(np.searchsorted(times, timestamp))
+            if self.intact(oldest):
+                return found
+        return max(found, self._claimed - self.capacity)  # still overtaken: oldest not torn
+
+    def arrival(self, counter: int) -> float:
+        """When sample ``counter`` arrived (the ``arrived`` given to :meth:`write`), seconds.
+
+        Raises
+        ------
+        IndexError
+            If the sample is not held.
+        """
+        count = self.count
+        if not (max(0, count - self.capacity) <= counter < count):
+            raise IndexError(f"sample {counter} is not in the buffer (it holds "
+                             f"[{max(0, count - self.capacity)}, {count}))")
+        return float(self._arrivals[counter % self.capacity])

@@ -73,6 +73,7 @@ class DecoderTask:
         self.busy = False
         self.pending: list[tuple[int | None, float, str]] = []  # (onset counter, timestamp, text)
         self.results = self.late = self.skipped = self.errors = self.timeouts = 0
+        self.invalid_windows = 0  # not decoded: non-finite input, or overwritten while copied
         self.last_error: str | None = None
         self._latency = np.zeros(LATENCY_HISTORY)
 
@@ -85,7 +86,8 @@ class DecoderTask:
                     "max": float(lat.max())} if lat.size else
                    {"p50": None, "p99": None, "max": None})
         out = {"results": self.results, "late": self.late, "skipped": self.skipped,
-               "errors": self.errors, "timeouts": self.timeouts, "latency_ms": figures}
+               "errors": self.errors, "timeouts": self.timeouts,
+               "invalid_windows": self.invalid_windows, "latency_ms": figures}
         if self.last_error:
             out["last_error"] = self.last_error
         return out
@@ -266,6 +268,9 @@ class Scheduler:
                         window_start=float(times[0]), window_end=float(times[-1]),
                         kind=task.decoder.kind, t_arrived=arrived, t_queued=self.clock(),
                         budget_ms=task.budget_ms, session=task.session)
+        if not stream.clean(start, end):  # after the copy: non-finite input, or torn
+            task.invalid_windows += 1
+            return
         deadline = arrived + task.budget_ms * 1e-3
         if self.inline:  # offline: decode now, in this thread; nothing is ever busy
             self._done(*run_job(Job(deadline, 0, task, result), self.clock))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
@@ -13,6 +15,8 @@ from rtbci.ringbuffer import RingBuffer
 
 if TYPE_CHECKING:
     from rtbci.preprocess import Preprocessor
+
+log = logging.getLogger("rtbci.stream")
 
 
 @dataclass(frozen=True)
@@ -73,12 +77,56 @@ class Chunk(NamedTuple):
     timestamps: np.ndarray
 
 
+class NonFinite(NamedTuple):
+    """Non-finite input in one chunk, and the output samples it affects.
+
+    samples : int
+        Input samples (time points) with a NaN or ±Inf in a channel that is used.
+    start, stop : int
+        Output samples ``[start, stop)`` affected, counted from the chunk's first output
+        sample; ``stop`` may lie beyond the chunk (filters still settling after it).
+    """
+
+    samples: int
+    start: int
+    stop: int
+
+
+def find_nonfinite(x: np.ndarray) -> NonFinite | None:
+    """The non-finite rows of ``x`` (shape (n_samples, n_channels)), None if all are finite.
+
+    One reduction for a finite chunk; the mask is only built when it fails. The affected span
+    runs from the first to the last non-finite row (finite rows between them included).
+    """
+    if np.isfinite(x.sum()):
+        return None
+    rows = ~np.isfinite(x).all(axis=1)
+    if not rows.any():  # the sum overflowed; every value is finite
+        return None
+    first, last = int(np.argmax(rows)), len(rows) - int(np.argmax(rows[::-1]))
+    return NonFinite(int(np.count_nonzero(rows)), first, last)
+
+
 class Stream:
     """One source's samples as the engine sees them: a ring buffer written by one producer.
 
     The producer (an acquisition thread, or the offline replayer) calls :meth:`ingest`;
     readers take windows from :attr:`buffer` by sample counter. Listeners registered with
     :meth:`add_listener` are called (in the producer's thread) after every chunk.
+
+    Thread-safety contract: :meth:`ingest` is called by one thread only (the producer), which
+    also runs the listeners. :meth:`stats`, :meth:`arrival`, :meth:`clean` and the buffer's
+    reads may be called from any thread at any time (see :class:`RingBuffer`): a sample is
+    visible (``counter < buffer.count``) only once its data, timestamp, arrival time and its
+    non-finite bookkeeping are complete. A reader copies a window ``[start, stop)`` and then
+    calls ``clean(start, stop)``, which is False when the copy may be torn. Listeners are
+    added and removed under a lock.
+
+    Non-finite input (NaN, ±Inf): detected per chunk (one reduction when the chunk is finite),
+    counted (:attr:`nonfinite_samples`, :attr:`nonfinite_chunks`) and logged once per burst.
+    With preprocessing, the affected output samples are NaN in every channel and the filters
+    restart on the first finite sample (see :class:`~rtbci.preprocess.Preprocessor`); without,
+    the samples are stored as received. :meth:`clean` tells whether a window is affected.
 
     Parameters
     ----------
@@ -91,9 +139,17 @@ class Stream:
     preprocess : Preprocessor | None
         Applied to each chunk before it is written; :attr:`info` then describes its output
         (:attr:`raw_info` the source's stream).
+
+    Attributes
+    ----------
+    nonfinite_samples : int
+        Input samples with a NaN or ±Inf in a used channel, since the start.
+    nonfinite_chunks : int
+        Chunks that held at least one of them.
     """
 
     LATENCY_HISTORY = 4096  # chunks whose ingest latency is kept for the percentiles
+    AFFECTED_HISTORY = 1024  # spans of affected samples remembered for clean()
 
     def __init__(self, info: StreamInfo, buffer_seconds: float, clock: Callable[[], float],
                  preprocess: Preprocessor | None = None):
@@ -106,13 +162,20 @@ class Stream:
         self.clock = clock
         capacity = max(1, int(round(buffer_seconds * info.srate)))
         self.buffer = RingBuffer(capacity, info.n_channels, srate=info.srate)
-        self._arrivals = np.zeros(capacity, dtype=np.float64)  # arrival time per sample
         self._latency = np.full(self.LATENCY_HISTORY, np.nan)  # seconds, per chunk
         self._n_chunks = 0
         self._first_timestamp = np.nan
         self._listeners: list[Callable[[], None]] = []
         self._raw_listeners: list[Callable[[np.ndarray, np.ndarray], None]] = []
         self._lock = threading.Lock()
+        self.nonfinite_samples = 0
+        self.nonfinite_chunks = 0
+        # Affected spans [start, stop) of sample counters, oldest first, disjoint and sorted.
+        self._affected: deque[tuple[int, int]] = deque(maxlen=self.AFFECTED_HISTORY)
+        self._affected_end = 0  # stop of the newest span (0: none)
+        self._forgotten_end = 0  # stop of the newest span dropped from the history
+        self._affected_lock = threading.Lock()
+        self._burst_samples = 0  # non-finite samples in the burst under way (0: none)
 
     def __repr__(self) -> str:
         i = self.info
@@ -137,7 +200,7 @@ class Stream:
             self._listeners.remove(callback)
 
     def ingest(self, data: np.ndarray, timestamps: np.ndarray) -> None:
-        """Write a chunk and wake the listeners.
+        """Write a chunk and wake the listeners (producer thread only).
 
         Parameters
         ----------
@@ -152,37 +215,79 @@ class Stream:
             callback(data, timestamps)
         if self.preprocess is not None:
             data, timestamps = self.preprocess.process(data, timestamps)
-        n = len(timestamps)
-        if n == 0:
-            return
+            nonfinite = self.preprocess.nonfinite
+        else:
+            nonfinite = find_nonfinite(data)
         buf = self.buffer
-        if buf.count == 0:
-            self._first_timestamp = float(timestamps[0])
         start = buf.count
-        buf.write(data, timestamps)
-        self._mark_arrival(start, buf.count, arrived)
+        if nonfinite is not None:
+            self._note_nonfinite(start, nonfinite)
+        elif self._burst_samples and start >= self._affected_end:
+            self._end_burst()
+        if len(timestamps) == 0:
+            return
+        if start == 0:
+            self._first_timestamp = float(timestamps[0])
+        buf.write(data, timestamps, arrived)  # publishes the samples last
         if start:  # the first chunk holds the backlog from before the connection
             self._latency[self._n_chunks % self.LATENCY_HISTORY] = latency
             self._n_chunks += 1
         for callback in self._listeners:
             callback()
 
-    def _mark_arrival(self, start: int, stop: int, arrived: float) -> None:
-        cap = self.buffer.capacity
-        start = max(start, stop - cap)
-        i, j = start % cap, (stop - 1) % cap + 1
-        if i < j:
-            self._arrivals[i:j] = arrived
-        else:
-            self._arrivals[i:] = arrived
-            self._arrivals[:j] = arrived
+    def _note_nonfinite(self, first: int, nonfinite: NonFinite) -> None:
+        """Count a chunk's non-finite samples; remember the counters they affect (before the
+        chunk is published, so that no reader sees them without it)."""
+        start, stop = first + nonfinite.start, first + nonfinite.stop
+        with self._affected_lock:
+            spans = self._affected
+            if spans and start <= spans[-1][1]:
+                spans[-1] = (spans[-1][0], max(stop, spans[-1][1]))
+            else:
+                if len(spans) == spans.maxlen:
+                    self._forgotten_end = spans[0][1]
+                spans.append((start, stop))
+            self._affected_end = spans[-1][1]
+        self.nonfinite_samples += nonfinite.samples
+        self.nonfinite_chunks += 1
+        if not self._burst_samples:
+            log.warning("stream %r: non-finite samples (NaN/Inf) in its data; windows holding "
+                        "them are not decoded until it is finite again", self.raw_info.name)
+        self._burst_samples += nonfinite.samples
+
+    def _end_burst(self) -> None:
+        log.info("stream %r: data finite again; %d non-finite samples in that burst",
+                 self.raw_info.name, self._burst_samples)
+        self._burst_samples = 0
+
+    def clean(self, start: int, stop: int) -> bool:
+        """Whether samples ``[start, stop)`` are fit to decode, as copied just before.
+
+        False when one of them is affected by non-finite input (the non-finite samples and,
+        after preprocessing, the filters' settling after them) or was overwritten, or is
+        being overwritten, while the window was copied (the copy may be torn). No scan of the
+        samples: a comparison, and a walk over the remembered bursts only when there is one
+        near the window.
+        """
+        if not self.buffer.intact(start):
+            return False
+        if start >= self._affected_end:
+            return True
+        with self._affected_lock:
+            if start < self._forgotten_end:
+                return False
+            for first, end in reversed(self._affected):
+                if first < stop:  # the newest span that begins before the window's end
+                    return end <= start
+        return True
 
     def arrival(self, counter: int) -> float:
         """Local time (seconds) at which sample ``counter`` arrived in the engine."""
-        if not (self.buffer.oldest <= counter < self.buffer.count):
-            raise IndexError(f"sample {counter} is not in stream {self.info.name!r}'s buffer")
-        return float(self._arrivals[counter % self.buffer.capacity])
-
+        try:
+            return self.buffer.arrival(counter)
+        except IndexError:
+            raise IndexError(f"sample {counter} is not in stream {self.info.name!r}'s "
+                             "buffer") from None
     def ingest_latency_ms(self) -> dict[str, float]:
         """Percentiles of (chunk arrival − its last sample's timestamp) over recent chunks, ms."""
         lat = self._latency[: min(self._n_chunks, self.LATENCY_HISTORY)]
@@ -204,6 +309,8 @@ class Stream:
             "gaps": buf.gaps,
             "gap_seconds": round(buf.gap_seconds, 6),
             "overflows": buf.overflows,
+            "nonfinite_samples": self.nonfinite_samples,
+            "nonfinite_chunks": self.nonfinite_chunks,
             "rate_hz": round(rate, 3),
             "ingest_latency_ms": self.ingest_latency_ms(),
         }

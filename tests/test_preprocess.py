@@ -416,3 +416,71 @@ def test_notch_accepts_scalar_or_list() -> None:
     assert PreprocessConfig(notch=50).notch == [50.0]
     assert PreprocessConfig(notch=[50, 100]).notch == [50.0, 100.0]
     assert PreprocessConfig.model_validate({"bandpass": [1, 40]}).bandpass == (1.0, 40.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# non-finite input: NaN out, filters restart, the same as a clean run once they settled
+# ----------------------------------------------------------------------------------------------
+
+POISONED = PreprocessConfig(reference="average", notch=50.0, bandpass=(1.0, 40.0),
+                            resample_hz=250.0, standardize=True, standardize_halflife_s=0.2)
+
+
+def poisoned_signal() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """16 s at 500 Hz, and a copy with a 3 s NaN burst from 4 s on (one value +Inf)."""
+    x, t = make_signal(n=8000)
+    bad = x.copy()
+    bad[2000:3500] = np.nan
+    bad[2600, 1] = np.inf
+    return x, bad, t
+
+
+@pytest.mark.parametrize("sizes", [[50], [1, 333, 7], [5000]])
+def test_nonfinite_burst_restarts_the_filters_and_recovers(sizes: list[int]) -> None:
+    x, bad, t = poisoned_signal()
+    pre = Preprocessor(POISONED, make_info(), max_chunk=97)
+    outs, times, spans, n_out, i, k = [], [], [], 0, 0, 0
+    while i < len(bad):
+        y, ty = pre.process(bad[i : i + sizes[k % len(sizes)]], t[i : i + sizes[k % len(sizes)]])
+        if pre.nonfinite is not None:
+            spans.append((pre.nonfinite.samples, n_out + pre.nonfinite.start,
+                          n_out + pre.nonfinite.stop))
+        outs.append(y.copy())
+        times.append(ty.copy())
+        n_out, i, k = n_out + len(y), i + sizes[k % len(sizes)], k + 1
+    got = np.concatenate(outs)
+    clean, t_clean = stream(Preprocessor(POISONED, make_info()), x, t, [50])
+    np.testing.assert_array_equal(np.concatenate(times), t_clean)
+    assert sum(s[0] for s in spans) == 1500  # every non-finite input sample, once
+    burst = slice(1000, 1750)  # input samples 2000 … 3499 at 250 Hz
+    assert pre.settle_samples == 765  # 1 Hz high-pass to 0.1 %, then the resampler's history
+    assert (min(s[1] for s in spans), max(s[2] for s in spans)) == (1000, 1750 + 765)
+    assert np.isnan(got[burst]).all()
+    assert np.isfinite(got[:1000]).all() and np.isfinite(got[1750:]).all()
+    np.testing.assert_array_equal(got[:1000], clean[:1000])  # untouched before the burst
+    settled = 1750 + pre.settle_samples
+    np.testing.assert_allclose(got[settled:], clean[settled:], atol=5e-3)  # z-scores
+
+
+def test_nonfinite_in_an_unused_channel_is_ignored() -> None:
+    x, t = make_signal(n=600)
+    x[100:200, 3] = np.nan  # M1: neither picked nor a reference
+    pre = Preprocessor(PreprocessConfig(picks=["Fz", "Cz"], reference=["M2"], bandpass=(1, 40)),
+                       make_info())
+    y, _ = pre.process(x, t)
+    assert pre.nonfinite is None and np.isfinite(y).all()
+    x[150, 4] = -np.inf  # M2, the reference: every output channel is affected
+    y, _ = Preprocessor(pre.config, make_info()).process(x, t)
+    assert np.isnan(y[150]).all() and np.isfinite(y[:150]).all() and np.isfinite(y[151:]).all()
+
+
+def test_standardize_alone_skips_the_burst_and_keeps_its_scale() -> None:
+    x, bad, t = poisoned_signal()
+    config = PreprocessConfig(standardize=True, standardize_halflife_s=0.2)
+    pre = Preprocessor(config, make_info())
+    got, _ = stream(pre, bad, t, [64])
+    assert pre.settle_samples == 0
+    assert np.isnan(got[2000:3500]).all() and np.isfinite(got[3500:]).all()
+    clean, _ = stream(Preprocessor(config, make_info()), x, t, [64])
+    # the running mean and variance resume from before the burst: at most a few half-lives off
+    np.testing.assert_allclose(got[3500 + 1000 :], clean[3500 + 1000 :], atol=1e-3)

@@ -1,5 +1,9 @@
 """RingBuffer against a plain-list reference model (hypothesis), wraparound included."""
 
+import contextlib
+import sys
+import threading
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -109,3 +113,85 @@ def test_oversized_chunk_keeps_the_newest():
     assert ring.count == 10
     got, _ = ring.latest(4)
     np.testing.assert_array_equal(got[:, 0], [60, 70, 80, 90])
+
+
+# --- one writer thread, reader threads: no torn window is ever accepted ---------------------
+
+
+@contextlib.contextmanager
+def frequent_thread_switches():
+    """Let the interpreter switch threads every microsecond, to provoke interleavings."""
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(interval)
+
+
+def write_counter_signal(ring: RingBuffer, n_samples: int, chunk: int) -> None:
+    """Value == sample counter in every channel, timestamp == counter / 1000, arrival == the
+    chunk's first counter."""
+    data = np.empty((chunk, ring.n_channels), np.float32)
+    stamps = np.empty(chunk)
+    base = np.arange(chunk)
+    for k in range(0, n_samples, chunk):
+        data[:] = (k + base)[:, None]
+        np.divide(k + base, 1000.0, out=stamps)
+        ring.write(data, stamps, arrived=float(k))
+
+
+def check_copy(data: np.ndarray, times: np.ndarray, first: int) -> None:
+    counters = np.arange(first, first + len(data))
+    np.testing.assert_array_equal(data, np.broadcast_to(counters[:, None], data.shape))
+    np.testing.assert_array_equal(times, counters / 1000.0)
+
+
+def test_concurrent_reads_are_whole_or_detected():
+    """A writer at full speed against readers at the oldest edge (the whole buffer) and at the
+    newest: every copy that ``intact`` accepts is exactly the written signal, searches and
+    arrival times are right, and torn copies do happen (so the check is what saves them)."""
+    ring, chunk, n_samples = RingBuffer(256, 64, srate=1000.0), 16, 200_000
+    writer = threading.Thread(target=write_counter_signal, args=(ring, n_samples, chunk))
+    out = np.empty((256, 64), np.float32)
+    accepted = torn = 0
+    position = 0
+    with frequent_thread_switches():
+        writer.start()
+        while writer.is_alive():
+            data, times, first = ring._newest(256)  # the whole buffer: the oldest edge
+            n = len(data)
+            out[:n], stamps = data, times.copy()
+            if ring.intact(first):
+                check_copy(out[:n], stamps, first)
+                accepted += 1
+            else:
+                torn += 1
+            data, times, position = ring.since(position)
+            first = position - len(data)
+            out[: len(data)], stamps = data, times.copy()
+            if ring.intact(first):
+                check_copy(out[: len(data)], stamps, first)
+            count = ring.count
+            if count > 100:
+                target = count - 100
+                found = ring.search(target / 1000.0 - 0.0004)
+                assert found == target or not ring.intact(target)
+                with contextlib.suppress(IndexError):  # unless the writer lapped this reader
+                    arrived = ring.arrival(count - 1)
+                    assert arrived == (count - 1) // chunk * chunk or not ring.intact(count - 1)
+        writer.join()
+    assert ring.count == n_samples
+    assert accepted > 50
+    assert torn > 0  # the race is real: these copies were overwritten while being made
+
+
+def test_search_finds_the_first_sample_at_or_after():
+    ring = RingBuffer(10, 1)
+    write_counter_signal(ring, 25, 5)  # holds 15 … 24
+    assert ring.search(0.0) == 15  # before the oldest: the oldest
+    assert ring.search(0.0174) == 18 and ring.search(0.018) == 18
+    assert ring.search(1.0) == 25  # after the newest: count
+    assert ring.arrival(24) == 20.0
+    with pytest.raises(IndexError, match=r"holds \[15, 25\)"):
+        ring.arrival(14)
