@@ -304,9 +304,9 @@ class Engine:
             self._register(cfg.name)
             i = bound.get(cfg.name)
             if i is None:
-                self.unmatched[cfg.name] = (f"no stream of {recording.path.name} matches it "
-                                            f"(it holds {recording.describe()})")
-                log.error("source %r: %s; name one in its %s", cfg.name,
+                self.unmatched[cfg.name] = (f"matches no recorded stream (recorded: "
+                                            f"{recording.describe()})")
+                log.error("source %r %s; name one in its %s", cfg.name,
                           self.unmatched[cfg.name],
                           "stream.name" if cfg.kind == "lsl" else "stream_name")
                 continue
@@ -369,8 +369,7 @@ class Engine:
         """One line per source that matched no recorded stream and per configured decoder
         that produced no result, with why where it is known (the ``rtbci: error:`` lines of
         a run that ends with exit status 1)."""
-        lines = [f"source {name!r} matched no recorded stream: {why}"
-                 for name, why in self.unmatched.items()]
+        lines = [f"source {name!r} {why}" for name, why in self.unmatched.items()]
         for cfg in self.config.decoders:
             if stats["decoders"].get(cfg.name, {}).get("results", 0) == 0:
                 lines.append(f"decoder {cfg.name!r} produced no results ({self._why(cfg)})")
@@ -384,7 +383,7 @@ class Engine:
         if error:
             return error
         if source in self.unmatched:
-            return f"its source {source!r} matched no recorded stream"
+            return f"its source {source!r} matches no recorded stream"
         if acq is not None and acq.error:
             return f"its source {source!r} failed: {acq.error}"
         if stream is None or stream.buffer.count == 0:
@@ -447,11 +446,9 @@ def _query_matches(query, name: str, type_: str, source_id: str) -> bool:
 
 
 def _names_explicitly(cfg, stream) -> bool:
-    """Whether ``[[sources]]`` entry ``cfg`` names recorded stream ``stream`` itself: the
-    session source that recorded it, or its LSL name / source_id (lsl ``stream`` query with a
-    name or source_id; a simulate source's ``stream_name`` or name)."""
-    if stream.source is not None:
-        return stream.source == cfg.name
+    """Whether ``[[sources]]`` entry ``cfg`` names recorded stream ``stream`` by its LSL name
+    or source_id (an lsl ``stream`` query with a name or source_id; a simulate source's
+    ``stream_name`` or name)."""
     info = stream.info
     if cfg.kind == "lsl":
         return bool(cfg.stream.name or cfg.stream.source_id) and _query_matches(
@@ -463,8 +460,9 @@ def bind_sources(sources: list, recording: Recording) -> dict[str, int]:
     """Which recorded stream each ``[[sources]]`` entry reads: source name → stream index
     (sources matching nothing are left out).
 
-    First every source takes the stream it names explicitly (:func:`_names_explicitly`);
-    several sources may name the same stream, as they may read the same LSL stream live.
+    First every source takes the stream it recorded (session directories), else the stream
+    it names explicitly (:func:`_names_explicitly`); several sources may name the same
+    stream, as they may read the same LSL stream live.
     Then, among the streams still unbound, each other source takes the stream named like
     it, else the first of its ``stream.type``; and a config with a single source takes a
     recording's single stream. Such implicit matches bind a stream to at most one source.
@@ -472,7 +470,9 @@ def bind_sources(sources: list, recording: Recording) -> dict[str, int]:
     streams = recording.streams
     bound: dict[str, int] = {}
     for cfg in sources:
-        i = next((i for i, s in enumerate(streams) if _names_explicitly(cfg, s)), None)
+        i = next((i for i, s in enumerate(streams) if s.source == cfg.name), None)
+        if i is None:
+            i = next((i for i, s in enumerate(streams) if _names_explicitly(cfg, s)), None)
         if i is not None:
             bound[cfg.name] = i
     taken = set(bound.values())

@@ -201,9 +201,9 @@ def test_a_stream_goes_to_one_source_and_unmatched_sources_are_named(tmp_path, c
     assert main(["-q", "run", str(config), "--replay", str(tmp_path / "eeg_raw.fif"),
                  "--stats-json", str(stats_path)]) == 1
     err = capsys.readouterr().err
-    assert ("rtbci: error: source 'motor' matched no recorded stream: no stream of "
-            "eeg_raw.fif matches it (it holds 'eeg_raw' (EEG, 6 ch @ 250 Hz))") in err
-    assert ("rtbci: error: decoder 'mbp' produced no results (its source 'motor' matched "
+    assert ("rtbci: error: source 'motor' matches no recorded stream (recorded: 'eeg_raw' "
+            "(EEG, 6 ch @ 250 Hz))") in err
+    assert ("rtbci: error: decoder 'mbp' produced no results (its source 'motor' matches "
             "no recorded stream)") in err
     assert "'bp'" not in err
     stats = json.loads(stats_path.read_text())
