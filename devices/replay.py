@@ -33,7 +33,7 @@ def schedule(recording: Recording, chunk_s: float = CHUNK_S) -> Iterator[tuple]:
         yield (event[0], *event[3:])
 
 
-def _markers(j: int, ms) -> Iterator[tuple]:
+def _markers(j: int, ms: MarkerStream) -> Iterator[tuple]:
     for t, text in ms.markers:
         yield t, 0, j, "marker", j, text
 

@@ -258,10 +258,10 @@ class Engine:
         fed in timestamp order, each stream to the sources bound to it and each marker to
         the sources its marker stream pairs with (:func:`bind_sources`, :func:`marker_routes`);
         every decoder runs inline, so nothing is skipped and the windows and outputs equal a
-        live run's. The clock reads the current chunk's last
-        timestamp plus the real time spent since it was fed, so latency fields show compute
-        time. ``speed`` paces the replay (None: as fast as the machine allows);
-        ``progress(seconds)`` is called with the recording time advanced.
+        live run's. The clock reads the current chunk's last timestamp plus the real time
+        spent since it was fed, so latency fields show compute time. ``speed`` paces the
+        replay (None: as fast as the machine allows); ``progress(seconds)`` is called with
+        the recording time advanced.
         """
         self._loop = asyncio.get_running_loop()
         clock = VirtualClock()
@@ -364,7 +364,6 @@ class Engine:
         sinks = {f"{s.kind}[{i}]": s.stats() for i, s in enumerate(self.sinks) if s.stats()}
         return {"streams": streams, "decoders": decoders, "sinks": sinks}
 
-
     def problems(self, stats: dict) -> list[str]:
         """One line per source that matched no recorded stream and per configured decoder
         that produced no result, with why where it is known (the ``rtbci: error:`` lines of
@@ -462,10 +461,10 @@ def bind_sources(sources: list, recording: Recording) -> dict[str, int]:
 
     First every source takes the stream it recorded (session directories), else the stream
     it names explicitly (:func:`_names_explicitly`); several sources may name the same
-    stream, as they may read the same LSL stream live.
-    Then, among the streams still unbound, each other source takes the stream named like
-    it, else the first of its ``stream.type``; and a config with a single source takes a
-    recording's single stream. Such implicit matches bind a stream to at most one source.
+    stream, as they may read the same LSL stream live. Then, among the streams still
+    unbound, each other source takes the stream named like it, else the first of its
+    ``stream.type``; and a config with a single source takes a recording's single stream.
+    Such implicit matches bind a stream to at most one source.
     """
     streams = recording.streams
     bound: dict[str, int] = {}
