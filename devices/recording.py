@@ -1,7 +1,8 @@
 """Recordings read into memory: MNE-readable files, XDF, and rtbci session directories.
 
-Every format becomes a :class:`Recording`: signal streams with per-sample timestamps and the
-markers (annotations, events, marker streams) with theirs, all on one time base in seconds.
+Every format becomes a :class:`Recording`: signal streams with per-sample timestamps and
+marker streams (annotations, events, string streams) with theirs, all on one time base in
+seconds. Each marker stream keeps which signal stream it belongs to where the format says so.
 Values are converted from SI to the units LSL streams commonly carry (V → µV, T → fT,
 T/m → fT/cm) so float32 keeps their precision.
 """
@@ -9,7 +10,7 @@ T/m → fT/cm) so float32 keeps their precision.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,11 +31,13 @@ class RecordedStream:
 
     data : array, shape (n_samples, n_channels), float32, in ``info.ch_units``
     times : array, shape (n_samples,), seconds on the recording's time base
+    source : the ``[[sources]]`` name that recorded it (session directories), else None
     """
 
     info: StreamInfo
     data: np.ndarray
     times: np.ndarray
+    source: str | None = None
 
     @property
     def duration(self) -> float:
@@ -42,16 +45,51 @@ class RecordedStream:
 
 
 @dataclass
+class MarkerStream:
+    """One marker stream of a recording: markers ``(time, text)`` in time order.
+
+    ``name``, ``type`` and ``source_id`` are what replay publishes it as and what a source's
+    ``markers`` query matches. ``owner`` is the index (in ``Recording.streams``) of the signal
+    stream whose markers these are where the format says so (a file's annotations, a session
+    source's markers, an XDF stream named ``<signal>-markers``); None: it is paired with
+    sources by their ``markers`` query only.
+    """
+
+    name: str
+    markers: list[tuple[float, str]]
+    owner: int | None = None
+    type: str = "Markers"
+    source_id: str = ""
+
+
+def owned_markers(owner: int, name: str, markers: list[tuple[float, str]]) -> MarkerStream:
+    """The markers of signal stream ``owner`` (index) named ``name``, named as replay
+    publishes them: ``<name>-markers``."""
+    return MarkerStream(f"{name}-markers", sorted(markers), owner,
+                        source_id=f"rtbci-replay-{name}-markers")
+
+
+@dataclass
 class Recording:
-    """Signal streams and markers ``(time, text)`` on one time base (seconds)."""
+    """Signal streams and marker streams on one time base (seconds)."""
 
     path: Path
     streams: list[RecordedStream]
-    markers: list[tuple[float, str]] = field(default_factory=list)
+    marker_streams: list[MarkerStream] = field(default_factory=list)
 
     @property
     def start(self) -> float:
         return min(float(s.times[0]) for s in self.streams)
+
+    @property
+    def markers(self) -> list[tuple[float, str]]:
+        """Every marker of every marker stream, ``(time, text)`` in time order."""
+        return sorted(m for ms in self.marker_streams for m in ms.markers)
+
+    def describe(self) -> str:
+        """What the recording holds, for messages: ``'eeg' (EEG, 64 ch @ 1000 Hz), …``."""
+        return ", ".join(f"{s.info.name!r} ({s.info.type}, {s.info.n_channels} ch @ "
+                         f"{s.info.srate:g} Hz)" for s in self.streams)
 
     def stream(self, name: str) -> RecordedStream:
         for s in self.streams:
@@ -90,17 +128,19 @@ def merge_recordings(recordings: list[Recording]) -> Recording:
     """Several recordings replayed together, each starting at time 0 (names must differ)."""
     if len(recordings) == 1:
         return recordings[0]
-    streams, markers, seen = [], [], set()
+    streams, marker_streams, seen = [], [], set()
     for rec in recordings:
-        shift = rec.start
+        shift, offset = rec.start, len(streams)
         for s in rec.streams:
             if s.info.name in seen:
                 raise RtbciError(f"{rec.path}: a stream named {s.info.name!r} is already "
                                  "replayed from another file")
             seen.add(s.info.name)
-            streams.append(RecordedStream(s.info, s.data, s.times - shift))
-        markers += [(t - shift, text) for t, text in rec.markers]
-    return Recording(recordings[0].path, streams, sorted(markers))
+            streams.append(replace(s, times=s.times - shift))
+        marker_streams += [replace(ms, markers=[(t - shift, text) for t, text in ms.markers],
+                                   owner=None if ms.owner is None else ms.owner + offset)
+                           for ms in rec.marker_streams]
+    return Recording(recordings[0].path, streams, marker_streams)
 
 
 def to_mne_raw(stream: RecordedStream, markers: list[tuple[float, str]] = ()):
@@ -157,7 +197,7 @@ def _read_mne(path: Path, name: str | None) -> Recording:
     first = raw.first_time if raw.annotations.orig_time is not None else 0.0
     markers = [(float(annot["onset"] - first), str(annot["description"]))
                for annot in raw.annotations if 0 <= annot["onset"] - first <= times[-1]]
-    return Recording(path, [RecordedStream(info, data, times)], sorted(markers))
+    return Recording(path, [RecordedStream(info, data, times)], [owned_markers(0, stem, markers)])
 
 
 def _xdf_channels(stream: dict, n: int) -> tuple[list[str], list[str], list[str]]:
@@ -185,25 +225,31 @@ def _read_xdf(path: Path) -> Recording:
         raw_streams, _ = pyxdf.load_xdf(str(path), dejitter_timestamps=False)
     finally:
         quiet.setLevel(level)
-    streams, markers = [], []
+    streams, marker_streams = [], []
     for s in raw_streams:
         info = s["info"]
         name, kind = info["name"][0], info["type"][0]
         srate = float(info["nominal_srate"][0])
         series, stamps = s["time_series"], np.asarray(s["time_stamps"], dtype=float)
+        sid = (info.get("source_id") or [""])[0]
         if info["channel_format"][0] == "string" or srate == 0:
-            markers += [(float(t), str(v[0])) for v, t in zip(series, stamps)]
+            marker_streams.append(MarkerStream(name, sorted(
+                (float(t), str(v[0])) for v, t in zip(series, stamps)), type=kind,
+                source_id=sid))
             continue
         data = np.asarray(series, dtype=np.float32)
         names, types, units = _xdf_channels(s, data.shape[1])
         mne_types = tuple(_MNE_TYPE.get((t or kind).lower(), "misc") for t in types)
-        sid = (info.get("source_id") or [""])[0] or f"rtbci-replay-{name}"
+        sid = sid or f"rtbci-replay-{name}"
         streams.append(RecordedStream(
             StreamInfo(name=name, type=kind, source_id=sid, srate=srate, ch_names=tuple(names),
                        ch_types=mne_types, ch_units=tuple(units)), data, stamps))
     if not streams:
         raise RtbciError(f"{path}: no regularly sampled numeric stream in it")
-    return Recording(path, streams, sorted(markers))
+    signals = {f"{s.info.name}-markers": i for i, s in enumerate(streams)}
+    for ms in marker_streams:  # "<signal>-markers", as rtbci's simulator and replay name them
+        ms.owner = signals.get(ms.name)
+    return Recording(path, streams, marker_streams)
 
 
 def stream_info_to_json(info: StreamInfo) -> dict:

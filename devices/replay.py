@@ -13,7 +13,7 @@ from dataclasses import replace
 import pylsl
 
 from rtbci.devices.lsl import lsl_from_info
-from rtbci.devices.recording import Recording
+from rtbci.devices.recording import MarkerStream, Recording
 
 log = logging.getLogger("rtbci.devices.replay")
 
@@ -22,14 +22,20 @@ CHUNK_S = 0.01  # replay in 10 ms chunks, like an amplifier
 
 def schedule(recording: Recording, chunk_s: float = CHUNK_S) -> Iterator[tuple]:
     """Events in time order: ``(t, "samples", stream_index, start, stop)`` for each chunk
-    (``t`` = its last sample's time) and ``(t, "marker", text)`` for each marker.
+    (``t`` = its last sample's time) and ``(t, "marker", marker_stream_index, text)`` for
+    each marker.
 
     A marker comes before a chunk stamped at the same time.
     """
     events = [_chunks(i, stream, chunk_s) for i, stream in enumerate(recording.streams)]
-    events.append(((t, 0, -1, "marker", text) for t, text in recording.markers))
+    events += [_markers(j, ms) for j, ms in enumerate(recording.marker_streams)]
     for event in heapq.merge(*events, key=lambda e: (e[0], e[1], e[2])):
         yield (event[0], *event[3:])
+
+
+def _markers(j: int, ms: MarkerStream) -> Iterator[tuple]:
+    for t, text in ms.markers:
+        yield t, 0, j, "marker", j, text
 
 
 def _chunks(i: int, stream, chunk_s: float) -> Iterator[tuple]:
@@ -42,7 +48,8 @@ def _chunks(i: int, stream, chunk_s: float) -> Iterator[tuple]:
 
 class ReplayPublisher:
     """Publish a :class:`Recording` as real LSL outlets: one per signal stream (full channel
-    metadata) plus ``<name>-markers`` with every marker.
+    metadata) and one per marker stream (a file's annotations and a session source's markers
+    on ``<name>-markers``; an XDF file's string streams under their own names).
 
     Timestamps are ``t0 + (t − start) / speed`` on the local LSL clock (``t0`` = when the
     replay starts): at 1× they advance with the wall clock, like a live amplifier. With
@@ -56,7 +63,7 @@ class ReplayPublisher:
     loop : bool
         Start again at the end, timestamps continuing.
     name : str | None
-        Rename the signal stream (single-stream recordings) and so the marker stream.
+        Rename the signal stream (single-stream recordings) and so its marker stream.
     """
 
     def __init__(self, recording: Recording, speed: float | None = 1.0, loop: bool = False,
@@ -68,21 +75,20 @@ class ReplayPublisher:
         self.infos = [replace(s.info, name=name or s.info.name,
                               source_id=f"rtbci-replay-{name or s.info.name}")
                       for s in recording.streams]
-        self.marker_name = f"{self.infos[0].name}-markers"
+        self.marker_infos = [_marker_info(ms, self.infos) for ms in recording.marker_streams]
+        self.marker_name = ", ".join(info.name() for info in self.marker_infos) or "(none)"
         self.samples_pushed = 0
         self.markers_pushed = 0
         self._stop = threading.Event()
         self._outlets: list[pylsl.StreamOutlet] = []
-        self._markers: pylsl.StreamOutlet | None = None
+        self._markers: list[pylsl.StreamOutlet] = []
 
     def open(self) -> None:
         """Create the outlets (``run`` does it if needed)."""
         self._outlets = [pylsl.StreamOutlet(lsl_from_info(info),
                                             chunk_size=max(1, int(info.srate * CHUNK_S)),
                                             max_buffered=360) for info in self.infos]
-        marker_info = pylsl.StreamInfo(self.marker_name, "Markers", 1, pylsl.IRREGULAR_RATE,
-                                       pylsl.cf_string, f"{self.infos[0].source_id}-markers")
-        self._markers = pylsl.StreamOutlet(marker_info)
+        self._markers = [pylsl.StreamOutlet(info) for info in self.marker_infos]
 
     def wait_for_consumers(self, timeout: float) -> bool:
         """Block until every signal outlet has a subscriber."""
@@ -116,12 +122,13 @@ class ReplayPublisher:
                 break
             offset += duration
         time.sleep(0.3)  # let consumers take the last chunks before the outlets go
-        self._outlets, self._markers = [], None
+        self._outlets, self._markers = [], []
 
     def _push(self, event: tuple, t0: float, offset: float) -> None:
         rec, speed = self.recording, self.speed or 1.0
         if event[1] == "marker":
-            self._markers.push_sample([event[2]], t0 + (offset + event[0] - rec.start) / speed)
+            self._markers[event[2]].push_sample([event[3]],
+                                                t0 + (offset + event[0] - rec.start) / speed)
             self.markers_pushed += 1
             return
         _, _, i, start, stop = event
@@ -129,3 +136,13 @@ class ReplayPublisher:
         stamps = t0 + (offset + stream.times[start:stop] - rec.start) / speed
         self._outlets[i].push_chunk(stream.data[start:stop], stamps.tolist())
         self.samples_pushed += stop - start
+
+
+def _marker_info(ms: MarkerStream, infos: list) -> pylsl.StreamInfo:
+    """The LSL info of a marker stream: an owned one follows its signal stream's (new) name."""
+    name, source_id = ms.name, ms.source_id or f"rtbci-replay-{ms.name}"
+    if ms.owner is not None:
+        name = f"{infos[ms.owner].name}-markers"
+        source_id = f"{infos[ms.owner].source_id}-markers"
+    return pylsl.StreamInfo(name, ms.type or "Markers", 1, pylsl.IRREGULAR_RATE,
+                            pylsl.cf_string, source_id)

@@ -7,9 +7,9 @@ short by a crash opens with everything up to the last flush)::
     <source>.json       the source's StreamInfo (names, types, units, positions, rate)
     <source>.f32        raw samples as received, float32 little-endian, (n_samples, n_channels)
     <source>.ts.f64     their LSL timestamps, float64 little-endian, (n_samples,)
-    markers.jsonl       one {"source", "timestamp", "text"} per line
+    markers.jsonl       one {"source", "timestamp", "text"} per line (the source it came to)
     results.msgpack     every result message, concatenated (read with msgpack.Unpacker)
-    <source>_raw.fif    on a clean stop: the same samples and markers as an MNE Raw file
+    <source>_raw.fif    on a clean stop: the same samples and that source's markers, MNE Raw
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import numpy as np
 from rtbci.devices.recording import (
     RecordedStream,
     Recording,
+    owned_markers,
     stream_info_from_json,
     stream_info_to_json,
     to_mne_raw,
@@ -35,7 +36,8 @@ FORMAT = "rtbci-session"
 
 
 def read_session(path: Path) -> Recording:
-    """Read a (possibly half-written) session directory."""
+    """Read a (possibly half-written) session directory: each source's stream, and its
+    markers as the marker stream that stream owns (``<stream name>-markers``)."""
     if not (path / "session.json").exists():
         raise RtbciError(f"{path}: not an rtbci session directory (no session.json)")
     streams = []
@@ -49,10 +51,13 @@ def read_session(path: Path) -> Recording:
         n = min(len(data) // info.n_channels, len(times))  # a crash may cut either file short
         if n:
             streams.append(RecordedStream(info, data[:n * info.n_channels].reshape(
-                n, info.n_channels), times[:n]))
+                n, info.n_channels), times[:n], source))
     if not streams:
         raise RtbciError(f"{path}: the session holds no samples")
-    return Recording(path, streams, [(m["timestamp"], m["text"]) for m in read_markers(path)])
+    markers = read_markers(path)
+    return Recording(path, streams, [owned_markers(i, s.info.name, [
+        (m["timestamp"], m["text"]) for m in markers if m.get("source") == s.source])
+        for i, s in enumerate(streams)])
 
 
 def read_markers(path: Path) -> list[dict]:
@@ -133,10 +138,10 @@ def write_fif(path: Path, source: str) -> Path | None:
         recording = read_session(path)
     except RtbciError:
         return None
-    name = json.loads((path / f"{source}.json").read_text())["name"]
-    stream = next((s for s in recording.streams if s.info.name == name), None)
-    if stream is None:
+    i = next((i for i, s in enumerate(recording.streams) if s.source == source), None)
+    if i is None:
         return None
+    stream, markers = recording.streams[i], recording.marker_streams[i].markers
     out = path / f"{source}_raw.fif"
-    to_mne_raw(stream, recording.markers).save(out, overwrite=True, verbose="error")
+    to_mne_raw(stream, markers).save(out, overwrite=True, verbose="error")
     return out

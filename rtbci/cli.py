@@ -148,9 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "publish. Ctrl-C stops cleanly.")
     p.add_argument("config", type=Path, metavar="CONFIG")
     _add_run_options(p)
-    p.add_argument("--replay", type=Path, metavar="FILE",
-                   help="offline: run the pipeline straight from a recording (FIF, EDF, BDF, "
-                        "BrainVision, EEGLAB, XDF or a session directory) on a virtual clock")
+    p.add_argument("--replay", type=Path, nargs="+", metavar="FILE",
+                   help="offline: run the pipeline straight from recordings (FIF, EDF, BDF, "
+                        "BrainVision, EEGLAB, XDF or a session directory; several are "
+                        "replayed together) on a virtual clock")
     p.add_argument("--speed", type=_speed, default=None, metavar="X|max",
                    help="with --replay: pace at X × real time (default: max, as fast as "
                         "possible)")
@@ -430,21 +431,22 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _run_offline(config, args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from rtbci.devices.recording import read_recording
+    from rtbci.devices.recording import merge_recordings, read_recording
     from rtbci.engine import Engine
     from rtbci.report import Scorer
 
-    recording = read_recording(args.replay)
+    recording = merge_recordings([read_recording(f) for f in args.replay])
     scorer = Scorer()
     engine = Engine(config, sinks=[scorer])
     duration = max(s.duration for s in recording.streams)
     started = time.perf_counter()
-    with tqdm(total=round(duration, 1), unit="s", desc=f"replaying {args.replay.name}",
+    files = " ".join(f.name for f in args.replay)
+    with tqdm(total=round(duration, 1), unit="s", desc=f"replaying {files}",
               disable=args.quiet, bar_format="{l_bar}{bar}| {n:.1f}/{total} s "
                                              "[{elapsed}<{remaining}]") as bar:
         stats = asyncio.run(engine.run_offline(recording, args.speed, bar.update))
     wall = time.perf_counter() - started
-    stats["replay"] = {"file": str(args.replay), "duration_s": round(duration, 3),
+    stats["replay"] = {"file": " ".join(map(str, args.replay)), "duration_s": round(duration, 3),
                        "wall_s": round(wall, 3), "speed": round(duration / wall, 1)}
     if not args.quiet:
         for name, entry in stats["decoders"].items():
@@ -464,7 +466,17 @@ def _run_offline(config, args: argparse.Namespace) -> int:
                       f"(chance {entry['chance']:.3f})")
     if args.stats_json:
         args.stats_json.write_text(json.dumps(_finite(stats), indent=2) + "\n")
-    return 0
+    return _report_problems(engine, stats)
+
+
+def _report_problems(engine, stats: dict, interrupted: bool = False) -> int:
+    """Print a line per source that matched nothing and per decoder without results; the
+    exit status: 1 if there is any, unless the user stopped the run (then they are
+    warnings)."""
+    problems = engine.problems(stats)
+    for line in problems:
+        print(f"rtbci: {'warning' if interrupted else 'error'}: {line}", file=sys.stderr)
+    return 1 if problems and not interrupted else 0
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
@@ -610,8 +622,9 @@ def _run_engine(config, args: argparse.Namespace) -> int:
     if getattr(args, "gui", False):
         _start_display(config)
 
+    stop = asyncio.Event()
+
     async def main() -> dict:
-        stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
@@ -623,7 +636,8 @@ def _run_engine(config, args: argparse.Namespace) -> int:
         args.stats_json.write_text(json.dumps(_finite(stats), indent=2) + "\n")
         log.info("statistics written to %s", args.stats_json)
     failed = [n for n, s in stats["streams"].items() if s.get("state") == "failed"]
-    return 1 if failed else 0
+    status = _report_problems(engine, stats, interrupted=stop.is_set())
+    return 1 if failed else status
 
 
 def _finite(obj):

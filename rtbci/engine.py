@@ -61,6 +61,7 @@ class Engine:
         self.scheduler: Scheduler | None = None
         self._marker_readers: list[MarkerReader] = []
         self._companions: list = []
+        self.unmatched: dict[str, str] = {}  # offline: source → why no recorded stream
         self._loop: asyncio.AbstractEventLoop | None = None
         self._attaching: set[asyncio.Future] = set()
         self.preprocess = {cfg.name: source_preprocess(cfg, config) for cfg in config.sources}
@@ -254,11 +255,13 @@ class Engine:
         """Run the same pipeline straight from a recording, on a virtual clock.
 
         Chunks (10 ms, as :func:`rtbci.devices.replay.schedule` cuts them) and markers are
-        fed in timestamp order; every decoder runs inline, so nothing is skipped and the
-        windows and outputs equal a live run's. The clock reads the current chunk's last
-        timestamp plus the real time spent since it was fed, so latency fields show compute
-        time. ``speed`` paces the replay (None: as fast as the machine allows);
-        ``progress(seconds)`` is called with the recording time advanced.
+        fed in timestamp order, each stream to the sources bound to it and each marker to
+        the sources its marker stream pairs with (:func:`bind_sources`, :func:`marker_routes`);
+        every decoder runs inline, so nothing is skipped and the windows and outputs equal a
+        live run's. The clock reads the current chunk's last timestamp plus the real time
+        spent since it was fed, so latency fields show compute time. ``speed`` paces the
+        replay (None: as fast as the machine allows); ``progress(seconds)`` is called with
+        the recording time advanced.
         """
         self._loop = asyncio.get_running_loop()
         clock = VirtualClock()
@@ -266,17 +269,18 @@ class Engine:
         self.scheduler = Scheduler(self._loop, clock, self._publish, inline=True)
         for sink in self.sinks:
             await sink.start(self.status())
-        streams = await self._offline_streams(recording)
+        streams, routes = await self._offline_streams(recording)
         started, previous = time.perf_counter(), recording.start
         for n, event in enumerate(schedule(recording)):
             clock.set(event[0])
             if event[1] == "marker":
-                for name in self._streams:
-                    self._on_marker(name, event[0], event[2], direct=True)
+                for name in routes[event[2]]:
+                    self._on_marker(name, event[0], event[3], direct=True)
             else:
                 _, _, i, start, stop = event
                 source = recording.streams[i]
-                streams[i].ingest(source.data[start:stop], source.times[start:stop])
+                for stream in streams[i]:
+                    stream.ingest(source.data[start:stop], source.times[start:stop])
             if progress is not None:
                 progress(event[0] - previous)
                 previous = event[0]
@@ -288,22 +292,38 @@ class Engine:
         await self._close_sinks()
         return self.stats()
 
-    async def _offline_streams(self, recording: Recording) -> dict:
-        """Build each source's Stream from its recorded stream; index → Stream."""
-        by_index = {}
+    async def _offline_streams(self, recording: Recording) -> tuple[dict, list[list[str]]]:
+        """Build each bound source's Stream from its recorded stream.
+
+        Returns (recorded stream index → its Streams, marker stream index → source names).
+        Sources that match no recorded stream are logged and kept in :attr:`unmatched`.
+        """
+        bound = bind_sources(self.config.sources, recording)
+        by_index: dict[int, list[Stream]] = {i: [] for i in range(len(recording.streams))}
         for cfg in self.config.sources:
-            i = match_source(cfg, recording)
-            stream = Stream(recording.streams[i].info, cfg.buffer_seconds, self.clock,
-                            Preprocessor(self.preprocess[cfg.name],
-                                         recording.streams[i].info))
             self._register(cfg.name)
+            i = bound.get(cfg.name)
+            if i is None:
+                self.unmatched[cfg.name] = (f"matches no recorded stream (recorded: "
+                                            f"{recording.describe()})")
+                log.error("source %r %s; name one in its %s", cfg.name,
+                          self.unmatched[cfg.name],
+                          "stream.name" if cfg.kind == "lsl" else "stream_name")
+                continue
+            info = recording.streams[i].info
+            stream = Stream(info, cfg.buffer_seconds, self.clock,
+                            Preprocessor(self.preprocess[cfg.name], info))
             self._streams[cfg.name] = stream
-            by_index[i] = stream
+            by_index[i].append(stream)
             for sink in self.sinks:
                 sink.stream_added(cfg.name, stream)
             stream.add_listener(partial(self.scheduler.on_data, stream))
             await self._attach_all(cfg.name, stream)
-        return by_index
+        routes = marker_routes(self.config.sources, bound, recording)
+        for ms, names in zip(recording.marker_streams, routes, strict=True):
+            log.info("marker stream %r (%d markers) → %s", ms.name, len(ms.markers),
+                     ", ".join(map(repr, names)) or "no source")
+        return by_index, routes
 
     async def shutdown(self) -> None:
         stoppers = [*self.acquisitions.values(), *self._marker_readers]
@@ -329,9 +349,12 @@ class Engine:
             entry = stream.stats() if stream else {"samples": 0, "gaps": 0, "overflows": 0,
                                                     "rate_hz": 0.0}
             entry["markers"] = self.markers_received[name]
-            entry["state"] = acq.state if acq else "replayed"
+            entry["state"] = acq.state if acq else "unmatched" if name in self.unmatched \
+                else "replayed"
             if acq and acq.error:
                 entry["error"] = acq.error
+            if name in self.unmatched:
+                entry["error"] = self.unmatched[name]
             streams[name] = entry
         decoders = {name: task.stats() for name, task in self.scheduler.tasks.items()} \
             if self.scheduler else {}
@@ -340,6 +363,46 @@ class Engine:
                 decoders[name] = {"results": 0, "error": status["error"]}
         sinks = {f"{s.kind}[{i}]": s.stats() for i, s in enumerate(self.sinks) if s.stats()}
         return {"streams": streams, "decoders": decoders, "sinks": sinks}
+
+    def problems(self, stats: dict) -> list[str]:
+        """One line per source that matched no recorded stream and per configured decoder
+        that produced no result, with why where it is known (the ``rtbci: error:`` lines of
+        a run that ends with exit status 1)."""
+        lines = [f"source {name!r} {why}" for name, why in self.unmatched.items()]
+        for cfg in self.config.decoders:
+            if stats["decoders"].get(cfg.name, {}).get("results", 0) == 0:
+                lines.append(f"decoder {cfg.name!r} produced no results ({self._why(cfg)})")
+        return lines
+
+    def _why(self, cfg: DecoderConfig) -> str:
+        """Why decoder ``cfg`` produced nothing, as far as the engine can tell."""
+        source, stream = cfg.source, self._streams.get(cfg.source)
+        error = self.decoder_status.get(cfg.name, {}).get("error")
+        acq = self.acquisitions.get(source)
+        if error:
+            return error
+        if source in self.unmatched:
+            return f"its source {source!r} matches no recorded stream"
+        if acq is not None and acq.error:
+            return f"its source {source!r} failed: {acq.error}"
+        if stream is None or stream.buffer.count == 0:
+            return f"no samples arrived from its source {source!r}"
+        if cfg.name not in self.decoder_status:
+            return "it was still starting"
+        window = self.decoder_status[cfg.name]["window"][1]
+        if stream.buffer.count < window:
+            return (f"its source {source!r} delivered {stream.buffer.count} samples, fewer "
+                    f"than its window of {window}")
+        if cfg.on_marker is None:
+            return "no window could be decoded: see its stats"
+        received = [text for _, text in self.markers[source]]
+        if not received:
+            return f"its source {source!r} received no markers"
+        trigger = TriggerSpec(length=window, marker=cfg.on_marker)
+        if not any(trigger.matches(text) for text in received):
+            return (f"none of the {self.markers_received[source]} markers of source "
+                    f"{source!r} matched on_marker {cfg.on_marker!r}, e.g. {received[0]!r}")
+        return f"no window around its markers on {source!r} could be decoded"
 
 
 class VirtualClock:
@@ -375,23 +438,67 @@ def source_preprocess(source: SourceConfig, config: Config) -> PreprocessConfig:
     return source.preprocess
 
 
-def match_source(cfg, recording: Recording) -> int:
-    """Index of the recorded stream a ``[[sources]]`` entry reads: by LSL name, then type;
-    a single source takes a single stream. Raises RtbciError naming the source."""
-    names = {cfg.name}
+def _query_matches(query, name: str, type_: str, source_id: str) -> bool:
+    """Whether an LSL query (:class:`~rtbci.config.StreamQuery`) selects this stream."""
+    return all(want is None or want == have for want, have in (
+        (query.name, name), (query.type, type_), (query.source_id, source_id)))
+
+
+def _names_explicitly(cfg, stream) -> bool:
+    """Whether ``[[sources]]`` entry ``cfg`` names recorded stream ``stream`` by its LSL name
+    or source_id (an lsl ``stream`` query with a name or source_id; a simulate source's
+    ``stream_name`` or name)."""
+    info = stream.info
     if cfg.kind == "lsl":
-        names |= {cfg.stream.name} - {None}
-    elif cfg.kind == "simulate":
-        names.add(cfg.stream_name or cfg.name)
-    infos = [s.info for s in recording.streams]
-    for i, info in enumerate(infos):
-        if info.name in names:
-            return i
-    wanted_type = cfg.stream.type if cfg.kind == "lsl" else None
-    for i, info in enumerate(infos):
-        if wanted_type and info.type == wanted_type:
-            return i
-    if len(infos) == 1:
-        return 0
-    raise RtbciError(f"source {cfg.name!r}: no stream of {recording.path} matches it (streams: "
-                     f"{', '.join(i.name for i in infos)}); name one in its stream.name")
+        return bool(cfg.stream.name or cfg.stream.source_id) and _query_matches(
+            cfg.stream, info.name, info.type, info.source_id)
+    return info.name == (cfg.stream_name or cfg.name)
+
+
+def bind_sources(sources: list, recording: Recording) -> dict[str, int]:
+    """Which recorded stream each ``[[sources]]`` entry reads: source name → stream index
+    (sources matching nothing are left out).
+
+    First every source takes the stream it recorded (session directories), else the stream
+    it names explicitly (:func:`_names_explicitly`); several sources may name the same
+    stream, as they may read the same LSL stream live. Then, among the streams still
+    unbound, each other source takes the stream named like it, else the first of its
+    ``stream.type``; and a config with a single source takes a recording's single stream.
+    Such implicit matches bind a stream to at most one source.
+    """
+    streams = recording.streams
+    bound: dict[str, int] = {}
+    for cfg in sources:
+        i = next((i for i, s in enumerate(streams) if s.source == cfg.name), None)
+        if i is None:
+            i = next((i for i, s in enumerate(streams) if _names_explicitly(cfg, s)), None)
+        if i is not None:
+            bound[cfg.name] = i
+    taken = set(bound.values())
+    for cfg in sources:
+        if cfg.name in bound:
+            continue
+        wanted_type = cfg.stream.type if cfg.kind == "lsl" else None
+        free = [i for i in range(len(streams)) if i not in taken]
+        i = next((i for i in free if streams[i].info.name == cfg.name), None)
+        if i is None and wanted_type:
+            i = next((i for i in free if streams[i].info.type == wanted_type), None)
+        if i is None and len(sources) == 1 and len(streams) == 1:
+            i = 0
+        if i is not None:
+            bound[cfg.name] = i
+            taken.add(i)
+    return bound
+
+
+def marker_routes(sources: list, bound: dict[str, int], recording: Recording) -> list[list[str]]:
+    """The sources each marker stream of ``recording`` goes to (by index), as live: those
+    bound to the signal stream that owns it (a file's annotations, a session source's
+    markers, ``<signal>-markers``), and those whose ``markers`` query selects it."""
+    routes = []
+    for ms in recording.marker_streams:
+        routes.append([cfg.name for cfg in sources if cfg.name in bound and (
+            (ms.owner is not None and bound[cfg.name] == ms.owner)
+            or (getattr(cfg, "markers", None) is not None
+                and _query_matches(cfg.markers, ms.name, ms.type, ms.source_id)))])
+    return routes

@@ -86,3 +86,22 @@ def test_demo_config_is_printed_and_valid(tmp_path):
 def test_bad_cli_value_is_one_line():
     out = rtbci("simulate", "--duration", "-3")
     assert out.returncode == 2 and "--duration: must be > 0" in out.stderr
+
+
+@pytest.mark.slow
+def test_a_live_run_whose_decoder_produced_nothing_says_so_and_exits_1(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text('[[sources]]\nname = "eeg"\nkind = "simulate"\n'
+                      f'stream_name = "rtbci-cli-{tmp_path.name}"\n'
+                      '[[decoders]]\nname = "bp"\nmodel = "builtin:bandpower"\nsource = "eeg"\n'
+                      'window_ms = 200\nevery_ms = 100\nruntime = "numpy"\n'
+                      '[[decoders]]\nname = "never"\nmodel = "builtin:bandpower"\n'
+                      'source = "eeg"\nwindow_ms = [0, 200]\non_marker = "nothing"\n'
+                      'runtime = "numpy"\n')
+    run = rtbci("-q", "run", str(config), "--duration", "4")
+    assert run.returncode == 1, run.stderr
+    assert run.stderr.count("rtbci: error:") == 1, run.stderr  # bp has results
+    assert ("rtbci: error: decoder 'never' produced no results (none of the "
+            in run.stderr and "matched on_marker 'nothing', e.g. 'stim/" in run.stderr) or (
+        "rtbci: error: decoder 'never' produced no results (its source 'eeg' received no "
+        "markers)" in run.stderr)
