@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
+from rtbci.latency import LatencyWindow
 from rtbci.ringbuffer import RingBuffer
 
 if TYPE_CHECKING:
@@ -107,8 +108,7 @@ class Stream:
         capacity = max(1, int(round(buffer_seconds * info.srate)))
         self.buffer = RingBuffer(capacity, info.n_channels, srate=info.srate)
         self._arrivals = np.zeros(capacity, dtype=np.float64)  # arrival time per sample
-        self._latency = np.full(self.LATENCY_HISTORY, np.nan)  # seconds, per chunk
-        self._n_chunks = 0
+        self._latency = LatencyWindow(self.LATENCY_HISTORY)  # seconds, per chunk
         self._first_timestamp = np.nan
         self._listeners: list[Callable[[], None]] = []
         self._raw_listeners: list[Callable[[np.ndarray, np.ndarray], None]] = []
@@ -162,8 +162,7 @@ class Stream:
         buf.write(data, timestamps)
         self._mark_arrival(start, buf.count, arrived)
         if start:  # the first chunk holds the backlog from before the connection
-            self._latency[self._n_chunks % self.LATENCY_HISTORY] = latency
-            self._n_chunks += 1
+            self._latency.record(latency)
         for callback in self._listeners:
             callback()
 
@@ -185,11 +184,7 @@ class Stream:
 
     def ingest_latency_ms(self) -> dict[str, float]:
         """Percentiles of (chunk arrival − its last sample's timestamp) over recent chunks, ms."""
-        lat = self._latency[: min(self._n_chunks, self.LATENCY_HISTORY)]
-        if lat.size == 0:
-            return {"p50": float("nan"), "p99": float("nan"), "max": float("nan")}
-        p50, p99 = np.percentile(lat, [50, 99]) * 1e3
-        return {"p50": float(p50), "p99": float(p99), "max": float(lat.max() * 1e3)}
+        return self._latency.summary_ms(empty=float("nan"))
 
     def stats(self) -> dict:
         """Counters as written to ``--stats-json``.
