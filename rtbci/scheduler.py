@@ -310,8 +310,11 @@ class Scheduler:
         """Run ``method(*args)`` on the loop thread (at once when inline)."""
         if self.inline:
             method(*args)
-        else:
+            return
+        try:
             self.loop.call_soon_threadsafe(method, *args)
+        except RuntimeError:  # the loop has closed: a hung decoder returned after the run
+            log.debug("decoder %r returned after the engine stopped", args[0].task.name)
 
     def _work(self, job: Job) -> None:
         """On the decoder's worker: decode, hand the result over, then its importance."""

@@ -23,7 +23,8 @@ class CUDAGraphRuntime(Runtime):
     """A CUDA graph of the module's forward, replayed on a dedicated stream.
 
     ``fp32`` is strict fp32 (TF32 off for the process, set at load by
-    :func:`~rtbci.models.runtimes.eager.claim_precision`), ``tf32`` allows TF32, ``fp16`` / ``bf16`` autocast. ``threads`` is not used (the CPU only copies the
+    :func:`~rtbci.models.runtimes.eager.claim_precision`), ``tf32`` allows TF32, ``fp16`` /
+    ``bf16`` autocast. ``threads`` is not used (the CPU only copies the
     window and launches the graph).
     """
 
