@@ -131,9 +131,10 @@ def load_windows(files: list[Path], family: Family, opts: TrainOptions) -> Windo
             subjects.append(k if opts.subject_per_file else 0)
         if len(xs) == n_before:
             missing = matcher.describe_missing(text for _, text in rec.markers)
-            raise RtbciError(f"{file.name}: no complete window around an event matching "
+            raise RtbciError(f"{file.name}: --events: {missing}" if missing else
+                             f"{file.name}: no complete window around an event matching "
                              f"{' or '.join(repr(p.pattern) for p in matcher.patterns)} "
-                             f"(--events){'; ' + missing if missing else ''}")
+                             "(--events)")
     return Windows(np.stack(xs).astype(np.float32), labels, np.array(subjects), info)
 
 
