@@ -6,12 +6,9 @@ from collections import deque
 
 import numpy as np
 
+from rtbci.latency import percentiles
 
-def percentiles(values, qs=(50, 99)) -> tuple[float, ...]:
-    """Percentiles of a sequence (NaN for an empty one)."""
-    if not len(values):
-        return tuple(float("nan") for _ in qs)
-    return tuple(float(v) for v in np.percentile(np.asarray(values), qs))
+__all__ = ["DecoderState", "percentiles", "true_class"]
 
 
 def true_class(marker: str | None) -> str | None:

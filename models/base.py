@@ -43,6 +43,9 @@ class Decoder(ABC):
         Length of the output vector (classes, 2·k for retrieval ids + scores, or features).
     window_start : int
         First sample of an event-locked window relative to the marker (checkpoints set it).
+    explains : bool
+        Whether :meth:`importance` gives per-channel importance (the scheduler then calls it
+        after each result was published, on the decoder's own thread).
     """
 
     kind: str = "embedding"
@@ -51,10 +54,16 @@ class Decoder(ABC):
     n_channels: int
     output_size: int
     window_start: int = 0
+    explains: bool = False
 
     @abstractmethod
     def __call__(self, window: np.ndarray) -> DecoderOutput:
         """Decode one window of shape ``(n_samples, n_channels)``, float32."""
+
+    def importance(self, window: np.ndarray) -> np.ndarray | None:
+        """Per-channel importance ``(n_inputs,)`` for ``window`` ``(n_samples, n_channels)``,
+        the window of the last call (None: this decoder has none)."""
+        return None
 
     def describe(self) -> dict:
         """Backend, device, precision and shapes (logged, and sent in the status message)."""

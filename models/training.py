@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from rtbci.errors import RtbciError
+from rtbci.events import MarkerMatcher
 from rtbci.models.families import Family
 from rtbci.preprocess import preprocess_offline
 from rtbci.stream import StreamInfo
@@ -38,7 +39,7 @@ class Windows:
     """Event-locked windows of one or more recordings.
 
     x : array (n_windows, n_samples, n_channels) float32, after preprocessing
-    labels : marker text after the ``events`` prefix, per window
+    labels : the label the ``events`` patterns give each window's marker (rtbci.events)
     subject : array (n_windows,) int, the recording's subject index
     info : the preprocessed stream's info restricted to the chosen channels
     """
@@ -90,11 +91,15 @@ def _pick(info: StreamInfo, patterns: list[str] | None, file: Path) -> np.ndarra
 
 
 def load_windows(files: list[Path], family: Family, opts: TrainOptions) -> Windows:
-    """Cut the windows of every event ``<prefix>/<label>`` (prefixes: ``opts.events`` or the
-    family's) from each file; channels chosen by name (``opts.channels``, glob patterns)."""
+    """Cut the windows of every event the patterns ``opts.events`` (or the family's prefix)
+    select, labelled by :mod:`rtbci.events` (``word`` → ``word/w3`` is ``w3``), from each
+    file; channels chosen by name (``opts.channels``, glob patterns)."""
     from rtbci.devices.recording import read_recording
 
-    prefixes = opts.events or [family.events]
+    try:
+        matcher = MarkerMatcher(opts.events or [family.events])
+    except RtbciError as exc:
+        raise RtbciError(f"--events: {exc}") from None
     start_s, end_s = opts.window or family.window
     config = family.preprocess_config()
     xs, labels, subjects, info, names = [], [], [], None, None
@@ -115,18 +120,21 @@ def load_windows(files: list[Path], family: Family, opts: TrainOptions) -> Windo
         offset, length = round(start_s * srate), round((end_s - start_s) * srate)
         n_before = len(xs)
         for t, text in rec.markers:
-            prefix = next((p for p in prefixes if text.startswith(p + "/")), None)
-            if prefix is None:
+            label = matcher.label(text)
+            if label is None:
                 continue
             onset = int(np.searchsorted(times, t - 0.5 / srate)) + offset
             if onset < 0 or onset + length > len(data):
                 continue
             xs.append(data[onset:onset + length, picks])
-            labels.append(text[len(prefix) + 1:])
+            labels.append(label)
             subjects.append(k if opts.subject_per_file else 0)
         if len(xs) == n_before:
-            raise RtbciError(f"{file.name}: no complete window around an event "
-                             f"{' or '.join(p + '/…' for p in prefixes)} (--events)")
+            missing = matcher.describe_missing(text for _, text in rec.markers)
+            raise RtbciError(f"{file.name}: --events: {missing}" if missing else
+                             f"{file.name}: no complete window around an event matching "
+                             f"{' or '.join(repr(p.pattern) for p in matcher.patterns)} "
+                             "(--events)")
     return Windows(np.stack(xs).astype(np.float32), labels, np.array(subjects), info)
 
 

@@ -104,8 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=", ".join(FAMILIES))
     p.add_argument("--data", type=Path, nargs="+", required=True, metavar="FILE",
                    help="recordings with event annotations/markers")
-    p.add_argument("--events", nargs="+", metavar="PREFIX", default=[],
-                   help="train on markers PREFIX/<label> (default: the family's, e.g. word)")
+    p.add_argument("--events", nargs="+", metavar="PATTERN", default=[],
+                   help="train on the markers these patterns select: a name, a prefix of "
+                        "PREFIX/<label>, or re:REGEX (label: its first group) (default: the "
+                        "family's prefix, e.g. word)")
     p.add_argument("--targets", type=Path, metavar="BANK.npy",
                    help="retrieval families: target embeddings (n_items, dim[, time]); row "
                         "labels in BANK.json (a JSON list) match the events' <label>")

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from rtbci.errors import RtbciError
+from rtbci.events import MarkerMatcher
 from rtbci.preprocess import PreprocessConfig
 from rtbci.sinks.console import ConsoleSinkConfig
 from rtbci.sinks.lsl import LSLSinkConfig
@@ -89,7 +90,9 @@ class DecoderConfig(_Strict):
         None, description="sliding window length; [start, end] relative to the marker with "
         "on_marker; a checkpoint's own window when left out")
     every_ms: float | None = Field(None, gt=0)
-    on_marker: str | None = Field(None, min_length=1)
+    on_marker: str | list[str] | None = Field(
+        None, description="marker pattern(s): exact name, prefix of prefix/…, or re:<regex> "
+        "(rtbci.events)")
     budget_ms: float = Field(50.0, gt=0)
     timeout_ms: float = Field(2000.0, gt=0)
     runtime: Runtime = "auto"
@@ -104,6 +107,11 @@ class DecoderConfig(_Strict):
             raise ValueError("name: 'status' is reserved (MQTT topic rtbci/<session>/status)")
         if (self.every_ms is None) == (self.on_marker is None):
             raise ValueError("give exactly one of every_ms (sliding) or on_marker (event-locked)")
+        if self.on_marker is not None:
+            try:
+                MarkerMatcher(self.on_marker)
+            except RtbciError as exc:
+                raise ValueError(f"on_marker: {exc}") from None
         if self.window_ms is None:
             if self.model.startswith(("builtin:", "python:")):
                 raise ValueError(f"window_ms: required for {self.model!r} (only a checkpoint "

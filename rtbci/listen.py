@@ -19,10 +19,10 @@ import logging
 import sys
 from pathlib import Path
 
-import numpy as np
 import pylsl
 
 from rtbci.errors import RtbciError
+from rtbci.latency import LatencyWindow
 from rtbci.messages import decode
 from rtbci.mqtt_connection import MQTTConnection
 from rtbci.sinks.console import summarize_dict
@@ -33,31 +33,31 @@ _QUIET_CLIENT_LOG = logging.getLogger("rtbci.listen.client")  # paho's chatter, 
 
 
 class LatencyLog:
-    """Per-decoder receive statistics."""
+    """Per-decoder receive statistics; percentiles over each decoder's last ``WINDOW`` results."""
+
+    WINDOW = 100_000
 
     def __init__(self):
         self.received: dict[str, int] = {}
-        self.e2e: dict[str, list[float]] = {}
-        self.engine: dict[str, list[float]] = {}
+        self.e2e: dict[str, LatencyWindow] = {}
+        self.engine: dict[str, LatencyWindow] = {}
         self.late: dict[str, int] = {}
 
     def add(self, message: dict, received_at: float) -> None:
         name = message["decoder"]
-        self.received[name] = self.received.get(name, 0) + 1
-        self.late[name] = self.late.get(name, 0) + bool(message["late"])
-        self.e2e.setdefault(name, []).append((received_at - message["window_end"]) * 1e3)
-        self.engine.setdefault(name, []).append(
-            (message["t_published"] - message["t_arrived"]) * 1e3)
+        if name not in self.received:
+            self.received[name], self.late[name] = 0, 0
+            self.e2e[name], self.engine[name] = (LatencyWindow(self.WINDOW),
+                                                 LatencyWindow(self.WINDOW))
+        self.received[name] += 1
+        self.late[name] += bool(message["late"])
+        self.e2e[name].record(received_at - message["window_end"])
+        self.engine[name].record(message["t_published"] - message["t_arrived"])
 
     def summary(self) -> dict:
-        def figures(values):
-            v = np.asarray(values)
-            return {"p50": float(np.percentile(v, 50)), "p99": float(np.percentile(v, 99)),
-                    "max": float(v.max())}
-
         return {name: {"received": n, "late": self.late[name],
-                       "end_to_end_ms": figures(self.e2e[name]),
-                       "engine_ms": figures(self.engine[name])}
+                       "end_to_end_ms": self.e2e[name].summary_ms(),
+                       "engine_ms": self.engine[name].summary_ms()}
                 for name, n in self.received.items()}
 
 

@@ -32,6 +32,9 @@ class Result:
         ``"every"`` (sliding window) or ``"marker"`` (event-locked).
     marker : str | None
         The marker string for ``trigger == "marker"``.
+    label : str | None
+        The label the decoder's ``on_marker`` pattern gives that marker (``stim/left`` with
+        ``on_marker = "stim"`` → ``left``; see :mod:`rtbci.events`); what ``--report`` scores.
     window_start, window_end : float
         Timestamps of the window's first and last sample.
     kind : str
@@ -44,7 +47,10 @@ class Result:
     scores : array, shape (k,) | None
     embedding : array, shape (n_features,) | None
     importance : array, shape (n_channels,) | None
-        Per-channel importance of the decoder's input channels (``options.importance``).
+        Per-channel importance of the decoder's input channels (``options.importance``),
+        computed after a result was published and sent with the decoder's next result.
+    importance_seq : int | None
+        The ``seq`` of the result whose window ``importance`` belongs to.
     t_arrived : float
         Arrival in the engine of the window's last sample.
     t_queued, t_started, t_finished, t_published : float
@@ -69,12 +75,14 @@ class Result:
     budget_ms: float = 0.0
     late: bool = False
     marker: str | None = None
+    label: str | None = None
     labels: list[str] | None = None
     probabilities: np.ndarray | None = None
     ids: np.ndarray | None = None
     scores: np.ndarray | None = None
     embedding: np.ndarray | None = None
     importance: np.ndarray | None = None
+    importance_seq: int | None = None
     session: str = ""
     version: int = field(default=SCHEMA_VERSION)
 

@@ -23,12 +23,13 @@ def print_live_stats(engine) -> None:
 
 
 def true_label(result) -> str | None:
-    """What a marker-locked result should have found: the marker's last ``/`` part
-    (``stim/left`` → ``left``), if it is one of a class decoder's labels; any candidate
-    label for a retrieval decoder (``image/i42`` → ``i42``)."""
-    if result.marker is None or not result.labels:
+    """What a marker-locked result should have found: the label its decoder's ``on_marker``
+    pattern gave the marker (``Result.label``, :mod:`rtbci.events`: ``stim/left`` → ``left``),
+    if it is one of a class decoder's labels; any candidate label for a retrieval decoder
+    (``image/i42`` → ``i42``)."""
+    truth = getattr(result, "label", None)
+    if truth is None or not result.labels:
         return None
-    truth = result.marker.rpartition("/")[2]
     return truth if result.kind == "retrieval" or truth in result.labels else None
 
 

@@ -1,10 +1,21 @@
-"""The scheduler: sample-counted triggers → jobs with deadlines → inference workers → results.
+"""The scheduler: sample-counted triggers → one inference thread per decoder → results.
 
 Triggers count samples, not wall time, so a replay fires exactly the windows a live run
 fires. A decoder still busy when its next trigger fires skips that trigger (counted; its
-``seq`` is left out) and the freshest window always wins. Jobs waiting for the same worker
-run earliest-deadline-first; a decoder that raises is isolated; one that runs past its
-``timeout_ms`` is reported and its worker replaced so the other decoders keep running.
+``seq`` is left out) and the freshest window always wins. Each decoder runs on its own
+worker thread, so a slow decoder never delays another; one that raises is isolated; one that
+runs past its ``timeout_ms`` is reported (the others keep running on their own threads).
+
+A decoder with per-channel importance (``options.importance``) computes it on its own worker
+*after* its result was handed to the sinks; the importance travels with the decoder's next
+result, with ``importance_seq`` naming the result it belongs to (docs/messages.md).
+
+Markers wait in a per-decoder heap ordered by timestamp, so each chunk looks at the earliest
+one only. A marker stamped before the oldest sample held (or, offline, before the first
+sample) is dropped as ``stale_markers``; one stamped more than the buffer's length after
+the newest sample and the clock (a marker on another clock, e.g. ``time.time()``) is dropped
+as ``future_markers``; at most ``MAX_PENDING_MARKERS`` wait per decoder, more are dropped as
+``dropped_markers``. Dropped markers produce no result.
 """
 
 from __future__ import annotations
@@ -14,18 +25,21 @@ import itertools
 import logging
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from rtbci.events import MarkerMatcher
+from rtbci.latency import LatencyWindow
 from rtbci.messages import Result
 from rtbci.models.base import Decoder, DecoderOutput
 from rtbci.stream import Stream
 
 log = logging.getLogger("rtbci.scheduler")
 
-LATENCY_HISTORY = 100_000
+LATENCY_WINDOW = 4096  # results per decoder that the latency percentiles cover
+MAX_PENDING_MARKERS = 4096  # markers waiting for their window, per decoder
 
 
 @dataclass
@@ -33,30 +47,34 @@ class TriggerSpec:
     """When a decoder fires, in samples of its stream.
 
     ``every`` > 0: windows of ``length`` samples ending at ``length + k * every``.
-    ``marker``: windows ``[onset + start, onset + start + length)`` around each marker whose
-    text is ``marker`` or starts with ``marker + "/"``.
+    ``marker``: windows ``[onset + start, onset + start + length)`` around each marker that
+    the pattern(s) select (:mod:`rtbci.events`: exact name, ``prefix`` of ``prefix/…``, or
+    ``re:<regex>``).
     """
 
     length: int
     every: int = 0
-    marker: str | None = None
+    marker: str | Sequence[str] | None = None
     start: int = 0  # marker-relative offset of the first sample
+    matcher: MarkerMatcher | None = field(init=False, default=None)
 
-    def matches(self, text: str) -> bool:
-        return self.marker is not None and (text == self.marker
-                                            or text.startswith(self.marker + "/"))
+    def __post_init__(self):
+        if self.marker is not None:
+            self.matcher = MarkerMatcher(self.marker)
+
+    def label(self, text: str) -> str | None:
+        """The label the marker patterns give ``text``; None if it does not select this."""
+        return None if self.matcher is None else self.matcher.label(text)
 
 
-@dataclass(order=True)
+@dataclass
 class Job:
-    deadline: float
-    order: int
-    task: DecoderTask = field(compare=False)
-    result: Result = field(compare=False)
+    task: DecoderTask
+    result: Result
 
 
 class DecoderTask:
-    """One decoder's scheduling state and counters."""
+    """One decoder's scheduling state and counters (all touched on the event loop only)."""
 
     def __init__(self, name: str, decoder: Decoder, stream: Stream, trigger: TriggerSpec,
                  budget_ms: float, timeout_ms: float, session: str = ""):
@@ -71,29 +89,30 @@ class DecoderTask:
         self.next_end = trigger.length + k * trigger.every  # counter after its last sample
         self.seq = k
         self.busy = False
-        self.pending: list[tuple[int | None, float, str]] = []  # (onset counter, timestamp, text)
+        self.explains = bool(getattr(decoder, "explains", False))
+        self.importance: tuple[int, np.ndarray] | None = None  # (seq, importance) to send
+        # markers waiting for their window: a heap of (timestamp, arrival order, text, label)
+        self.pending: list[tuple[float, int, str, str]] = []
         self.results = self.late = self.skipped = self.errors = self.timeouts = 0
         self.invalid_windows = 0  # not decoded: non-finite input, or overwritten while copied
+        self.stale_markers = self.future_markers = self.dropped_markers = 0
         self.last_error: str | None = None
-        self._latency = np.zeros(LATENCY_HISTORY)
-
-    def record_latency(self, seconds: float) -> None:
-        self._latency[(self.results - 1) % LATENCY_HISTORY] = seconds
+        self.latency = LatencyWindow(LATENCY_WINDOW)
 
     def stats(self) -> dict:
-        lat = self._latency[: min(self.results, LATENCY_HISTORY)] * 1e3
-        figures = ({"p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99)),
-                    "max": float(lat.max())} if lat.size else
-                   {"p50": None, "p99": None, "max": None})
         out = {"results": self.results, "late": self.late, "skipped": self.skipped,
                "errors": self.errors, "timeouts": self.timeouts,
-               "invalid_windows": self.invalid_windows, "latency_ms": figures}
+               "invalid_windows": self.invalid_windows,
+               "latency_ms": self.latency.summary_ms()}
+        if self.trigger.marker is not None:
+            out.update(stale_markers=self.stale_markers, future_markers=self.future_markers,
+                       dropped_markers=self.dropped_markers)
         if self.last_error:
             out["last_error"] = self.last_error
         return out
 
 
-def run_job(job: Job, clock: Callable[[], float]) -> tuple[Job, DecoderOutput | None, str | None]:
+def run_job(job: Job, clock: Callable[[], float]) -> tuple[DecoderOutput | None, str | None]:
     """Run a job's decoder on its window, timing it; an exception becomes an error string."""
     job.result.t_started = clock()
     output = error = None
@@ -103,63 +122,58 @@ def run_job(job: Job, clock: Callable[[], float]) -> tuple[Job, DecoderOutput | 
         error = f"{type(exc).__name__}: {exc}"
         log.debug("decoder %r raised:\n%s", job.task.name, traceback.format_exc())
     job.result.t_finished = clock()
-    return job, output, error
+    return output, error
+
+
+def run_explain(job: Job) -> tuple[np.ndarray | None, str | None]:
+    """The per-channel importance of the job's window (after its result was published)."""
+    try:
+        return job.task.decoder.importance(job.task.window), None
+    except Exception as exc:
+        log.debug("decoder %r importance raised:\n%s", job.task.name, traceback.format_exc())
+        return None, f"importance: {type(exc).__name__}: {exc}"
 
 
 class Worker:
-    """An inference thread for one device, taking queued jobs earliest-deadline-first.
+    """One decoder's inference thread: runs ``work(job)`` for each submitted job.
 
-    ``on_done(job, output, error)`` is called from the worker thread after each job.
+    The scheduler never submits a job while the decoder is busy, so at most one job waits.
+    ``running`` is ``(job, start time)`` while a job runs (read by the hung-decoder watchdog).
     """
 
-    def __init__(self, device: str, clock: Callable[[], float],
-                 on_done: Callable[[Job, DecoderOutput | None, str | None], None]):
-        self.device, self.clock, self.on_done = device, clock, on_done
-        self._queue: list[Job] = []
+    def __init__(self, name: str, clock: Callable[[], float], work: Callable[[Job], None]):
+        self.name, self.clock, self.work = name, clock, work
+        self._job: Job | None = None
         self._cond = threading.Condition()
-        self._order = itertools.count()
         self._closed = False
-        self._generation = 0
-        self.running: tuple[Job, float] | None = None  # (job, start time)
-        self._spawn()
+        self.running: tuple[Job, float] | None = None
+        self.reported = False  # the running job was reported hung
+        threading.Thread(target=self._run, daemon=True, name=f"infer-{name}").start()
 
-    def _spawn(self) -> None:
-        self._generation += 1
-        threading.Thread(target=self._run, args=(self._generation,), daemon=True,
-                         name=f"infer-{self.device}-{self._generation}").start()
-
-    def submit(self, task: DecoderTask, result: Result, deadline: float) -> None:
+    def submit(self, job: Job) -> None:
         with self._cond:
-            heapq.heappush(self._queue, Job(deadline, next(self._order), task, result))
+            if self._job is not None:
+                raise RuntimeError(f"decoder {self.name!r}: a job is already waiting")
+            self._job = job
             self._cond.notify()
-
-    def replace_thread(self) -> None:
-        """Abandon a thread stuck in a hung decoder and carry on with a fresh one."""
-        with self._cond:
-            self.running = None
-            self._spawn()
 
     def close(self) -> None:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
 
-    def _run(self, generation: int) -> None:
+    def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._queue and not self._closed and generation == self._generation:
+                while self._job is None and not self._closed:
                     self._cond.wait()
-                if self._closed or generation != self._generation:
+                if self._closed:
                     return
-                job = heapq.heappop(self._queue)
+                job, self._job = self._job, None
+                self.reported = False
                 self.running = (job, self.clock())
-            job, output, error = run_job(job, self.clock)
-            with self._cond:
-                if generation == self._generation:
-                    self.running = None
-            self.on_done(job, output, error)
-            if generation != self._generation:
-                return  # this thread was replaced while it hung
+            self.work(job)
+            self.running = None
 
 
 class Scheduler:
@@ -180,16 +194,16 @@ class Scheduler:
                  inline: bool = False):
         self.loop, self.clock, self.publish, self.inline = loop, clock, publish, inline
         self.tasks: dict[str, DecoderTask] = {}
-        self.workers: dict[str, Worker] = {}
+        self.workers: dict[str, Worker] = {}  # by decoder name
         self._by_stream: dict[int, list[DecoderTask]] = {}
-        self._worker_of: dict[str, Worker] = {}
+        self._order = itertools.count()
 
     def add(self, task: DecoderTask, device: str = "cpu") -> None:
+        """Schedule ``task``; it gets its own worker thread (named after it and ``device``)."""
         self.tasks[task.name] = task
         self._by_stream.setdefault(id(task.stream), []).append(task)
-        if device not in self.workers:
-            self.workers[device] = Worker(device, self.clock, self._done_threadsafe)
-        self._worker_of[task.name] = self.workers[device]
+        if not self.inline:
+            self.workers[task.name] = Worker(f"{task.name}@{device}", self.clock, self._work)
 
     def on_data(self, stream: Stream) -> None:
         """New samples in ``stream``: fire every trigger whose window is complete."""
@@ -202,24 +216,29 @@ class Scheduler:
     def on_marker(self, stream: Stream, timestamp: float, text: str) -> None:
         """A marker on ``stream``'s marker stream: queue its window for matching decoders."""
         for task in self._by_stream.get(id(stream), ()):
-            if task.trigger.matches(text):
-                task.pending.append((None, timestamp, text))
+            label = task.trigger.label(text)
+            if label is not None and self._plausible(task, timestamp, text):
+                heapq.heappush(task.pending, (timestamp, next(self._order), text, label))
                 self._fire_markers(task)
 
-    @staticmethod
-    def _onset(stream: Stream, timestamp: float) -> int | None:
-        """Counter of the sample nearest ``timestamp`` (the first stamped after
-        ``timestamp − half a period``), or None while that sample has not arrived.
-
-        Markers are placed by looking their timestamp up among the samples' timestamps only
-        once those are in, so the window is the same whether a marker arrives before or after
-        its samples (live) or in timestamp order (offline replay).
-        """
-        buf, half = stream.buffer, 0.5 / stream.info.srate
-        if not buf.count or timestamp - half > buf.last_timestamp:
-            return None
-        _, times = buf.window(buf.oldest, buf.count)
-        return buf.oldest + int(np.searchsorted(times, timestamp - half))
+    def _plausible(self, task: DecoderTask, timestamp: float, text: str) -> bool:
+        """False (and counted) for a marker stamped more than the buffer's length after the
+        newest sample and the clock (or not finite), or beyond the pending-list bound."""
+        buf = task.stream.buffer
+        now = self.clock()
+        if buf.count:
+            now = max(now, buf.last_timestamp)
+        if not timestamp <= now + buf.capacity / task.stream.info.srate:
+            task.future_markers += 1
+            _log_drop(task, task.future_markers, "stamped in the future (another clock?)",
+                      text, timestamp, now)
+            return False
+        if len(task.pending) >= MAX_PENDING_MARKERS:
+            task.dropped_markers += 1
+            _log_drop(task, task.dropped_markers, f"over {MAX_PENDING_MARKERS} waiting", text,
+                      timestamp, now)
+            return False
+        return True
 
     def _fire_sliding(self, task: DecoderTask) -> None:
         count, trig = task.stream.buffer.count, task.trigger
@@ -234,90 +253,148 @@ class Scheduler:
         if task.busy:
             task.seq += 1
             return
-        self._submit(task, end - trig.length, end, "every", None)
+        self._submit(task, end - trig.length, end, "every", None, None)
         task.seq += 1
 
     def _fire_markers(self, task: DecoderTask) -> None:
-        buf = task.stream.buffer
-        for i, (onset, timestamp, text) in enumerate(task.pending):
-            if onset is None and (onset := self._onset(task.stream, timestamp)) is not None:
-                task.pending[i] = (onset, timestamp, text)
-        ready = [p for p in task.pending
-                 if p[0] is not None and p[0] + task.trigger.start + task.trigger.length
-                 <= buf.count]
-        for item in ready:
-            task.pending.remove(item)
-            start, _, text = item[0] + task.trigger.start, item[1], item[2]
-            if start < buf.oldest:
-                task.errors += 1
-                task.last_error = f"marker {text!r}: window already left the buffer"
+        """Fire the earliest waiting markers whose windows are complete; drop stale ones.
+
+        Markers are placed by looking their timestamp up among the samples' timestamps only
+        once those are in, so the window is the same whether a marker arrives before or after
+        its samples (live) or in timestamp order (offline replay).
+        """
+        buf, trig = task.stream.buffer, task.trigger
+        half = 0.5 / task.stream.info.srate
+        while task.pending:
+            count = buf.count  # one snapshot per marker
+            if not count:
+                return
+            oldest = max(0, count - buf.capacity)
+            _, times = buf.window(oldest, count)
+            timestamp, _, text, label = task.pending[0]
+            if timestamp - half > times[-1]:
+                return  # its sample has not arrived; nor have the later markers'
+            onset = oldest + int(np.searchsorted(times, timestamp - half))
+            if not buf.intact(oldest):
+                continue  # the writer overwrote the oldest samples meanwhile: look again
+            start = onset + trig.start
+            if timestamp < times[0] - half or start < oldest:
+                heapq.heappop(task.pending)
+                task.stale_markers += 1
+                _log_drop(task, task.stale_markers, "older than the buffer", text, timestamp,
+                          float(times[0]))
                 continue
+            if start + trig.length > count:
+                return  # its window is not complete yet
+            heapq.heappop(task.pending)
             if task.busy:
                 task.skipped += 1
             else:
-                self._submit(task, start, start + task.trigger.length, "marker", text)
+                self._submit(task, start, start + trig.length, "marker", text, label)
             task.seq += 1
 
     def _submit(self, task: DecoderTask, start: int, end: int, trigger: str,
-                marker: str | None) -> None:
+                marker: str | None, label: str | None) -> None:
         stream = task.stream
         data, times = stream.buffer.window(start, end)
         np.copyto(task.window, data)
-        arrived = stream.arrival(end - 1)
         result = Result(decoder=task.name, seq=task.seq, trigger=trigger, marker=marker,
-                        window_start=float(times[0]), window_end=float(times[-1]),
-                        kind=task.decoder.kind, t_arrived=arrived, t_queued=self.clock(),
+                        label=label, window_start=float(times[0]),
+                        window_end=float(times[-1]), kind=task.decoder.kind,
+                        t_arrived=stream.arrival(end - 1), t_queued=self.clock(),
                         budget_ms=task.budget_ms, session=task.session)
         if not stream.clean(start, end):  # after the copy: non-finite input, or torn
             task.invalid_windows += 1
             return
-        deadline = arrived + task.budget_ms * 1e-3
-        if self.inline:  # offline: decode now, in this thread; nothing is ever busy
-            self._done(*run_job(Job(deadline, 0, task, result), self.clock))
-            return
         task.busy = True
-        self._worker_of[task.name].submit(task, result, deadline)
+        job = Job(task, result)
+        if self.inline:  # offline: decode now, in this thread
+            self._work(job)
+        else:
+            self.workers[task.name].submit(job)
 
-    def _done_threadsafe(self, job: Job, output: DecoderOutput | None, error: str | None):
-        self.loop.call_soon_threadsafe(self._done, job, output, error)
+    def _call(self, method, *args) -> None:
+        """Run ``method(*args)`` on the loop thread (at once when inline)."""
+        if self.inline:
+            method(*args)
+            return
+        try:
+            self.loop.call_soon_threadsafe(method, *args)
+        except RuntimeError:  # the loop has closed: a hung decoder returned after the run
+            log.debug("decoder %r returned after the engine stopped", args[0].task.name)
 
-    def _done(self, job: Job, output: DecoderOutput | None, error: str | None) -> None:
+    def _work(self, job: Job) -> None:
+        """On the decoder's worker: decode, hand the result over, then its importance."""
+        output, error = run_job(job, self.clock)
+        explain = error is None and job.task.explains
+        self._call(self._done, job, output, error, not explain)
+        if explain:
+            self._call(self._explained, job, *run_explain(job))
+
+    def _done(self, job: Job, output: DecoderOutput | None, error: str | None,
+              free: bool) -> None:
         task, result = job.task, job.result
-        task.busy = False
+        if free:
+            task.busy = False
         if error is not None:
-            task.errors += 1
-            if task.last_error != error:
-                log.error("decoder %r failed on window %d: %s", task.name, result.seq, error)
-            task.last_error = error
+            self._error(task, result.seq, error)
             return
         result.labels = output.labels
         result.probabilities, result.ids = output.probabilities, output.ids
         result.scores, result.embedding = output.scores, output.embedding
-        result.importance = output.importance
+        if output.importance is not None:  # computed with the output
+            result.importance, result.importance_seq = output.importance, result.seq
+        elif task.importance is not None:  # computed after the previous result
+            result.importance_seq, result.importance = task.importance
+            task.importance = None
         result.t_published = self.clock()
         result.late = result.t_published - result.t_arrived > task.budget_ms * 1e-3
         task.results += 1
         task.late += result.late
-        task.record_latency(result.t_published - result.t_arrived)
+        task.latency.record(result.t_published - result.t_arrived)
         self.publish(result)
 
+    def _explained(self, job: Job, importance: np.ndarray | None, error: str | None) -> None:
+        task = job.task
+        task.busy = False
+        if error is not None:
+            self._error(task, job.result.seq, error)
+        else:
+            task.importance = (job.result.seq, importance)
+
+    @staticmethod
+    def _error(task: DecoderTask, seq: int, error: str) -> None:
+        task.errors += 1
+        if task.last_error != error:
+            log.error("decoder %r failed on window %d: %s", task.name, seq, error)
+        task.last_error = error
+
     def check_hung(self) -> None:
-        """Report decoders running past their ``timeout_ms`` and free their worker."""
+        """Report (once) each decoder running past its ``timeout_ms``; it stays busy until it
+        returns, on its own thread, so the other decoders keep running."""
         now = self.clock()
         for worker in self.workers.values():
             running = worker.running
-            if running is None:
+            if running is None or worker.reported:
                 continue
             job, started = running
             task = job.task
             if now - started > task.timeout_ms * 1e-3:
+                worker.reported = True
                 task.timeouts += 1
                 task.last_error = f"hung: no result after {task.timeout_ms:g} ms"
-                log.error("decoder %r hung (running for %.0f ms > timeout_ms %g); its worker "
-                          "is replaced, it stays busy until it returns", task.name,
-                          (now - started) * 1e3, task.timeout_ms)
-                worker.replace_thread()
+                log.error("decoder %r hung (running for %.0f ms > timeout_ms %g); it skips its "
+                          "triggers until it returns", task.name, (now - started) * 1e3,
+                          task.timeout_ms)
 
     def close(self) -> None:
         for worker in self.workers.values():
             worker.close()
+
+
+def _log_drop(task: DecoderTask, n: int, why: str, text: str, timestamp: float,
+              reference: float) -> None:
+    """Warn about a dropped marker the 1st, 10th, 100th, … time (never a line per marker)."""
+    if str(n).rstrip("0") == "1":
+        log.warning("decoder %r: marker %r at %.3f s dropped, %s (reference %.3f s); %d so far",
+                    task.name, text, timestamp, why, reference, n)

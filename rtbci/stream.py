@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
+from rtbci.latency import LatencyWindow
 from rtbci.ringbuffer import RingBuffer
 
 if TYPE_CHECKING:
@@ -162,8 +163,7 @@ class Stream:
         self.clock = clock
         capacity = max(1, int(round(buffer_seconds * info.srate)))
         self.buffer = RingBuffer(capacity, info.n_channels, srate=info.srate)
-        self._latency = np.full(self.LATENCY_HISTORY, np.nan)  # seconds, per chunk
-        self._n_chunks = 0
+        self._latency = LatencyWindow(self.LATENCY_HISTORY)  # seconds, per chunk
         self._first_timestamp = np.nan
         self._listeners: list[Callable[[], None]] = []
         self._raw_listeners: list[Callable[[np.ndarray, np.ndarray], None]] = []
@@ -230,8 +230,7 @@ class Stream:
             self._first_timestamp = float(timestamps[0])
         buf.write(data, timestamps, arrived)  # publishes the samples last
         if start:  # the first chunk holds the backlog from before the connection
-            self._latency[self._n_chunks % self.LATENCY_HISTORY] = latency
-            self._n_chunks += 1
+            self._latency.record(latency)
         for callback in self._listeners:
             callback()
 
@@ -290,11 +289,7 @@ class Stream:
                              "buffer") from None
     def ingest_latency_ms(self) -> dict[str, float]:
         """Percentiles of (chunk arrival − its last sample's timestamp) over recent chunks, ms."""
-        lat = self._latency[: min(self._n_chunks, self.LATENCY_HISTORY)]
-        if lat.size == 0:
-            return {"p50": float("nan"), "p99": float("nan"), "max": float("nan")}
-        p50, p99 = np.percentile(lat, [50, 99]) * 1e3
-        return {"p50": float(p50), "p99": float(p99), "max": float(lat.max() * 1e3)}
+        return self._latency.summary_ms(empty=float("nan"))
 
     def stats(self) -> dict:
         """Counters as written to ``--stats-json``.

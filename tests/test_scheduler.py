@@ -1,10 +1,12 @@
-"""The scheduler in the running engine: budgets, skips, isolation, markers, determinism."""
+"""The scheduler: markers, workers and importance on a real Stream; and in the running
+engine (slow): budgets, skips, isolation, markers, determinism."""
 
 import asyncio
 import textwrap
 import threading
 import time
 import uuid
+from functools import partial
 
 import numpy as np
 import pytest
@@ -12,11 +14,10 @@ import pytest
 from rtbci.config import parse_config
 from rtbci.devices.simulate import SimulatedAmplifier
 from rtbci.engine import Engine
-from rtbci.messages import Result
-from rtbci.models import DecoderOutput
-from rtbci.scheduler import DecoderTask, Worker
-
-pytestmark = pytest.mark.slow
+from rtbci.models import Decoder, DecoderOutput
+from rtbci.report import Scorer
+from rtbci.scheduler import MAX_PENDING_MARKERS, DecoderTask, Scheduler, TriggerSpec
+from rtbci.stream import Stream, StreamInfo
 
 TEST_DECODERS = textwrap.dedent('''
     import time
@@ -78,6 +79,7 @@ def sliding(name, model, every_ms=50, budget_ms=20, **extra):
             "every_ms": every_ms, "budget_ms": budget_ms, **runtime, **extra}
 
 
+@pytest.mark.slow
 def test_slow_decoder_is_late_and_skips_instead_of_queueing(scripted, run):
     _, stats, results = run([sliding("slow", scripted, options={"sleep_s": 0.12})], 7.0)
     s = stats["decoders"]["slow"]
@@ -96,6 +98,7 @@ def test_slow_decoder_is_late_and_skips_instead_of_queueing(scripted, run):
     assert 0 <= s["skipped"] - holes <= 3  # every hole counted (+ skips after the last result)
 
 
+@pytest.mark.slow
 def test_raising_decoder_does_not_stop_another(scripted, run):
     _, stats, results = run([sliding("bad", scripted, options={"fail": True}),
                              sliding("good", "builtin:bandpower")], 5.0)
@@ -106,6 +109,7 @@ def test_raising_decoder_does_not_stop_another(scripted, run):
     assert {r.decoder for r in results} == {"good"}
 
 
+@pytest.mark.slow
 def test_hung_decoder_is_reported_and_the_worker_goes_on(scripted, run):
     hang = sliding("hang", scripted, timeout_ms=300,
                    options={"hang_call": 5, "hang_s": 3.0, "sleep_s": 0.0})
@@ -119,37 +123,7 @@ def test_hung_decoder_is_reported_and_the_worker_goes_on(scripted, run):
     assert stats["decoders"]["good"]["results"] > 100
 
 
-def test_jobs_on_one_worker_run_earliest_deadline_first():
-    order, release = [], threading.Event()
-
-    class Job:
-        def __init__(self, name, block=False):
-            self.name, self.block = name, block
-
-        def __call__(self, window):
-            if self.block:
-                release.wait(5)
-            order.append(self.name)
-            return DecoderOutput()
-
-    def task(name, block=False):
-        t = DecoderTask.__new__(DecoderTask)
-        t.name, t.decoder, t.window = name, Job(name, block), None
-        return t
-
-    done = threading.Semaphore(0)
-    worker = Worker("cpu", time.perf_counter, lambda job, out, err: done.release())
-    worker.submit(task("first", block=True), Result("x", 0, "every", 0, 0, "classes", 0), 0.0)
-    time.sleep(0.1)  # "first" is running; the rest queue up behind it
-    for name, deadline in [("c", 3.0), ("a", 1.0), ("d", 4.0), ("b", 2.0)]:
-        worker.submit(task(name), Result(name, 0, "every", 0, 0, "classes", 0), deadline)
-    release.set()
-    for _ in range(5):
-        assert done.acquire(timeout=5)
-    worker.close()
-    assert order == ["first", "a", "b", "c", "d"]
-
-
+@pytest.mark.slow
 def test_marker_locked_windows_start_at_their_markers(run):
     erp = {"name": "erp", "model": "builtin:bandpower", "source": "eeg",
            "window_ms": [-100, 500], "on_marker": "stim", "budget_ms": 50, "runtime": "numpy"}
@@ -167,6 +141,7 @@ def test_marker_locked_windows_start_at_their_markers(run):
     assert stats["decoders"]["erp"]["errors"] == 0
 
 
+@pytest.mark.slow
 def test_sliding_windows_are_the_same_in_two_runs_of_the_same_recording(new_collector):
     """The same signal pushed twice: same window boundaries (in samples), seq and outputs."""
 
@@ -203,6 +178,7 @@ def test_sliding_windows_are_the_same_in_two_runs_of_the_same_recording(new_coll
         np.testing.assert_array_equal(a[seq][1], b[seq][1])
 
 
+@pytest.mark.slow
 def test_a_decoder_that_cannot_start_is_reported_and_the_others_run(tmp_path, monkeypatch, run):
     (tmp_path / "broken_decoder.py").write_text(
         "def make(n_samples, n_channels, srate):\n    raise RuntimeError('no GPU here')\n")
@@ -215,3 +191,230 @@ def test_a_decoder_that_cannot_start_is_reported_and_the_others_run(tmp_path, mo
         stats["decoders"]["missing"]["error"]
     assert stats["decoders"]["good"]["results"] > 30
     assert {r.decoder for r in results} == {"good"}
+
+
+# --- the scheduler on a real Stream, without LSL -------------------------------------------
+
+SRATE = 100.0
+T0 = 1000.0  # LSL clock (seconds since boot), far from time.time()
+INFO = StreamInfo("eeg", "EEG", "sid", SRATE, ("a", "b"), ("eeg",) * 2, ("uV",) * 2)
+
+
+class Clock:
+    def __init__(self):
+        self.now = T0
+
+    def __call__(self):
+        return self.now
+
+
+class Echo(Decoder):
+    """Returns its window's first channel (= the sample counters) as the embedding; with
+    ``gate``, waits for it to be set; its importance is the window's first row."""
+
+    kind = "embedding"
+
+    def __init__(self, n_samples, gate=None, explains=False, explain_gate=None):
+        self.n_samples, self.n_channels, self.output_size = n_samples, 2, n_samples
+        self.gate, self.explains, self.explain_gate = gate, explains, explain_gate
+
+    def __call__(self, window):
+        if self.gate is not None:
+            assert self.gate.wait(10)
+        return DecoderOutput(embedding=window[:, 0].copy())
+
+    def importance(self, window):
+        if self.explain_gate is not None:
+            assert self.explain_gate.wait(10)
+        return window[0].copy()
+
+
+class Bench:
+    """A Stream whose sample k has value k and timestamp T0 + k / SRATE, and a Scheduler."""
+
+    def __init__(self, buffer_seconds=2.0, inline=True, loop=None):
+        self.clock = Clock()
+        self.stream = Stream(INFO, buffer_seconds, self.clock)
+        self.results = []
+        self.scheduler = Scheduler(loop, self.clock, self.results.append, inline=inline)
+        self.stream.add_listener(partial(self.scheduler.on_data, self.stream))
+
+    def decoder(self, name, trigger, **kw):
+        task = DecoderTask(name, Echo(trigger.length, **kw), self.stream, trigger, 50, 2000)
+        self.scheduler.add(task)
+        return task
+
+    def feed(self, n):
+        k = self.stream.buffer.count + np.arange(n)
+        times = T0 + k / SRATE
+        self.clock.now = times[-1]
+        self.stream.ingest(np.repeat(k[:, None], 2, axis=1).astype(np.float32), times)
+
+    def marker(self, sample, text="stim/left"):
+        self.scheduler.on_marker(self.stream, T0 + sample / SRATE, text)
+
+
+def test_a_marker_decodes_the_window_at_its_sample_with_its_label():
+    b = Bench()
+    task = b.decoder("erp", TriggerSpec(length=20, marker="stim", start=-5))
+    b.feed(100)
+    b.marker(60, "stim/left")
+    b.marker(70, "other/right")  # not selected
+    b.feed(100)
+    [r] = b.results
+    np.testing.assert_array_equal(r.embedding, np.arange(55, 75))
+    assert (r.marker, r.label, r.trigger) == ("stim/left", "left", "marker")
+    assert task.stats()["stale_markers"] == 0
+
+
+def test_markers_older_than_the_buffer_are_stale_and_decode_nothing():
+    b = Bench(buffer_seconds=2.0)  # holds 200 samples
+    at = b.decoder("at", TriggerSpec(length=20, marker="stim"))
+    before = b.decoder("before", TriggerSpec(length=20, marker="stim", start=-10))
+    b.feed(300)  # holds samples 100 … 299
+    b.marker(50)  # long gone
+    b.marker(105)  # its sample is there; for "before", its window (from 95) is not
+    b.marker(250)
+    b.feed(50)
+    decoded = {name: [r.embedding[0] for r in b.results if r.decoder == name]
+               for name in ("at", "before")}
+    assert decoded == {"at": [105, 250], "before": [240]}
+    assert (at.stats()["stale_markers"], before.stats()["stale_markers"]) == (1, 2)
+    assert at.errors == before.errors == 0
+
+
+def test_offline_markers_before_the_first_sample_are_stale():
+    b = Bench()
+    task = b.decoder("erp", TriggerSpec(length=20, marker="stim"))
+    b.marker(-300)  # replay: a marker stamped 3 s before the recording's first sample
+    b.marker(10)
+    b.feed(100)
+    assert [r.embedding[0] for r in b.results] == [10]
+    assert task.stale_markers == 1
+
+
+def test_markers_on_another_clock_are_dropped_counted_and_bounded():
+    b = Bench(buffer_seconds=2.0)
+    task = b.decoder("erp", TriggerSpec(length=20, marker="stim"))
+    b.feed(100)
+    for _ in range(1000):  # time.time() instead of the LSL clock
+        b.scheduler.on_marker(b.stream, time.time(), "stim/left")
+    b.scheduler.on_marker(b.stream, T0 + 3600.0, "stim/left")  # an hour ahead
+    b.scheduler.on_marker(b.stream, float("nan"), "stim/left")
+    assert task.future_markers == 1002 and task.pending == []
+    for i in range(MAX_PENDING_MARKERS + 10):  # plausible (within the buffer's length ahead)
+        b.scheduler.on_marker(b.stream, T0 + 2.0 + i * 1e-5, "stim/right")
+    assert len(task.pending) == MAX_PENDING_MARKERS and task.dropped_markers == 10
+    task.pending.clear()
+    b.marker(120)
+    b.feed(100)
+    [r] = b.results
+    np.testing.assert_array_equal(r.embedding, np.arange(120, 140))
+    stats = task.stats()
+    assert (stats["future_markers"], stats["dropped_markers"], stats["stale_markers"]) == \
+        (1002, 10, 0)
+
+
+def test_markers_fire_in_timestamp_order_whatever_their_arrival_order():
+    b = Bench()
+    b.decoder("erp", TriggerSpec(length=10, marker=["stim", "re:cue_(\\d+)"]))
+    b.feed(50)
+    for sample, text in [(90, "stim/b"), (60, "cue_7"), (75, "stim/a")]:
+        b.marker(sample, text)
+    b.feed(100)
+    assert [(r.embedding[0], r.label, r.seq) for r in b.results] == \
+        [(60, "7", 0), (75, "a", 1), (90, "b", 2)]
+
+
+def test_report_scores_the_label_the_pattern_gives():
+    b = Bench()
+    task = b.decoder("erp", TriggerSpec(length=10, marker="re:trial_(left|right)"))
+    task.decoder.kind, task.decoder.labels = "retrieval", ["left", "right"]
+    b.feed(50)
+    b.marker(60, "trial_left")
+    b.feed(100)
+    [r] = b.results
+    r.labels = ["left", "right"]  # best candidate first
+    scorer = Scorer()
+    scorer.publish(r)
+    assert r.label == "left" and scorer.report()["erp"]["top1"] == 1.0
+
+
+def test_importance_is_computed_after_publishing_and_sent_with_the_next_result():
+    b = Bench()
+    b.decoder("sliding", TriggerSpec(length=10, every=10), explains=True)
+    for _ in range(3):
+        b.feed(10)
+    assert [r.seq for r in b.results] == [0, 1, 2]
+    first, second, third = b.results
+    assert first.importance is None and first.importance_seq is None
+    assert second.importance_seq == 0 and list(second.importance) == [0, 0]  # window 0's
+    assert third.importance_seq == 1 and list(third.importance) == [10, 10]
+
+
+def run_threaded(bench_body):
+    """Run ``bench_body(bench)`` (a coroutine function) with a non-inline scheduler."""
+    async def main():
+        b = Bench(inline=False, loop=asyncio.get_running_loop())
+        try:
+            await bench_body(b)
+        finally:
+            b.scheduler.close()
+    asyncio.run(main())
+
+
+async def wait_for(condition, timeout=5.0):
+    for _ in range(int(timeout / 0.01)):
+        if condition():
+            return True
+        await asyncio.sleep(0.01)
+    return False
+
+
+def test_a_blocked_decoder_does_not_delay_another_on_the_same_device():
+    gate = threading.Event()
+
+    async def body(b):
+        slow = b.decoder("slow", TriggerSpec(length=10, every=10), gate=gate)
+        b.decoder("fast", TriggerSpec(length=10, every=10))
+        for _ in range(5):
+            b.feed(10)
+            await asyncio.sleep(0.02)
+        try:
+            assert await wait_for(lambda: sum(r.decoder == "fast" for r in b.results) == 5)
+            assert not any(r.decoder == "slow" for r in b.results)
+            assert slow.busy and slow.skipped == 4  # never queued twice
+        finally:
+            gate.set()
+        assert await wait_for(lambda: not slow.busy)
+
+    run_threaded(body)
+
+
+def test_a_result_is_published_before_its_importance_is_computed():
+    explain_gate = threading.Event()
+
+    async def body(b):
+        task = b.decoder("gnn", TriggerSpec(length=10, every=10), explains=True,
+                         explain_gate=explain_gate)
+        b.feed(10)
+        try:
+            assert await wait_for(lambda: len(b.results) == 1)
+            assert task.busy  # still computing the importance, on its own worker
+        finally:
+            explain_gate.set()
+        assert await wait_for(lambda: not task.busy)
+        b.feed(10)
+        assert await wait_for(lambda: len(b.results) == 2)
+        assert b.results[1].importance_seq == 0
+
+    run_threaded(body)
+
+
+def test_latency_percentiles_cover_the_last_results_only():
+    b = Bench()
+    task = b.decoder("sliding", TriggerSpec(length=10, every=10))
+    for seconds in [1.0] * 5000 + [0.002] * task.latency.size:
+        task.latency.record(seconds)
+    assert task.stats()["latency_ms"] == {"p50": pytest.approx(2.0), "p99": pytest.approx(2.0),
+                                          "max": pytest.approx(2.0)}

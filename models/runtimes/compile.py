@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from rtbci.errors import RtbciError
+from rtbci.latency import percentiles
 from rtbci.models.runtimes.base import Runtime
 from rtbci.models.runtimes.select import cuda_available, load_runtime
 
@@ -40,7 +41,7 @@ def measure_latency(runtime: Runtime, calls: int = LATENCY_CALLS, seed: int = 0)
         runtime.run(inputs[i % 4])
         times[i] = clock() - t0
     times *= 1e-6
-    p50, p99 = np.percentile(times, [50, 99])
+    p50, p99 = percentiles(times)
     return {"p50_ms": float(p50), "p99_ms": float(p99), "max_ms": float(times.max()),
             "mean_ms": float(times.mean()), "calls": calls}
 

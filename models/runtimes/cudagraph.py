@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from rtbci.errors import RtbciError
 from rtbci.models.runtimes.base import Runtime, as_tensors, import_torch, module_on
-from rtbci.models.runtimes.eager import autocast, tf32_mode, torch_device
+from rtbci.models.runtimes.eager import autocast, claim_precision, torch_device
 
 EAGER_ITERATIONS = 3  # before capture, on the side stream (the docs' recipe)
 
@@ -22,8 +22,9 @@ EAGER_ITERATIONS = 3  # before capture, on the side stream (the docs' recipe)
 class CUDAGraphRuntime(Runtime):
     """A CUDA graph of the module's forward, replayed on a dedicated stream.
 
-    ``fp32`` is strict fp32 (TF32 off while the kernels are chosen and captured), ``tf32``
-    allows TF32, ``fp16`` / ``bf16`` autocast. ``threads`` is not used (the CPU only copies the
+    ``fp32`` is strict fp32 (TF32 off for the process, set at load by
+    :func:`~rtbci.models.runtimes.eager.claim_precision`), ``tf32`` allows TF32, ``fp16`` /
+    ``bf16`` autocast. ``threads`` is not used (the CPU only copies the
     window and launches the graph).
     """
 
@@ -37,6 +38,7 @@ class CUDAGraphRuntime(Runtime):
             raise RtbciError(f"{self.name}: runtime 'cudagraph' needs a CUDA device, not "
                              f"{self.device!r}")
         self.device = str(dev)
+        claim_precision(torch, self)
         self._module = module_on(module, dev)
         self._stream = torch.cuda.Stream(device=dev)
         self._static_in = torch.zeros(self.input_shape, device=dev)
@@ -56,7 +58,7 @@ class CUDAGraphRuntime(Runtime):
         torch = self._torch
         stream = self._stream
         stream.wait_stream(torch.cuda.current_stream(self._dev))
-        with torch.inference_mode(), tf32_mode(torch, self.precision != "fp32"):
+        with torch.inference_mode():
             with torch.cuda.stream(stream):
                 for _ in range(EAGER_ITERATIONS):
                     self._forward()

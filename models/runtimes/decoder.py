@@ -37,7 +37,8 @@ class CompiledDecoder(Decoder):
     top_k : int
         Candidates per retrieval result.
     explain : callable(window (n_samples, n_inputs)) -> array (n_inputs,) | None
-        Per-channel importance to send with each result (slower: off the compiled path).
+        Per-channel importance, computed by :meth:`importance` (slower: off the compiled
+        path; the scheduler calls it after the result was published).
     channel_names : list of str | None
         Names of the network's input channels, in order (reported in the engine status).
     """
@@ -54,7 +55,8 @@ class CompiledDecoder(Decoder):
                              f"n_channels) windows, not {shape}")
         if kind not in ("embedding", "classes", "retrieval"):
             raise RtbciError(f"{runtime.name}: unknown output kind {kind!r}")
-        self.runtime, self.kind, self.labels, self.explain = runtime, kind, labels, explain
+        self.runtime, self.kind, self.labels, self._explain = runtime, kind, labels, explain
+        self.explains = explain is not None
         self.n_samples, self.n_channels = shape[1], n_channels or shape[2]
         self.picks, self.channel_names = picks, channel_names
         self._input = np.empty((shape[1], shape[2]), np.float32) if picks is not None else None
@@ -84,18 +86,23 @@ class CompiledDecoder(Decoder):
             window = np.take(window, self.picks, axis=1, out=self._input)
         out = self.runtime.run(window)
         vector = (out[0] if isinstance(out, tuple) else out).reshape(-1)
-        importance = None if self.explain is None else self.explain(window)
         if self.kind == "classes":
-            return DecoderOutput(probabilities=vector.copy(), labels=self.labels,
-                                 importance=importance)
+            return DecoderOutput(probabilities=vector.copy(), labels=self.labels)
         if self.kind == "retrieval":
             scores = np.matmul(self._bank, vector, out=self._scores)
             scores /= max(float(np.linalg.norm(vector)), 1e-12)  # cosine similarities
             best = np.argpartition(scores, len(scores) - self.top_k)[-self.top_k:]
             best = best[np.argsort(-scores[best])]
             return DecoderOutput(ids=best, scores=scores[best],
-                                 labels=[self.labels[i] for i in best], importance=importance)
-        return DecoderOutput(embedding=vector.copy(), importance=importance)
+                                 labels=[self.labels[i] for i in best])
+        return DecoderOutput(embedding=vector.copy())
+
+    def importance(self, window: np.ndarray) -> np.ndarray | None:
+        """Per-channel importance ``(n_inputs,)`` of ``window`` ``(n_samples, n_channels)``
+        (the stream's channels; this picks the network's inputs), or None without ``explain``."""
+        if self._explain is None:
+            return None
+        return self._explain(window if self.picks is None else window[:, self.picks])
 
     def describe(self) -> dict:
         """The runtime's description, with the decoder's ``input`` / ``output`` shapes."""

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import gc
+import threading
+import weakref
 
 from rtbci.errors import RtbciError
 from rtbci.models.runtimes.base import Runtime, as_tensors, import_torch, module_on
@@ -30,20 +33,40 @@ def torch_device(torch, device: str, name: str, backend: str):
     return dev
 
 
-@contextlib.contextmanager
-def tf32_mode(torch, enabled: bool):
-    """cuDNN convolutions and cuBLAS matmuls in TF32 (``enabled``) or strict fp32, restored after.
+_TF32_LOCK = threading.Lock()
+_TF32_USERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # runtime → TF32 on?
+
+
+def claim_tf32(torch, runtime, enabled: bool) -> None:
+    """Set cuDNN convolutions and cuBLAS matmuls to TF32 (``enabled``) or strict fp32, for
+    the life of ``runtime``, once, under one lock.
 
     torch lets cuDNN use TF32 by default (``torch.backends.cudnn.allow_tf32``): ~1e-3 relative
-    error, which precision ``fp32`` must not have. The flags are process-wide.
+    error, which precision ``fp32`` must not have. The flags are process-wide and torch reads
+    them when it launches a kernel, so they are never switched around a call (another
+    decoder's thread could be launching): every live runtime needs the same mode, and one
+    asking for the other is refused (RtbciError naming the runtime holding it).
     """
-    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
-    before = cudnn.allow_tf32, matmul.allow_tf32
-    cudnn.allow_tf32 = matmul.allow_tf32 = enabled
-    try:
-        yield
-    finally:
-        cudnn.allow_tf32, matmul.allow_tf32 = before
+    def holder():
+        return next((r.name for r, on in list(_TF32_USERS.items()) if on != enabled), None)
+
+    with _TF32_LOCK:
+        if holder() is not None:
+            gc.collect()  # runtimes of an engine that has ended may only wait for collection
+        if (other := holder()) is not None:
+            mode = "TF32" if enabled else "strict fp32 (TF32 off)"
+            raise RtbciError(f"{runtime.name}: precision {runtime.precision!r} needs {mode}, "
+                             f"but decoder {other!r} already runs on CUDA with the other mode "
+                             "(the TF32 flags are process-wide: use fp32 or tf32 for all)")
+        _TF32_USERS[runtime] = enabled
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = enabled
+
+
+def claim_precision(torch, runtime) -> None:
+    """:func:`claim_tf32` for a CUDA runtime's precision: fp32 → off, tf32 → on; fp16 and
+    bf16 (autocast) claim nothing, their fp32 ops follow the process's mode."""
+    if runtime.precision in ("fp32", "tf32"):
+        claim_tf32(torch, runtime, runtime.precision == "tf32")
 
 
 def autocast(torch, dev, precision: str):
@@ -57,8 +80,10 @@ class TorchRuntime(Runtime):
     """torch eager on CPU or CUDA; on CUDA also tf32, and fp16/bf16 by autocast.
 
     On CPU the input tensor shares memory with the host input array (no extra copy). On CUDA
-    the window goes through a pinned host tensor and non-blocking copies, then the current
-    stream is synchronised; each call sets the TF32 flags for its precision (:func:`tf32_mode`).
+    the window goes through a pinned host tensor and non-blocking copies on the runtime's own
+    CUDA stream (so decoders on one GPU, each on its own thread, do not wait for each other's
+    kernels), then that stream is synchronised; the TF32 flags are set once, at load
+    (:func:`claim_precision`).
     ``threads`` sets torch's intra-op threads, which are **process-wide**
     (``torch.set_num_threads``): every torch decoder in the process shares them.
     """
@@ -76,9 +101,14 @@ class TorchRuntime(Runtime):
                              "with runtime 'torch' (CPU runs fp32)")
         if self.threads and not cuda:
             torch.set_num_threads(self.threads)
+        if cuda:
+            claim_precision(torch, self)
+            self._stream = torch.cuda.Stream(device=dev)
         self._module = module_on(module, dev)
         self._input = torch.zeros(self.input_shape, device=dev)
         self._host_in = torch.zeros(self.input_shape, pin_memory=True) if cuda else self._input
+        if cuda:  # the weights and the input were written on the current stream
+            self._stream.wait_stream(torch.cuda.current_stream(dev))
         outputs = self._forward()
         self._host_out = [torch.empty(o.shape, pin_memory=cuda) for o in outputs]
         self._host_input = self._host_in.numpy()
@@ -86,19 +116,21 @@ class TorchRuntime(Runtime):
 
     def _forward(self):
         torch = self._torch
-        tf32 = (tf32_mode(torch, self.precision != "fp32") if self._cuda
-                else contextlib.nullcontext())
-        with torch.inference_mode(), tf32, autocast(torch, self._dev, self.precision):
+        stream = torch.cuda.stream(self._stream) if self._cuda else contextlib.nullcontext()
+        with torch.inference_mode(), stream, autocast(torch, self._dev, self.precision):
             return [o.float() for o in as_tensors(self._module(self._input), self.name)]
 
     def _execute(self) -> None:
         cuda = self._cuda
-        if cuda:
+        if not cuda:
+            for host, out in zip(self._host_out, self._forward()):
+                host.copy_(out)
+            return
+        with self._torch.cuda.stream(self._stream):
             self._input.copy_(self._host_in, non_blocking=True)
-        for host, out in zip(self._host_out, self._forward()):
-            host.copy_(out, non_blocking=cuda)
-        if cuda:  # the worker thread's current stream, where the kernels above went
-            self._torch.cuda.current_stream(self._dev).synchronize()
+            for host, out in zip(self._host_out, self._forward()):
+                host.copy_(out, non_blocking=True)
+        self._stream.synchronize()
 
     def _details(self) -> dict:
         threads = self._torch.get_num_threads() if self._dev.type == "cpu" else None

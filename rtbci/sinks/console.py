@@ -8,6 +8,7 @@ from typing import Literal, TextIO
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from rtbci.latency import LatencyWindow
 from rtbci.messages import Result
 from rtbci.report import predicted_label, true_label
 from rtbci.sinks.base import Sink
@@ -23,10 +24,9 @@ class ConsoleSinkConfig(BaseModel):
 
 class _DecoderLine:
     def __init__(self):
-        self.n = self.late = self.skipped = self.scored = self.correct = 0
+        self.n = self.late = self.scored = self.correct = 0
         self.in_interval = 0  # results after the interval's first one
-        self.last_seq = -1
-        self.latencies: list[float] = []
+        self.latencies = LatencyWindow()  # of the current interval (its last 4096 results)
         self.last: Result | None = None
         self.first_time = None
 
@@ -52,9 +52,11 @@ def summarize_dict(message: dict) -> str:
 
 class ConsoleSink(Sink):
     """Prints, every ``interval_s`` per decoder: results/s, engine latency p50/p99 (ms) over the
-    interval, late and skipped counts since start (skips are holes in ``seq``), last output,
-    and for marker-locked class decoders whose marker names the true class (``stim/left``)
-    the running accuracy against it."""
+    interval, late results since start, the scheduler's own counters from the latest engine
+    statistics (``skipped`` triggers while busy, ``errors``, and for marker-locked decoders
+    ``stale`` = markers dropped as stale, in the future or over the pending bound), the last
+    output, and for marker-locked class decoders the running accuracy against the marker's
+    label (``Result.label``)."""
 
     kind = "console"
 
@@ -62,15 +64,16 @@ class ConsoleSink(Sink):
         self.config = config
         self.out = stream or sys.stdout
         self.lines: dict[str, _DecoderLine] = {}
+        self.counters: dict[str, dict] = {}  # per decoder, from the latest stats tick
+
+    def stats_tick(self, stats: dict) -> None:
+        self.counters = stats.get("decoders", {})
 
     def publish(self, result: Result) -> None:
         line = self.lines.setdefault(result.decoder, _DecoderLine())
         line.n += 1
         line.late += result.late
-        if line.last_seq >= 0:
-            line.skipped += max(0, result.seq - line.last_seq - 1)
-        line.last_seq = result.seq
-        line.latencies.append(result.latency_ms)
+        line.latencies.record(result.t_published - result.t_arrived)
         line.last = result
         truth = true_label(result)
         if truth is not None:
@@ -86,10 +89,20 @@ class ConsoleSink(Sink):
             line.first_time, line.in_interval = result.t_published, 0
 
     def _print(self, name: str, line: _DecoderLine, span: float) -> None:
-        p50, p99 = np.percentile(line.latencies, [50, 99])
+        latency = line.latencies.summary_ms()
         rate = line.in_interval / span if span > 0 else 0.0
         accuracy = (f"  accuracy {line.correct / line.scored:.2f} (n={line.scored})"
                     if line.scored else "")
-        print(f"{name:<12} {rate:6.1f} /s  latency p50 {p50:6.2f} ms p99 {p99:6.2f} ms  "
-              f"late {line.late:<5} skipped {line.skipped:<5} {summarize(line.last)}{accuracy}",
-              file=self.out, flush=True)
+        print(f"{name:<12} {rate:6.1f} /s  latency p50 {latency['p50']:6.2f} ms p99 "
+              f"{latency['p99']:6.2f} ms  late {line.late:<5} {self._counters(name)}"
+              f"{summarize(line.last)}{accuracy}", file=self.out, flush=True)
+
+    def _counters(self, name: str) -> str:
+        """``skipped N errors N [stale N]`` from the scheduler's statistics (0 before the
+        first stats tick)."""
+        c = self.counters.get(name, {})
+        text = f"skipped {c.get('skipped', 0):<5} errors {c.get('errors', 0):<3} "
+        if "stale_markers" in c:
+            stale = c["stale_markers"] + c["future_markers"] + c["dropped_markers"]
+            text += f"stale {stale:<3} "
+        return text

@@ -147,6 +147,10 @@ def test_engine_adopts_the_preprocessing_and_decodes_every_event(trained, new_co
     assert len(results) >= len(events) - 1  # the last window may run past the recording
     for r in results:
         assert r.labels == ["failure", "success"] and abs(r.probabilities.sum() - 1) < 1e-5
+    # importance is computed after a result is published and sent with the next one
+    assert results[0].importance is None
+    for previous, r in zip(results, results[1:]):
+        assert r.importance_seq == previous.seq
         assert r.importance.shape == (64,) and abs(r.importance.sum() - 1) < 1e-5
     truth = [r.marker.split("/")[1] for r in results]
     predicted = [r.labels[int(np.argmax(r.probabilities))] for r in results]
@@ -189,7 +193,9 @@ def test_demo_checkpoints_decode_live_simulated_tasks(new_collector, tmp_path, m
         engine.decoder_status
     for r in by_decoder["outcome"]:
         assert r.kind == "classes" and r.marker.startswith("outcome/")
-        assert r.importance.shape == (64,) and r.probabilities.shape == (2,)
+        assert r.probabilities.shape == (2,)
+    for r in by_decoder["outcome"][1:]:  # the importance of the result before
+        assert r.importance.shape == (64,) and r.importance_seq < r.seq
     for r in by_decoder["image"]:
         assert r.kind == "retrieval" and len(r.ids) == 3 and len(r.labels) == 3
         assert np.all(np.diff(r.scores) <= 0) and r.marker.startswith("image/")

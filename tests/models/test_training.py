@@ -128,7 +128,10 @@ def test_cli_mistakes_are_one_line(tmp_path):
     cases = [
         (["train", "image-retrieval", "--data", str(fif)], "--targets: a retrieval family"),
         (["train", "motor-gnn", "--data", str(fif), "--events", "word"],
-         "m_raw.fif: no complete window around an event word/…"),
+         "m_raw.fif: --events: marker pattern 'word' matches no marker; markers seen: "
+         "'outcome/failure', 'outcome/success'"),
+        (["train", "motor-gnn", "--data", str(fif), "--events", "re:("],
+         "--events: marker pattern 're:(': invalid regular expression"),
         (["train", "motor-gnn", "--data", str(fif), "--channels", "Q*"],
          "--channels: 'Q*' matches no channel of m_raw.fif"),
         (["train", "motor-gnn", "--data", str(tmp_path / "nope.fif")], "nope.fif"),
