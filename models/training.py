@@ -125,8 +125,11 @@ def load_windows(files: list[Path], family: Family, opts: TrainOptions) -> Windo
             labels.append(text[len(prefix) + 1:])
             subjects.append(k if opts.subject_per_file else 0)
         if len(xs) == n_before:
+            from rtbci.config import summarize_markers
+
             raise RtbciError(f"{file.name}: no complete window around an event "
-                             f"{' or '.join(p + '/…' for p in prefixes)} (--events)")
+                             f"{' or '.join(p + '/…' for p in prefixes)} (--events); markers "
+                             f"there: {summarize_markers(t for _, t in rec.markers)}")
     return Windows(np.stack(xs).astype(np.float32), labels, np.array(subjects), info)
 
 
