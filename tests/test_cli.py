@@ -172,3 +172,16 @@ def test_compile_refuses_a_bad_checkpoint_in_one_line(tmp_path, capsys):
     assert main(["compile", str(tmp_path / "empty.pt"), "--runtime", "torch"]) == 2
     assert capsys.readouterr().err == (f"rtbci: error: MODEL: '{tmp_path / 'empty.pt'}' is not "
                                        "an rtbci checkpoint: the file is empty\n")
+
+
+def test_the_two_readme_installs_get_one_torch():
+    """[test] takes torch from [neural]: one spec, so `pip install -e .[neural]` then
+    `.[test]` never swaps one torch build for another."""
+    import tomllib
+
+    extras = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())[
+        "project"]["optional-dependencies"]
+    torch_specs = [(extra, spec) for extra, specs in extras.items() for spec in specs
+                   if spec.startswith("torch")]
+    assert torch_specs == [("neural", "torch==2.13.0")]
+    assert "rtbci[neural,gui]" in extras["test"]
