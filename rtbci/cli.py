@@ -419,8 +419,9 @@ def _known_infos(config, probe: float | None, origin: str) -> dict:
             query = src.stream.as_dict()
             found = resolve(query, probe)
             if not found:
-                raise RtbciError(f"{origin}: sources[{i}].stream: no LSL stream {describe_query(query)} "
-                                 f"within {probe:g} s; {streams_there(query)}")
+                raise RtbciError(f"{origin}: sources[{i}].stream: no LSL stream "
+                                 f"{describe_query(query)} within {probe:g} s; "
+                                 f"{streams_there(query)}")
             infos[src.name] = info_from_lsl(found[0])
     return infos
 
