@@ -615,11 +615,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _check_output(args.stats_json, "--stats-json")
     broker = _ensure_local_broker(config)
     try:
-        return _run_engine(config, args)
+        return _run_engine(config, args)  # closes the MQTT sink before returning
     finally:
-        if broker is not None:
+        if broker is not None:  # then the broker (its own process group: Ctrl-C spared it)
             broker.terminate()
-            broker.wait(5)
+            try:
+                broker.wait(5)
+            except subprocess.TimeoutExpired:
+                broker.kill()
+                broker.wait()
 
 
 def _ensure_local_broker(config):

@@ -185,3 +185,34 @@ def test_the_two_readme_installs_get_one_torch():
                    if spec.startswith("torch")]
     assert torch_specs == [("neural", "torch==2.13.0")]
     assert "rtbci[neural,gui]" in extras["test"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_a_terminal_stops_the_demo_and_its_broker_cleanly(tmp_path):
+    """Ctrl-C reaches the terminal's whole process group: the demo must close its MQTT sink
+    before the broker it started goes away (no traceback, nothing dropped), then stop it."""
+    import os
+    import signal
+    import time
+
+    from rtbci.broker import port_open
+
+    if port_open("127.0.0.1", 1883):
+        pytest.skip("a broker already runs on 127.0.0.1:1883: the demo would not start one")
+    stats_path = tmp_path / "stats.json"
+    proc = subprocess.Popen([sys.executable, "-m", "rtbci", "demo", "--stats-json",
+                             str(stats_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)  # its own group, as a shell's job
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:  # running: the first stats line with samples
+        line = proc.stdout.readline()
+        if "streaming" in line and " 0 samples" not in line:
+            break
+    os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "unreachable" not in err and "undelivered" not in err, err
+    stats = json.loads(stats_path.read_text())
+    mqtt = next(v for k, v in stats["sinks"].items() if k.startswith("mqtt"))
+    assert mqtt["dropped"] == 0 and mqtt["queued"] == 0
+    assert not port_open("127.0.0.1", 1883)  # the demo's broker is gone too
