@@ -61,7 +61,6 @@ class Engine:
         # stats(): every configured decoder's state: loading → running | failed
         self.decoder_states: dict[str, str] = {cfg.name: "loading" for cfg in config.decoders}
         self._unmatched = {cfg.name: cfg for cfg in config.decoders if cfg.on_marker}
-        self._marker_texts: dict[str, list[str]] = {}  # per source: distinct texts, for hints
         self._streams: dict[str, Stream] = {}
         self.scheduler: Scheduler | None = None
         self._marker_readers: list[MarkerReader] = []
@@ -76,7 +75,6 @@ class Engine:
     def _register(self, source: str) -> None:
         self.markers[source] = deque(maxlen=10_000)
         self.markers_received[source] = 0
-        self._marker_texts[source] = []
 
     @property
     def streams(self) -> dict[str, Stream]:
@@ -198,9 +196,6 @@ class Engine:
     def _hint_unmatched(self, source: str, text: str) -> None:
         """Warn once per event-locked decoder whose ``on_marker`` matched none of the first
         :data:`MARKER_HINT_AFTER` markers of its source, naming the markers there are."""
-        seen = self._marker_texts[source]
-        if len(seen) < 50 and text not in seen:
-            seen.append(text)
         tasks = self.scheduler.tasks if self.scheduler else {}
         for name, cfg in list(self._unmatched.items()):
             if cfg.source != source or name not in tasks:
@@ -212,7 +207,8 @@ class Engine:
                 i = self.config.decoders.index(cfg)
                 log.warning("decoders[%d] (%r).on_marker %r matched none of the %d markers on "
                             "source %r so far; markers there: %s", i, name, cfg.on_marker,
-                            self.markers_received[source], source, summarize_markers(seen))
+                            self.markers_received[source], source,
+                            summarize_markers(t for _, t in self.markers[source]))
 
     def status(self) -> dict:
         """The engine's status (sent retained on MQTT): session, streams, decoders."""

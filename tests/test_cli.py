@@ -216,3 +216,18 @@ def test_ctrl_c_in_a_terminal_stops_the_demo_and_its_broker_cleanly(tmp_path):
     mqtt = next(v for k, v in stats["sinks"].items() if k.startswith("mqtt"))
     assert mqtt["dropped"] == 0 and mqtt["queued"] == 0
     assert not port_open("127.0.0.1", 1883)  # the demo's broker is gone too
+
+
+def test_a_source_waiting_for_its_stream_lists_the_streams_there(tmp_path, caplog):
+    import pylsl
+
+    from rtbci.devices.lsl import LSLSource
+
+    name = f"rtbci-wait-{tmp_path.name}"
+    outlet = pylsl.StreamOutlet(pylsl.StreamInfo(name, "EEG", 4, 100, pylsl.cf_float32, name))
+    source = LSLSource("eeg", {"name": name[:-1]})  # a close match, not the name
+    with caplog.at_level("WARNING", logger="rtbci.devices.lsl"):
+        assert source.open(0.2) is None
+    assert caplog.records[0].getMessage().startswith(
+        f"no LSL stream name={name[:-1]!r} (source 'eeg') yet; streams there: {name!r} (EEG)")
+    del outlet

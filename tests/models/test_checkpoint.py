@@ -289,3 +289,18 @@ def test_a_bad_checkpoint_fails_alone_and_stats_list_every_decoder_state(tmp_pat
     assert "\n" not in error and error.endswith("empty.pt' is not an rtbci checkpoint: the file "
                                                 "is empty")
     assert stats["decoders"]["slow"]["results"] > 0 and stats["decoders"]["bp"]["results"] > 20
+
+
+def test_an_on_marker_matching_nothing_names_the_markers_there(tmp_path, caplog):
+    from rtbci.devices.simulate import save_recording
+
+    fif = save_recording(tmp_path / "sim_raw.fif", "eeg64", 30.0, 0, 1.0, ("left", "right"))
+    config = parse_config({
+        "sources": [{"name": "eeg", "kind": "simulate"}],
+        "decoders": [{"name": "trial", "model": "builtin:bandpower", "source": "eeg",
+                      "on_marker": "stimulus", "window_ms": [0, 500], "runtime": "numpy"}]})
+    with caplog.at_level("WARNING", logger="rtbci.engine"):
+        asyncio.run(Engine(config).run_offline(read_recording(fif)))
+    hints = [r.getMessage() for r in caplog.records if "matched none" in r.getMessage()]
+    assert hints == ["decoders[0] ('trial').on_marker 'stimulus' matched none of the 10 markers "
+                     "on source 'eeg' so far; markers there: stim/… ×10"]
