@@ -99,6 +99,31 @@ def prime_clock_sync(inlet: pylsl.StreamInlet, flags: int) -> None:
         inlet.time_correction(timeout=2.0)
 
 
+def nearby_streams(query: dict[str, str], infos: list[pylsl.StreamInfo]) -> list[str]:
+    """``name (type)`` of each stream in ``infos``, those that match ``query``
+    case-insensitively or closely (difflib) first."""
+    import difflib
+
+    def closeness(info: pylsl.StreamInfo) -> float:
+        have = {"name": info.name(), "type": info.type(), "source_id": info.source_id()}
+        scores = [1.0 if have[k].lower() == v.lower() else
+                  difflib.SequenceMatcher(None, have[k].lower(), v.lower()).ratio()
+                  for k, v in query.items() if v]
+        return min(scores) if scores else 0.0
+
+    ranked = sorted(infos, key=lambda i: (-closeness(i), i.name()))
+    return [f"{i.name()!r} ({i.type()})" for i in ranked]
+
+
+def streams_there(query: dict[str, str], wait: float = 0.5) -> str:
+    """The streams on the network, closest to ``query`` first, for a "not found" message."""
+    names = nearby_streams(query, pylsl.resolve_streams(wait_time=wait))
+    if not names:
+        return "no LSL streams are visible"
+    more = f", and {len(names) - 8} more" if len(names) > 8 else ""
+    return "streams there: " + ", ".join(names[:8]) + more
+
+
 def resolve(query: dict[str, str], timeout: float) -> list[pylsl.StreamInfo]:
     """Streams on the network matching ``query`` (waits up to ``timeout`` s for the first)."""
     return pylsl.resolve_bypred(predicate(query), minimum=1, timeout=timeout)
@@ -133,6 +158,7 @@ class LSLSource(Source):
             self.flags |= PROCESSING_FLAGS[flag]
         self.max_chunk = max_chunk
         self._inlet: pylsl.StreamInlet | None = None
+        self._misses = 0
 
     def describe(self) -> str:
         return f"lsl {describe_query(self.query)}"
@@ -140,7 +166,12 @@ class LSLSource(Source):
     def open(self, timeout: float) -> StreamInfo | None:
         found = resolve(self.query, timeout)
         if not found:
+            if self._misses % 10 == 0:  # at first, then every ~10 s
+                log.warning("no LSL stream %s (source %r) yet; %s", describe_query(self.query),
+                            self.name, streams_there(self.query))
+            self._misses += 1
             return None
+        self._misses = 0
         if len(found) > 1:
             log.warning("%d streams match %s; using the one from %s (source_id %r)", len(found),
                         describe_query(self.query), found[0].hostname(), found[0].source_id())

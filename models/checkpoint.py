@@ -128,8 +128,9 @@ class Checkpoint:
     """A loaded checkpoint: ``contract``, ``state_dict`` and ``bank`` (array or None)."""
 
     def __init__(self, contract: Contract, state_dict: dict, bank: np.ndarray | None = None,
-                 path: Path | None = None):
+                 path: Path | None = None, where: str = "model"):
         self.contract, self.state_dict, self.bank, self.path = contract, state_dict, bank, path
+        self.where = where
 
     def __repr__(self) -> str:
         c = self.contract
@@ -137,12 +138,22 @@ class Checkpoint:
                 f"samples @ {c.input.srate:g} Hz → {c.output.kind}>")
 
     def build_model(self):
-        """The family's network with the trained weights, in eval mode."""
+        """The family's network with the trained weights, in eval mode.
+
+        Raises a one-line :class:`RtbciError` if the weights do not fit the family's network.
+        """
         from rtbci.models.families import get_family
 
         family = get_family(self.contract.family)
-        model = family.build(self.contract)
-        model.load_state_dict(self.state_dict)
+        try:
+            model = family.build(self.contract)
+            model.load_state_dict(self.state_dict)
+        except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+            lines = [line.strip() for line in str(exc).splitlines()
+                     if line.strip() and not line.startswith("Error(s) in loading")]
+            first = lines[0][:200] if lines else type(exc).__name__
+            raise RtbciError(f"{self.where}: {str(self.path)!r}: the weights do not fit a "
+                             f"{self.contract.family} network: {first}") from None
         return model.eval()
 
 
@@ -174,22 +185,43 @@ def load_checkpoint(path: str | Path, where: str = "model") -> Checkpoint:
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling errors of many kinds
-        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-        why = (f"it holds a Python object ({refused.group(1)}) that a safe load refuses"
-               if refused else str(exc).splitlines()[0])
-        raise RtbciError(f"{where}: {str(path)!r} is not an rtbci checkpoint: {why}") from None
+        raise RtbciError(f"{where}: {str(path)!r} is not an rtbci checkpoint: "
+                         f"{_load_failure(exc, path)}") from None
     if not isinstance(raw, dict) or not {"contract", "state_dict"} <= set(raw):
         raise RtbciError(f"{where}: {str(path)!r} is not an rtbci checkpoint (no contract)")
+    if not isinstance(raw["contract"], dict) or not isinstance(raw["state_dict"], dict):
+        raise RtbciError(f"{where}: {str(path)!r} is not an rtbci checkpoint (its contract "
+                         "and state_dict are not tables)")
     if raw["contract"].get("format") != CHECKPOINT_FORMAT:
         raise RtbciError(f"{where}: {str(path)!r} has checkpoint format "
                          f"{raw['contract'].get('format')!r}; this rtbci reads "
                          f"{CHECKPOINT_FORMAT}")
     try:
-        contract = Contract(**raw["contract"])
+        contract = Contract.model_validate(raw["contract"])
     except ValidationError as exc:
         err = exc.errors()[0]
         key = ".".join(str(p) for p in err["loc"])
         raise RtbciError(f"{where}: {str(path)!r}: contract.{key}: {err['msg']}") from None
     bank = raw.get("bank")
+    if bank is not None and not isinstance(bank, torch.Tensor):
+        raise RtbciError(f"{where}: {str(path)!r}: bank is a {type(bank).__name__}, not a "
+                         "tensor")
     return Checkpoint(contract, raw["state_dict"],
-                      None if bank is None else bank.float().numpy(), path)
+                      None if bank is None else bank.float().numpy(), path, where)
+
+
+def _load_failure(exc: Exception, path: Path) -> str:
+    """Why ``torch.load`` refused a file, in one line (torch's messages run to paragraphs)."""
+    text = str(exc)
+    refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if refused:
+        return f"it holds a Python object ({refused.group(1)}) that a safe load refuses"
+    if path.stat().st_size == 0:
+        return "the file is empty"
+    if isinstance(exc, EOFError):
+        return "the file ends early (truncated?)"
+    detail = re.search(r"WeightsUnpickler error: \s*(.+)", text)
+    if detail:
+        return f"not a torch file ({detail.group(1).strip()})"
+    first = text.split(". ")[0].strip()
+    return first or type(exc).__name__

@@ -147,8 +147,11 @@ def start_broker_process(host: str, port: int, timeout: float = 15.0,
                          password_file: Path | None = None) -> subprocess.Popen:
     """Start ``rtbci broker`` in a child process and wait until it accepts connections."""
     extra = [] if password_file is None else ["--password-file", str(password_file)]
+    # its own session: a Ctrl-C in the terminal reaches the engine, not the broker, which its
+    # starter stops after the engine has closed its MQTT sink (cli.cmd_demo)
     proc = subprocess.Popen([sys.executable, "-m", "rtbci", "-q", "broker", "--host", host,
-                             "--port", str(port), *extra], stdin=subprocess.DEVNULL)
+                             "--port", str(port), *extra], stdin=subprocess.DEVNULL,
+                            start_new_session=True)
     deadline = time.monotonic() + timeout
     while not port_open(host, port):
         if proc.poll() is not None or time.monotonic() > deadline:

@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -141,8 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("check", help="validate a config file",
-                       description="Validate a TOML config file and print what it sets up.")
+                       description="Validate a TOML config file and what it refers to (model, "
+                                   "checkpoint and classifier files, windows against buffers, "
+                                   "buffer memory) and print what it sets up.")
     p.add_argument("config", type=Path, metavar="CONFIG")
+    p.add_argument("--probe", type=_positive, metavar="S",
+                   help="also look for each LSL source's stream for up to S seconds (its "
+                        "channels and rate size the buffer; a missing one lists those there)")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("run", help="run the engine on a config file",
@@ -294,6 +300,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     classes = tuple(c.strip() for c in args.classes.split(",") if c.strip())
     if not classes:
         raise RtbciError("--classes: give at least one class label")
+    _check_output(args.save, "--save")
     if args.family is not None and args.save is not None:
         from rtbci.devices.tasks import save_task
 
@@ -411,17 +418,113 @@ def cmd_check(args: argparse.Namespace) -> int:
     from rtbci.config import load_config
 
     config = load_config(args.config)
+    infos = _known_infos(config, args.probe, str(args.config))
+    problems = _preflight(config, infos)
+    if problems:
+        raise RtbciError("\n".join(f"{args.config}: {p}" for p in problems))
     print(f"{args.config}: OK (session {config.engine.session!r})")
     for src in config.sources:
         what = src.stream.as_dict() if src.kind == "lsl" else {"profile": src.profile}
-        print(f"  source {src.name!r}: {src.kind} {what}, {src.buffer_seconds:g} s buffer")
+        info = infos.get(src.name)
+        size = "" if info is None else (
+            f" ({info.n_channels} ch @ {info.srate:g} Hz: ~"
+            f"{_buffer_bytes(src, info) / 2**20:,.0f} MiB)")
+        print(f"  source {src.name!r}: {src.kind} {what}, {src.buffer_seconds:g} s buffer{size}")
     return 0
+
+
+def _buffer_bytes(src, info) -> int:
+    from rtbci.config import buffer_bytes
+
+    return buffer_bytes(src.buffer_seconds, info.srate, info.n_channels)
+
+
+def _known_infos(config, probe: float | None, origin: str) -> dict:
+    """Source name → StreamInfo where it is known before a session: a simulated source's
+    profile, and with ``probe`` seconds an LSL source's stream found on the network."""
+    from rtbci.devices.simulate import SimulatedAmplifier
+
+    infos = {}
+    for i, src in enumerate(config.sources):
+        if src.kind == "simulate":
+            infos[src.name] = SimulatedAmplifier(src.profile, name=src.stream_name or src.name,
+                                                 task=src.task).info
+        elif probe is not None:
+            from rtbci.devices.lsl import describe_query, info_from_lsl, resolve, streams_there
+
+            query = src.stream.as_dict()
+            found = resolve(query, probe)
+            if not found:
+                raise RtbciError(f"{origin}: sources[{i}].stream: no LSL stream "
+                                 f"{describe_query(query)} within {probe:g} s; "
+                                 f"{streams_there(query)}")
+            infos[src.name] = info_from_lsl(found[0])
+    return infos
+
+
+def _preflight(config, infos: dict) -> list[str]:
+    """What would stop a session that a config file cannot show: files a decoder needs,
+    checkpoint windows longer than the buffer, buffers too large for memory (one line each)."""
+    from rtbci.config import MAX_BUFFER_BYTES
+
+    problems = []
+    sources = {src.name: (i, src) for i, src in enumerate(config.sources)}
+    for name, info in infos.items():
+        i, src = sources[name]
+        size = _buffer_bytes(src, info)
+        if size > MAX_BUFFER_BYTES:
+            problems.append(f"sources[{i}].buffer_seconds: {src.buffer_seconds:g} s of "
+                            f"{info.n_channels} ch @ {info.srate:g} Hz needs ~{size / 2**30:.1f} "
+                            f"GiB, over the {MAX_BUFFER_BYTES / 2**30:g} GiB limit")
+    for i, dec in enumerate(config.decoders):
+        problem = _decoder_problem(config, f"decoders[{i}]", dec, sources[dec.source][1])
+        if problem:
+            problems.append(problem)
+    return problems
+
+
+def _decoder_problem(config, where: str, dec, src) -> str | None:
+    """The first thing missing for one decoder: its module, checkpoint or classifier file,
+    or a checkpoint window longer than its source's buffer."""
+    import importlib.util
+
+    from rtbci.models import checkpoint_path, is_checkpoint
+    from rtbci.models.runtimes.select import importable
+
+    if dec.model.startswith("python:"):
+        module = dec.model.removeprefix("python:").partition(":")[0]
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        return None if found else f"{where}.model: no Python module {module!r}"
+    if not is_checkpoint(dec.model):
+        classifier = dec.options.get("classifier")
+        if classifier and not config.resolve(classifier).is_file():
+            return f"{where}.options.classifier: no file {str(config.resolve(classifier))!r}"
+        return None
+    path = checkpoint_path(dec.model, config.base_dir)
+    if not importable("torch"):
+        return None if path.is_file() else f"{where}.model: no checkpoint file {str(path)!r}"
+    from rtbci.models.checkpoint import load_checkpoint
+
+    try:
+        contract = load_checkpoint(path, f"{where}.model").contract
+    except RtbciError as exc:
+        return str(exc)
+    seconds = contract.input.n_samples / contract.input.srate
+    if seconds > src.buffer_seconds:
+        return (f"{where}: the checkpoint's window ({seconds:g} s) is longer than the buffer "
+                f"of source {src.name!r} (buffer_seconds = {src.buffer_seconds:g})")
+    return None
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from rtbci.config import load_config
 
     config = load_config(args.config)
+    _check_output(args.stats_json, "--stats-json")
+    _check_output(args.report, "--report")
     if args.replay is None:
         for option in ("speed", "report"):
             if getattr(args, option) is not None:
@@ -569,13 +672,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import tomllib
 
     config = parse_config(tomllib.loads(text), "demo config", base_dir=package)
+    _check_output(args.stats_json, "--stats-json")
     broker = _ensure_local_broker(config)
     try:
-        return _run_engine(config, args)
+        return _run_engine(config, args)  # closes the MQTT sink before returning
     finally:
-        if broker is not None:
+        if broker is not None:  # then the broker (its own process group: Ctrl-C spared it)
             broker.terminate()
-            broker.wait(5)
+            try:
+                broker.wait(5)
+            except subprocess.TimeoutExpired:
+                broker.kill()
+                broker.wait()
 
 
 def _ensure_local_broker(config):
@@ -640,6 +748,19 @@ def _run_engine(config, args: argparse.Namespace) -> int:
     failed = [n for n, s in stats["streams"].items() if s.get("state") == "failed"]
     status = _report_problems(engine, stats, interrupted=stop.is_set())
     return 1 if failed else status
+
+
+def _check_output(path: Path | None, option: str) -> None:
+    """Refuse, before anything runs, an output file that could not be written at the end."""
+    if path is None:
+        return
+    folder = path.parent
+    if path.is_dir():
+        raise RtbciError(f"{option}: {path} is a directory; give a file name")
+    if not folder.is_dir():
+        raise RtbciError(f"{option}: no folder {str(folder)!r} to write {path.name} in")
+    if not os.access(folder, os.W_OK):
+        raise RtbciError(f"{option}: not allowed to write in {str(folder)!r}")
 
 
 def _finite(obj):

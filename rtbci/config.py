@@ -5,6 +5,7 @@ Every error names the key path (``sources[0].stream.name``) and says what was ex
 
 from __future__ import annotations
 
+import math
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -47,6 +48,16 @@ class EngineConfig(_Strict):
     session: str = Field("rtbci", pattern=r"^[A-Za-z0-9_.-]+$",
                          description="session name; MQTT topics are rtbci/<session>/…")
     stats_interval_s: float = Field(1.0, gt=0, description="period of the live stats lines")
+
+
+RESERVED_SOURCE_NAMES = ("session",)  # the recorder's session.json (devices/session.py)
+MAX_BUFFER_BYTES = 2 * 1024**3  # one source's ring buffer (see buffer_bytes); rtbci check
+
+
+def buffer_bytes(buffer_seconds: float, srate: float, n_channels: int) -> int:
+    """Estimated memory of a source's buffers: capacity × channels × float32 × 2 (the ring
+    buffer and its copies: arrival times, the record sink's ring)."""
+    return round(buffer_seconds * srate) * n_channels * 4 * 2
 
 
 class _SourceBase(_Strict):
@@ -149,6 +160,10 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _references(self) -> Config:
+        for i, src in enumerate(self.sources):
+            if src.name in RESERVED_SOURCE_NAMES:
+                raise ValueError(f"sources[{i}].name: {src.name!r} is reserved (the record "
+                                 f"sink writes {src.name}.json for the session itself)")
         for section in ("sources", "decoders"):
             seen = set()
             for i, entry in enumerate(getattr(self, section)):
@@ -160,7 +175,35 @@ class Config(_Strict):
             if dec.source not in sources:
                 raise ValueError(f"decoders[{i}].source: no source named {dec.source!r} "
                                  f"(sources: {', '.join(sources)})")
+            buffer_s = self.sources[sources.index(dec.source)].buffer_seconds
+            if window_seconds(dec.window_ms) > buffer_s:
+                raise ValueError(f"decoders[{i}].window_ms: {window_seconds(dec.window_ms):g} s "
+                                 f"is longer than the buffer of source {dec.source!r} "
+                                 f"(buffer_seconds = {buffer_s:g})")
         return self
+
+
+def summarize_markers(texts, limit: int = 6) -> str:
+    """What marker texts there are, most frequent first: ``stim/… ×40, trial_start ×3`` (a
+    ``prefix/…`` groups the texts with that prefix), for messages about ``on_marker`` /
+    ``--events`` that match nothing."""
+    from collections import Counter
+
+    counts = Counter(t.rsplit("/", 1)[0] + "/…" if "/" in t else t for t in texts)
+    if not counts:
+        return "none"
+    shown = [f"{text} ×{n}" for text, n in counts.most_common(limit)]
+    more = f", and {len(counts) - limit} more" if len(counts) > limit else ""
+    return ", ".join(shown) + more
+
+
+def window_seconds(window_ms: float | tuple[float, float] | None) -> float:
+    """A ``window_ms`` value's length in seconds (0 when left out)."""
+    if window_ms is None:
+        return 0.0
+    if isinstance(window_ms, tuple):
+        return (window_ms[1] - window_ms[0]) * 1e-3
+    return window_ms * 1e-3
 
 
 def _key_path(loc: tuple) -> str:
@@ -204,18 +247,47 @@ def parse_config(data: dict, origin: str = "config", base_dir: Path | None = Non
         config = Config.model_validate(data)
     except ValidationError as exc:
         raise RtbciError(format_errors(exc, origin)) from None
+    problems = [f"{origin}: {path}: {why}" for path, why in _odd_numbers(config, data)]
+    if problems:
+        raise RtbciError("\n".join(problems))
     if base_dir is not None:
         config._base_dir = Path(base_dir)
     return config
+
+
+def _odd_numbers(model: BaseModel, data: Any, path: str = ""):
+    """``(key path, why)`` for each NaN/infinite number and each boolean given for a number
+    (pydantic reads ``true`` as 1), anywhere in a validated config and its ``data``."""
+    if isinstance(data, bool) and isinstance(model, int | float) and not isinstance(model, bool):
+        yield path, f"expected a number, got {str(data).lower()}"
+    elif isinstance(model, float) and not math.isfinite(model):
+        yield path, f"expected a finite number, got {model}"
+    elif isinstance(model, BaseModel) and isinstance(data, dict):
+        for key in model.model_fields_set & set(data):
+            if key != "options":  # a decoder's own options: its factory checks them
+                yield from _odd_numbers(getattr(model, key), data[key],
+                                        f"{path}.{key}" if path else key)
+    elif isinstance(model, list | tuple) and isinstance(data, list | tuple):
+        for i, (item, raw) in enumerate(zip(model, data)):
+            yield from _odd_numbers(item, raw, f"{path}[{i}]")
 
 
 def load_config(path: str | Path) -> Config:
     """Read and validate a TOML config file."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
+        raw = path.read_bytes()
+        data = tomllib.loads(raw.decode("utf-8"))
     except FileNotFoundError:
         raise RtbciError(f"{path}: no such config file") from None
+    except IsADirectoryError:
+        raise RtbciError(f"{path}: is a directory, not a config file") from None
+    except PermissionError:
+        raise RtbciError(f"{path}: not allowed to read it") from None
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise RtbciError(f"{path}: line {line} is not UTF-8 text; save the config as UTF-8") \
+            from None
     except tomllib.TOMLDecodeError as exc:
         raise RtbciError(f"{path}: not valid TOML: {exc}") from None
     return parse_config(data, str(path), path.resolve().parent)

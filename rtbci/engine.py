@@ -15,7 +15,7 @@ import pylsl
 
 from rtbci import __version__
 from rtbci.acquisition import Acquisition
-from rtbci.config import Config, DecoderConfig, SourceConfig
+from rtbci.config import Config, DecoderConfig, SourceConfig, summarize_markers
 from rtbci.devices import make_source
 from rtbci.devices.lsl import MarkerReader
 from rtbci.devices.recording import Recording
@@ -32,6 +32,7 @@ from rtbci.stream import Stream, StreamInfo
 log = logging.getLogger("rtbci.engine")
 
 WATCHDOG_S = 0.05
+MARKER_HINT_AFTER = 10  # markers on a source before saying an on_marker decoder matched none
 
 
 class Engine:
@@ -56,7 +57,10 @@ class Engine:
         self.markers_received: dict[str, int] = {}
         self.sinks: list[Sink] = [make_sink(s, self.session, config) for s in config.sinks]
         self.sinks += sinks or []
-        self.decoder_status: dict[str, dict] = {}
+        self.decoder_status: dict[str, dict] = {}  # status(): running or failed decoders
+        # stats(): every configured decoder's state: loading → running | failed
+        self.decoder_states: dict[str, str] = {cfg.name: "loading" for cfg in config.decoders}
+        self._unmatched = {cfg.name: cfg for cfg in config.decoders if cfg.on_marker}
         self._streams: dict[str, Stream] = {}
         self.scheduler: Scheduler | None = None
         self._marker_readers: list[MarkerReader] = []
@@ -137,6 +141,7 @@ class Engine:
                     f"{where} ({cfg.name!r}): failed to start: {type(exc).__name__}: {exc}")
                 log.error("%s", message)
                 self.decoder_status[cfg.name] = {"error": message}
+                self.decoder_states[cfg.name] = "failed"
                 continue
             self._register_decoder(cfg, decoder, trigger, stream)
         for sink in self.sinks:
@@ -162,6 +167,7 @@ class Engine:
         task = DecoderTask(cfg.name, decoder, stream, trigger, cfg.budget_ms, cfg.timeout_ms,
                            self.session)
         self.scheduler.add(task, cfg.device)
+        self.decoder_states[cfg.name] = "running"
         self.decoder_status[cfg.name] = {
             "source": cfg.source, "kind": decoder.kind, "labels": decoder.labels,
             "output_size": decoder.output_size, "window": [start, length],
@@ -177,6 +183,7 @@ class Engine:
         the loop), or ``direct`` on the loop's own thread (offline replay)."""
         self.markers[source].append((timestamp, text))
         self.markers_received[source] += 1
+        self._hint_unmatched(source, text)
         for sink in self.sinks:
             sink.marker(source, timestamp, text)
         stream = self._streams.get(source)
@@ -186,6 +193,23 @@ class Engine:
             self.scheduler.on_marker(stream, timestamp, text)
         else:
             self._loop.call_soon_threadsafe(self.scheduler.on_marker, stream, timestamp, text)
+
+    def _hint_unmatched(self, source: str, text: str) -> None:
+        """Warn once per event-locked decoder whose ``on_marker`` matched none of the first
+        :data:`MARKER_HINT_AFTER` markers of its source, naming the markers there are."""
+        tasks = self.scheduler.tasks if self.scheduler else {}
+        for name, cfg in list(self._unmatched.items()):
+            if cfg.source != source or name not in tasks:
+                continue
+            if tasks[name].trigger.label(text) is not None:
+                del self._unmatched[name]
+            elif self.markers_received[source] >= MARKER_HINT_AFTER:
+                del self._unmatched[name]
+                i = self.config.decoders.index(cfg)
+                log.warning("decoders[%d] (%r).on_marker %r matched none of the %d markers on "
+                            "source %r so far; markers there: %s", i, name, cfg.on_marker,
+                            self.markers_received[source], source,
+                            summarize_markers(t for _, t in self.markers[source]))
 
     def status(self) -> dict:
         """The engine's status (sent retained on MQTT): session, streams, decoders."""
@@ -356,11 +380,14 @@ class Engine:
             if name in self.unmatched:
                 entry["error"] = self.unmatched[name]
             streams[name] = entry
-        decoders = {name: task.stats() for name, task in self.scheduler.tasks.items()} \
-            if self.scheduler else {}
-        for name, status in self.decoder_status.items():
-            if "error" in status:
-                decoders[name] = {"results": 0, "error": status["error"]}
+        tasks = self.scheduler.tasks if self.scheduler else {}
+        decoders = {}
+        for name in [*self.decoder_states, *(n for n in tasks if n not in self.decoder_states)]:
+            entry = tasks[name].stats() if name in tasks else {"results": 0}
+            entry["state"] = self.decoder_states.get(name, "running")
+            if "error" in self.decoder_status.get(name, {}):
+                entry["error"] = self.decoder_status[name]["error"]
+            decoders[name] = entry
         sinks = {f"{s.kind}[{i}]": s.stats() for i, s in enumerate(self.sinks) if s.stats()}
         return {"streams": streams, "decoders": decoders, "sinks": sinks}
 
@@ -399,7 +426,7 @@ class Engine:
         if not received:
             return f"its source {source!r} received no markers"
         trigger = TriggerSpec(length=window, marker=cfg.on_marker)
-        if not any(trigger.matches(text) for text in received):
+        if not any(trigger.label(text) is not None for text in received):
             return (f"none of the {self.markers_received[source]} markers of source "
                     f"{source!r} matched on_marker {cfg.on_marker!r}, e.g. {received[0]!r}")
         return f"no window around its markers on {source!r} could be decoded"

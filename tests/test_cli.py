@@ -1,12 +1,15 @@
 """The command line as a user runs it (subprocesses, real LSL)."""
 
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from rtbci.cli import build_parser
+import rtbci as rtbci_package
+from rtbci.cli import build_parser, main
 
 
 def rtbci(*args, timeout=60, **kw):
@@ -79,8 +82,15 @@ def test_demo_config_is_printed_and_valid(tmp_path):
     assert out.returncode == 0 and 'kind = "simulate"' in out.stdout
     path = tmp_path / "demo.toml"
     path.write_text(out.stdout)
+    check = rtbci("check", str(path))  # the band-power classifier file is not there
+    assert check.returncode == 2 and check.stderr == (
+        f"rtbci: error: {path}: decoders[1].options.classifier: no file "
+        f"'{tmp_path / 'demo_bandpower.npz'}'\n")
+    shutil.copy(Path(rtbci_package.__file__).parent / "demo_bandpower.npz", tmp_path)
     check = rtbci("check", str(path))
     assert check.returncode == 0 and "OK" in check.stdout
+    assert "source 'eeg': simulate {'profile': 'eeg64'}, 30 s buffer (64 ch @ 1000 Hz: ~15 MiB)" \
+        in check.stdout
 
 
 def test_bad_cli_value_is_one_line():
@@ -105,3 +115,138 @@ def test_a_live_run_whose_decoder_produced_nothing_says_so_and_exits_1(tmp_path)
             in run.stderr and "matched on_marker 'nothing', e.g. 'stim/" in run.stderr) or (
         "rtbci: error: decoder 'never' produced no results (its source 'eeg' received no "
         "markers)" in run.stderr)
+
+
+SOURCE = '[[sources]]\nname = "eeg"\nkind = "simulate"\n'
+
+
+def bandpower(**extra) -> str:
+    """TOML of ``decoders = [...]`` (before any table); None leaves a key out."""
+    import tomli_w
+
+    entry = {"name": "bp", "model": "builtin:bandpower", "source": "eeg", "window_ms": 500,
+             "every_ms": 100, **extra}
+    return tomli_w.dumps({"decoders": [{k: v for k, v in entry.items() if v is not None}]})
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    (bandpower(model="python:no_such_module_here:make") + SOURCE,
+     "decoders[0].model: no Python module 'no_such_module_here'"),
+    (bandpower(options={"classifier": "gone.npz"}) + SOURCE,
+     "decoders[0].options.classifier: no file '{dir}/gone.npz'"),
+    (bandpower(model="gone.pt", window_ms=None, every_ms=None, on_marker="stim") + SOURCE,
+     "decoders[0].model: no checkpoint file '{dir}/gone.pt'"),
+    (bandpower(model="empty.pt", window_ms=None, every_ms=None, on_marker="stim") + SOURCE,
+     "decoders[0].model: '{dir}/empty.pt' is not an rtbci checkpoint: the file is empty"),
+    (SOURCE + 'profile = "meg306"\nbuffer_seconds = 3600\n',
+     "sources[0].buffer_seconds: 3600 s of 306 ch @ 1000 Hz needs ~8.2 GiB, over the 2 GiB limit"),
+])
+def test_check_finds_what_would_stop_a_session(tmp_path, capsys, text, expected):
+    (tmp_path / "empty.pt").write_bytes(b"")
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    assert main(["check", str(path)]) == 2
+    assert capsys.readouterr().err == (f"rtbci: error: {path}: "
+                                       f"{expected.format(dir=tmp_path)}\n")
+
+
+def test_check_with_probe_lists_the_streams_there(tmp_path, capsys):
+    import pylsl
+
+    name = f"rtbci-probe-{tmp_path.name}"
+    outlet = pylsl.StreamOutlet(pylsl.StreamInfo(name, "EEG", 4, 100, pylsl.cf_float32, name))
+    wanted = name.upper()  # a case-insensitive match: listed first
+    path = tmp_path / "c.toml"
+    path.write_text(f'[[sources]]\nname = "eeg"\nkind = "lsl"\nstream = {{ name = "{wanted}" }}\n')
+    assert main(["check", str(path), "--probe", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"rtbci: error: {path}: sources[0].stream: no LSL stream name="
+                          f"{wanted!r} within 1 s; streams there: {name!r} (EEG)")
+    del outlet
+
+
+@pytest.mark.parametrize("option", ["--stats-json", "--report"])
+def test_an_output_into_a_missing_folder_is_refused_before_the_run(tmp_path, capsys, option):
+    config = tmp_path / "c.toml"
+    config.write_text(SOURCE)
+    out = tmp_path / "missing" / "stats.json"
+    extra = ["--replay", str(tmp_path / "never-read.fif")] if option == "--report" else []
+    assert main(["run", str(config), "--duration", "30", option, str(out), *extra]) == 2
+    assert capsys.readouterr().err == (f"rtbci: error: {option}: no folder "
+                                       f"'{tmp_path / 'missing'}' to write stats.json in\n")
+
+
+def test_demo_and_simulate_refuse_a_missing_folder_before_starting(tmp_path, capsys):
+    out = tmp_path / "missing" / "x_raw.fif"
+    assert main(["demo", "--duration", "30", "--stats-json", str(out)]) == 2
+    assert main(["simulate", "--save", str(out)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"rtbci: error: {o}: no folder '{tmp_path / 'missing'}' to write "
+                   "x_raw.fif in" for o in ("--stats-json", "--save")]
+
+
+def test_compile_refuses_a_bad_checkpoint_in_one_line(tmp_path, capsys):
+    pytest.importorskip("torch")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    assert main(["compile", str(tmp_path / "empty.pt"), "--runtime", "torch"]) == 2
+    assert capsys.readouterr().err == (f"rtbci: error: MODEL: '{tmp_path / 'empty.pt'}' is not "
+                                       "an rtbci checkpoint: the file is empty\n")
+
+
+def test_the_two_readme_installs_get_one_torch():
+    """[test] takes torch from [neural]: one spec, so `pip install -e .[neural]` then
+    `.[test]` never swaps one torch build for another."""
+    import tomllib
+
+    extras = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())[
+        "project"]["optional-dependencies"]
+    torch_specs = [(extra, spec) for extra, specs in extras.items() for spec in specs
+                   if spec.startswith("torch")]
+    assert torch_specs == [("neural", "torch==2.13.0")]
+    assert "rtbci[neural,gui]" in extras["test"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_a_terminal_stops_the_demo_and_its_broker_cleanly(tmp_path):
+    """Ctrl-C reaches the terminal's whole process group: the demo must close its MQTT sink
+    before the broker it started goes away (no traceback, nothing dropped), then stop it."""
+    import os
+    import signal
+    import time
+
+    from rtbci.broker import port_open
+
+    if port_open("127.0.0.1", 1883):
+        pytest.skip("a broker already runs on 127.0.0.1:1883: the demo would not start one")
+    stats_path = tmp_path / "stats.json"
+    proc = subprocess.Popen([sys.executable, "-m", "rtbci", "demo", "--stats-json",
+                             str(stats_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)  # its own group, as a shell's job
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:  # running: the first stats line with samples
+        line = proc.stdout.readline()
+        if "streaming" in line and " 0 samples" not in line:
+            break
+    os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "unreachable" not in err and "undelivered" not in err, err
+    stats = json.loads(stats_path.read_text())
+    mqtt = next(v for k, v in stats["sinks"].items() if k.startswith("mqtt"))
+    assert mqtt["dropped"] == 0 and mqtt["queued"] == 0
+    assert not port_open("127.0.0.1", 1883)  # the demo's broker is gone too
+
+
+def test_a_source_waiting_for_its_stream_lists_the_streams_there(tmp_path, caplog):
+    import pylsl
+
+    from rtbci.devices.lsl import LSLSource
+
+    name = f"rtbci-wait-{tmp_path.name}"
+    outlet = pylsl.StreamOutlet(pylsl.StreamInfo(name, "EEG", 4, 100, pylsl.cf_float32, name))
+    source = LSLSource("eeg", {"name": name[:-1]})  # a close match, not the name
+    with caplog.at_level("WARNING", logger="rtbci.devices.lsl"):
+        assert source.open(0.2) is None
+    assert caplog.records[0].getMessage().startswith(
+        f"no LSL stream name={name[:-1]!r} (source 'eeg') yet; streams there: {name!r} (EEG)")
+    del outlet

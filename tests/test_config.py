@@ -15,6 +15,15 @@ kind = "lsl"
 stream = { name = "BioSemi" }
 buffer_seconds = 10
 """
+DECODER = """
+[[decoders]]
+name = "bp"
+model = "builtin:bandpower"
+source = "eeg"
+window_ms = 500
+every_ms = 100
+{}
+"""
 
 
 def test_good_config_is_parsed(tmp_path):
@@ -45,6 +54,27 @@ def test_good_config_is_parsed(tmp_path):
     (GOOD + GOOD.split("[[sources]]")[1].join(["[[sources]]", ""]),
      "sources[1].name: 'eeg' is used twice"),
     ("[[sources]\n", "not valid TOML"),
+    (GOOD.replace("buffer_seconds = 10", "buffer_seconds = nan"), "sources[0].buffer_seconds:"),
+    (GOOD.replace("buffer_seconds = 10", "buffer_seconds = true"),
+     "sources[0].buffer_seconds: expected a number, got true"),
+    (GOOD.replace("buffer_seconds = 10", "buffer_seconds = 1e9"),
+     "sources[0].buffer_seconds: Input should be less than or equal to 3600"),
+    (GOOD + '[[sinks]]\nkind = "console"\ninterval_s = inf\n',
+     "sinks[0].interval_s: expected a finite number, got inf"),
+    (GOOD.replace('name = "eeg"', 'name = "session"'),
+     "sources[0].name: 'session' is reserved (the record sink writes session.json"),
+    (GOOD + DECODER.format("budget_ms = -5"),
+     "decoders[0].budget_ms: Input should be greater than 0"),
+    (GOOD + DECODER.format("threads = true"), "decoders[0].threads: expected a number, got true"),
+    (GOOD + DECODER.format("every_ms = inf").replace("every_ms = 100\n", ""),
+     "decoders[0].every_ms: expected a finite number, got inf"),
+    (GOOD + DECODER.format("").replace("window_ms = 500", "window_ms = 20000"),
+     "decoders[0].window_ms: 20 s is longer than the buffer of source 'eeg' (buffer_seconds = "
+     "10)"),
+    (GOOD + '[[sinks]]\nkind = "record"\npath = "s/{sesion}"\n',
+     "sinks[0].path: unknown {sesion}; the path may use {session}, {start}"),
+    (GOOD + '[[sinks]]\nkind = "record"\npath = "s/{start:%Y}"\n', "sinks[0].path: unknown "
+     "{start:%Y}"),
 ])
 def test_each_mistake_is_one_line_naming_the_key(tmp_path, capsys, text, expected):
     path = tmp_path / "bad.toml"
@@ -54,6 +84,21 @@ def test_each_mistake_is_one_line_naming_the_key(tmp_path, capsys, text, expecte
     assert err.count("\n") == 0, err
     assert err.startswith(f"rtbci: error: {path}")
     assert expected in err
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    (b'[engine]\nsession = "caf\xe9"\n', "line 2 is not UTF-8 text; save the config as UTF-8"),
+    (None, "is a directory, not a config file"),
+])
+def test_unreadable_config_is_one_line(tmp_path, capsys, content, expected):
+    path = tmp_path / "c.toml"
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+    assert main(["check", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"rtbci: error: {path}: {expected}\n"
 
 
 def test_missing_file_is_named(tmp_path, capsys):

@@ -10,13 +10,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import platform
+import string
 import threading
 import time
 from importlib import metadata
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from rtbci import __version__
 from rtbci.devices.session import SessionWriter
@@ -27,6 +28,7 @@ from rtbci.stream import Stream
 
 log = logging.getLogger("rtbci.sinks.record")
 
+PATH_KEYS = ("session", "start")  # the {key}s of a record path
 PACKAGES = ("numpy", "scipy", "pylsl", "mne", "msgpack", "aiomqtt", "pydantic", "torch",
             "onnxruntime")
 
@@ -41,6 +43,21 @@ class RecordSinkConfig(BaseModel):
                                   "(YYYYmmdd-HHMMSS) are filled in")
     flush_s: float = Field(1.0, gt=0, le=60, description="at most this much is lost in a crash")
     buffer_seconds: float = Field(30.0, gt=0, description="raw history awaiting the writer")
+
+    @field_validator("path")
+    @classmethod
+    def _known_keys(cls, path: str) -> str:
+        try:
+            fields = [(key, spec, conv) for _, key, spec, conv in string.Formatter().parse(path)
+                      if key is not None]
+        except ValueError as exc:  # a lone { or }
+            raise ValueError(f"{exc} (write {{{{ and }}}} for braces)") from None
+        unknown = sorted({key if not (spec or conv) else f"{key}{'!' if conv else ':'}"
+                          f"{conv or spec}" for key, spec, conv in fields} - set(PATH_KEYS))
+        if unknown:
+            raise ValueError(f"unknown {{{unknown[0]}}}; the path may use "
+                             + ", ".join(f"{{{k}}}" for k in PATH_KEYS))
+        return path
 
 
 def versions() -> dict:

@@ -95,13 +95,19 @@ def _wait_for(condition, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
+FREEZE_S = 2.0  # how long the display is frozen
+# A display that blocked the engine would pause decoding for the whole freeze; a loaded
+# 2-core machine can delay a few windows by ~0.1–0.3 s. A quarter of the freeze tells them apart.
+PAUSE_LIMIT_S = FREEZE_S / 4
+
+
 def _stop_then_kill(gui: subprocess.Popen) -> dict[str, float]:
-    """Run live 1 s, freeze 2 s (SIGSTOP), resume 1 s, kill, wait 1 s; LSL clock times."""
+    """Run live 1 s, freeze FREEZE_S (SIGSTOP), resume 1 s, kill, wait 1 s; LSL clock times."""
     moments = {}
     time.sleep(1.0)
     moments["stop"] = pylsl.local_clock()
     gui.send_signal(signal.SIGSTOP)  # a frozen display: its sockets fill up
-    time.sleep(2.0)
+    time.sleep(FREEZE_S)
     gui.send_signal(signal.SIGCONT)
     moments["cont"] = pylsl.local_clock()
     time.sleep(1.0)
@@ -114,9 +120,14 @@ def _stop_then_kill(gui: subprocess.Popen) -> dict[str, float]:
 
 
 def _assert_decoding_never_paused(results: list[dict], moments: dict[str, float]) -> None:
-    """A result every 50 ms of signal, while the display was frozen and after it died."""
+    """A result every 50 ms of signal, published without a pause, while the display was
+    frozen and after it died (pauses up to PAUSE_LIMIT_S are the machine's, not the display's)."""
     ends = np.array(sorted(m["window_end"] for m in results))
-    assert np.diff(ends).max() < 0.2, f"decoding paused for {np.diff(ends).max():.3f} s"
+    assert np.diff(ends).max() < PAUSE_LIMIT_S, f"decoding paused for {np.diff(ends).max():.3f} s"
+    published = np.array(sorted(m["t_published"] for m in results))
+    during = published[(published > moments["stop"]) & (published <= moments["end"])]
+    gap = np.diff(np.concatenate([[moments["stop"]], during, [moments["end"]]])).max()
+    assert gap < PAUSE_LIMIT_S, f"publishing paused for {gap:.3f} s"
     for start, stop in (("stop", "cont"), ("kill", "end")):
         n = np.count_nonzero((ends > moments[start]) & (ends <= moments[stop] - 0.1))
         expected = (moments[stop] - 0.1 - moments[start]) / 0.05

@@ -69,15 +69,34 @@ def test_unsafe_or_foreign_files_are_refused_in_one_line(tmp_path, trained):
         "pickle.pt": {"contract": {"format": 1}, "state_dict": {}, "obj": Fraction(1, 3)},
         "plain.pt": {"weights": torch.zeros(3)},
         "future.pt": {"contract": {"format": 99}, "state_dict": {}},
+        "table.pt": {"contract": 5, "state_dict": {}},
+        "bank.pt": {**torch.load(trained[0], weights_only=True), "bank": "not a tensor"},
     }
     for name, payload in cases.items():
         torch.save(payload, tmp_path / name)
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "junk.pt").write_bytes(bytes(range(7, 107)))
+    (tmp_path / "half.pt").write_bytes(trained[0].read_bytes()[:1000])
     expected = {"pickle.pt": "holds a Python object", "plain.pt": "no contract",
-                "future.pt": "checkpoint format 99", "missing.pt": "no checkpoint file"}
+                "future.pt": "checkpoint format 99", "missing.pt": "no checkpoint file",
+                "table.pt": "contract and state_dict are not tables",
+                "bank.pt": "bank is a str, not a tensor", "empty.pt": "the file is empty",
+                "junk.pt": "not a torch file", "half.pt": "is not an rtbci checkpoint"}
     for name, words in expected.items():
         with pytest.raises(RtbciError, match=words) as err:
             load_checkpoint(tmp_path / name, "decoders[0].model")
         assert "\n" not in str(err.value) and str(err.value).startswith("decoders[0].model")
+
+
+def test_weights_that_do_not_fit_the_network_are_refused_in_one_line(tmp_path, trained):
+    raw = torch.load(trained[0], weights_only=True)
+    first = next(iter(raw["state_dict"]))
+    torch.save({**raw, "state_dict": {**raw["state_dict"], first: torch.zeros(3)}},
+               tmp_path / "shape.pt")
+    with pytest.raises(RtbciError, match=f"the weights do not fit a motor-gnn network: size "
+                                         f"mismatch for {first}") as err:
+        load_checkpoint(tmp_path / "shape.pt", "decoders[0].model").build_model()
+    assert "\n" not in str(err.value) and str(err.value).startswith("decoders[0].model")
 
 
 def stream_info(fif: Path):
@@ -228,3 +247,66 @@ def test_retrieval_returns_the_best_candidates_by_cosine():
     assert out.labels == [ckpt.contract.output.labels[i] for i in order]
     np.testing.assert_allclose(out.scores, cosine[order], atol=1e-4)
     assert decoder.output_size == 8 and decoder.describe()["output"] == [8]
+
+
+SLOW_DECODER = """
+import threading
+from rtbci.models.bandpower import BandPower
+
+release = threading.Event()
+
+def make(n_samples, n_channels, srate):
+    release.wait(30)  # compiling, until the test lets it finish
+    return BandPower(n_samples, n_channels, srate)
+"""
+
+
+def test_a_bad_checkpoint_fails_alone_and_stats_list_every_decoder_state(tmp_path, monkeypatch):
+    """Live: an empty .pt fails in one line, a decoder still compiling shows as loading and
+    the others run; every configured decoder is in the stats with its state."""
+    import importlib
+    import uuid
+
+    module = f"slow_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{module}.py").write_text(SLOW_DECODER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    (tmp_path / "empty.pt").write_bytes(b"")
+    sliding = {"source": "eeg", "window_ms": 200, "every_ms": 100, "runtime": "numpy"}
+    config = parse_config({
+        "engine": {"session": "states", "stats_interval_s": 0.3},
+        "sources": [{"name": "eeg", "kind": "simulate", "stream_name": module}],
+        "decoders": [{"name": "bad", "model": "empty.pt", "source": "eeg", "on_marker": "stim"},
+                     {"name": "bp", "model": "builtin:bandpower", **sliding},
+                     {"name": "slow", "model": f"python:{module}:make", **sliding}]},
+        base_dir=tmp_path)
+    engine, seen = Engine(config), []
+
+    def tick(engine):
+        decoders = engine.stats()["decoders"]
+        seen.append({name: entry["state"] for name, entry in decoders.items()})
+        if decoders["bp"]["results"] > 5:
+            importlib.import_module(module).release.set()
+
+    stats = asyncio.run(engine.run(6.0, on_tick=tick))
+    assert {"bad": "failed", "slow": "loading", "bp": "running"} in seen
+    assert {n: d["state"] for n, d in stats["decoders"].items()} == {
+        "bad": "failed", "bp": "running", "slow": "running"}
+    error = stats["decoders"]["bad"]["error"]
+    assert "\n" not in error and error.endswith("empty.pt' is not an rtbci checkpoint: the file "
+                                                "is empty")
+    assert stats["decoders"]["slow"]["results"] > 0 and stats["decoders"]["bp"]["results"] > 20
+
+
+def test_an_on_marker_matching_nothing_names_the_markers_there(tmp_path, caplog):
+    from rtbci.devices.simulate import save_recording
+
+    fif = save_recording(tmp_path / "sim_raw.fif", "eeg64", 30.0, 0, 1.0, ("left", "right"))
+    config = parse_config({
+        "sources": [{"name": "eeg", "kind": "simulate"}],
+        "decoders": [{"name": "trial", "model": "builtin:bandpower", "source": "eeg",
+                      "on_marker": "stimulus", "window_ms": [0, 500], "runtime": "numpy"}]})
+    with caplog.at_level("WARNING", logger="rtbci.engine"):
+        asyncio.run(Engine(config).run_offline(read_recording(fif)))
+    hints = [r.getMessage() for r in caplog.records if "matched none" in r.getMessage()]
+    assert hints == ["decoders[0] ('trial').on_marker 'stimulus' matched none of the 10 markers "
+                     "on source 'eeg' so far; markers there: stim/… ×10"]
