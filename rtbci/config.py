@@ -183,20 +183,6 @@ class Config(_Strict):
         return self
 
 
-def summarize_markers(texts, limit: int = 6) -> str:
-    """What marker texts there are, most frequent first: ``stim/… ×40, trial_start ×3`` (a
-    ``prefix/…`` groups the texts with that prefix), for messages about ``on_marker`` /
-    ``--events`` that match nothing."""
-    from collections import Counter
-
-    counts = Counter(t.rsplit("/", 1)[0] + "/…" if "/" in t else t for t in texts)
-    if not counts:
-        return "none"
-    shown = [f"{text} ×{n}" for text, n in counts.most_common(limit)]
-    more = f", and {len(counts) - limit} more" if len(counts) > limit else ""
-    return ", ".join(shown) + more
-
-
 def window_seconds(window_ms: float | tuple[float, float] | None) -> float:
     """A ``window_ms`` value's length in seconds (0 when left out)."""
     if window_ms is None:

@@ -15,12 +15,13 @@ import pylsl
 
 from rtbci import __version__
 from rtbci.acquisition import Acquisition
-from rtbci.config import Config, DecoderConfig, SourceConfig, summarize_markers
+from rtbci.config import Config, DecoderConfig, SourceConfig
 from rtbci.devices import make_source
 from rtbci.devices.lsl import MarkerReader
 from rtbci.devices.recording import Recording
 from rtbci.devices.replay import schedule
 from rtbci.errors import RtbciError
+from rtbci.events import summarize_markers
 from rtbci.messages import Result
 from rtbci.models import checkpoint_path, is_checkpoint, load_decoder
 from rtbci.models.checkpoint import load_checkpoint

@@ -15,6 +15,7 @@ Several patterns: the first one that matches gives the label.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Iterable, Sequence
 
 from rtbci.errors import RtbciError
@@ -88,14 +89,30 @@ class MarkerMatcher:
         return [p.pattern for p in self.patterns
                 if not any(p.label(name) is not None for name in names)]
 
-    def describe_missing(self, names: Iterable[str], limit: int = 10) -> str | None:
+    def describe_missing(self, names: Iterable[str]) -> str | None:
         """A one-line message naming the patterns that match none of ``names`` and the
-        markers that exist (the first ``limit``, sorted), or None if every pattern matches."""
-        names = sorted(set(names))
+        markers that exist (:func:`summarize_markers`), or None if every pattern matches."""
+        names = list(names)
         missing = self.unmatched(names)
         if not missing:
             return None
-        shown = ", ".join(repr(n) for n in names[:limit]) or "none"
-        more = f" (+{len(names) - limit} more)" if len(names) > limit else ""
         return (f"marker pattern {' and '.join(repr(p) for p in missing)} matches no marker; "
-                f"markers seen: {shown}{more}")
+                f"markers seen: {summarize_markers(names)}")
+
+
+def summarize_markers(texts: Iterable[str], limit: int = 6) -> str:
+    """What marker texts there are, most frequent first, for messages about ``on_marker`` or
+    ``--events`` patterns that match nothing: ``stim/left ×20, stim/right ×19, start ×1``.
+    A prefix with more than ``limit`` distinct texts is grouped: ``image/… ×100``."""
+    texts = list(texts)
+    distinct: dict[str, set[str]] = {}
+    for t in texts:
+        distinct.setdefault(t.rsplit("/", 1)[0], set()).add(t)
+    crowded = {p for p, names in distinct.items() if len(names) > limit and p}
+    counts = Counter(t.rsplit("/", 1)[0] + "/…" if t.rsplit("/", 1)[0] in crowded and "/" in t
+                     else t for t in texts)
+    if not counts:
+        return "none"
+    shown = [f"{text} ×{n}" for text, n in counts.most_common(limit)]
+    more = f", and {len(counts) - limit} more" if len(counts) > limit else ""
+    return ", ".join(shown) + more

@@ -35,7 +35,7 @@ def test_a_pattern_matching_nothing_is_reported_with_the_names_that_exist():
     assert m.unmatched(names) == ["re:cue_(\\d)", "outcome"]
     assert m.describe_missing(names) == (
         "marker pattern 're:cue_(\\\\d)' and 'outcome' matches no marker; markers seen: "
-        "'stim/left', 'stim/right', 'trial_start'")
+        "stim/left ×2, stim/right ×1, trial_start ×1")
     assert MarkerMatcher("stim").describe_missing(names) is None
 
 
