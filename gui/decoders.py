@@ -195,7 +195,7 @@ class ClassesCard(DecoderCard):
         if not marker:
             return ""
         text = f"marker {marker}"
-        truth = true_class(marker)
+        truth = true_class(message)
         if truth is not None and state.scored:
             predicted = message["labels"][int(np.argmax(message["probabilities"]))]
             text += (f" → {predicted} {'✓' if predicted == truth else '✗'} · accuracy "

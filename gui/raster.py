@@ -68,8 +68,9 @@ class BinCache:
     def update(self) -> int:
         """Reduce the complete bins that arrived since the last call; return the bins held."""
         ring, k = self.ring, self.k
-        end = ring.count // k
-        first = max(-(-ring.oldest // k), end - self.capacity)
+        count = ring.count  # one snapshot: the acquisition thread writes on
+        end = count // k
+        first = max(-(-max(0, count - ring.capacity) // k), end - self.capacity)
         if self.next_bin < first:  # fell behind (or first call): the held bins are too old
             self.bins = RingBuffer(self.capacity, 2 * ring.n_channels)
             self.next_bin = first

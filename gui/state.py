@@ -11,11 +11,10 @@ from rtbci.latency import percentiles
 __all__ = ["DecoderState", "percentiles", "true_class"]
 
 
-def true_class(marker: str | None) -> str | None:
-    """The class a marker names, ``stim/left`` → ``left`` (None without a ``/``)."""
-    if not marker or "/" not in marker:
-        return None
-    return marker.rsplit("/", 1)[1]
+def true_class(message: dict) -> str | None:
+    """The class a marker-locked result's marker names: the ``label`` its decoder's
+    ``on_marker`` pattern gave it (:mod:`rtbci.events`, e.g. ``stim/left`` → ``left``)."""
+    return message.get("label")
 
 
 class DecoderState:
@@ -67,7 +66,7 @@ class DecoderState:
         self._score(message)
 
     def _score(self, message: dict) -> None:
-        truth = true_class(message.get("marker"))
+        truth = true_class(message)
         probabilities, labels = message.get("probabilities"), message.get("labels")
         if truth is None or probabilities is None or not labels or truth not in labels:
             return

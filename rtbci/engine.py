@@ -372,7 +372,8 @@ class Engine:
         for name in self.markers_received:
             stream, acq = self._streams.get(name), self.acquisitions.get(name)
             entry = stream.stats() if stream else {"samples": 0, "gaps": 0, "overflows": 0,
-                                                    "rate_hz": 0.0}
+                                                    "rate_hz": 0.0, "nonfinite_samples": 0,
+                                                    "nonfinite_chunks": 0}
             entry["markers"] = self.markers_received[name]
             entry["state"] = acq.state if acq else "unmatched" if name in self.unmatched \
                 else "replayed"

@@ -131,6 +131,10 @@ class RecordSink(Sink):
             self._rings[name] = (ring, 0)
         for name, (ring, position) in self._rings.items():
             data, stamps, position = ring.since(position)
+            data, stamps = data.copy(), stamps.copy()  # the producer writes on meanwhile
+            if not ring.intact(position - len(stamps)):  # overtaken while copying
+                ring.overflows += 1
+                log.warning("record: stream %r fell a whole buffer behind; samples lost", name)
             writer.write_samples(name, data, stamps)
             self._rings[name] = (ring, position)
         for source, timestamp, text in markers:

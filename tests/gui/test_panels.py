@@ -80,7 +80,7 @@ def test_cards_and_timing_show_the_messages(mosquitto, publish, make_window, nob
     qt.wait_until(lambda: set(window.decoders.cards) == {"clf", "ret", "emb"}, what="cards")
     publish(mosquitto.port, [
         (f"{root}/clf", result(unique, "clf", 0, probabilities=np.array([0.2, 0.8], "f4"),
-                               labels=["left", "right"], marker="stim/right",
+                               labels=["left", "right"], marker="stim/right", label="right",
                                importance=np.array([0.1, 0.5, 0.15, 0.25], "f4")), False),
         (f"{root}/ret", result(unique, "ret", 4, ids=np.array([3, 1, 2]),
                                scores=np.array([0.9, 0.5, 0.1], "f4"),
