@@ -117,8 +117,7 @@ def load_checkpoint_decoder(config: DecoderConfig, info: StreamInfo, where: str,
     subject = config.options.get("subject")
     pooled = {"pool": True} if contract.output.pooled else {}
     threads = {"threads": config.threads} if config.threads else {}
-    backend, reason = _family_runtime(contract.family, config.runtime,
-                                      f"{where} ({config.name!r})")
+    backend, reason = _family_runtime(contract.family, config.runtime, where)
     runtime = load_runtime(backend, model.inference_module(subject, **pooled),
                            (1, length, len(picks)), config.device, config.precision,
                            name=f"{where} ({config.name!r})", **threads)
