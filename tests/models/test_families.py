@@ -94,6 +94,7 @@ def test_linear_module_gives_sklearns_probabilities_and_exports(classifier, n_cl
 
 
 def test_riemann_runs_in_torch_and_gives_pyriemanns_probabilities(fingers, tmp_path, caplog):
+    pytest.importorskip("pyriemann", reason="the riemann family is built on pyriemann")
     train_fif, test_fif = fingers
     out = tmp_path / "riemann.pt"
     opts = TrainOptions(data=[train_fif], out=out, events=["hand"], window=WINDOW,
