@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from rtbci.devices.simulate import SignalModel, get_profile, stream_info
+from rtbci.errors import RtbciError
 
 __all__ = ["TASKS", "TaskSignal", "TaskSpec", "save_task"]
 
@@ -102,6 +103,9 @@ class TaskSignal:
 
     def __init__(self, family: str, snr: float = 1.0, seed: int = 0, subject: int = 0,
                  srate: float | None = None):
+        if family not in TASKS:  # linear, riemann, eegnet train on any recording
+            raise RtbciError(f"--family: no simulated task for {family!r} (tasks: "
+                             f"{', '.join(TASKS)})")
         self.family, self.spec, self.snr = family, TASKS[family], float(snr)
         self.profile = replace(get_profile(self.spec.profile), srate=srate or self.spec.srate)
         self.background = SignalModel(self.profile, seed=seed, snr=0.0, subject=subject)

@@ -117,9 +117,12 @@ def load_checkpoint_decoder(config: DecoderConfig, info: StreamInfo, where: str,
     subject = config.options.get("subject")
     pooled = {"pool": True} if contract.output.pooled else {}
     threads = {"threads": config.threads} if config.threads else {}
-    runtime = load_runtime(config.runtime, model.inference_module(subject, **pooled),
+    backend, reason = _family_runtime(contract.family, config.runtime, where)
+    runtime = load_runtime(backend, model.inference_module(subject, **pooled),
                            (1, length, len(picks)), config.device, config.precision,
                            name=f"{where} ({config.name!r})", **threads)
+    if reason:
+        runtime.auto_reason = reason
     explain = None
     if config.options.get("importance"):
         explain = _explainer(contract.family, model, f"{where}.options.importance")
@@ -128,7 +131,31 @@ def load_checkpoint_decoder(config: DecoderConfig, info: StreamInfo, where: str,
                               top_k=int(config.options.get("top_k", contract.output.top_k)),
                               explain=explain, channel_names=list(contract.input.ch_names))
     decoder.window_start = start
+    baseline = contract.input.baseline_samples()
+    if baseline is not None:
+        from rtbci.models.checkpoint import BaselinedDecoder
+
+        decoder = BaselinedDecoder(decoder, baseline)
     return decoder
+
+
+def _family_runtime(family: str, runtime: str, where: str) -> tuple[str, str | None]:
+    """The runtime to load and why (None: ``runtime`` as asked): ``torch`` under ``auto`` for
+    a family whose module says it runs only in torch eager (``EAGER_ONLY``: why; logged, and
+    reported as the runtime's ``auto`` reason); other runtimes are refused for it."""
+    import logging
+
+    from rtbci.models.families import get_family
+
+    why = getattr(get_family(family).load(), "EAGER_ONLY", None)
+    if why is None or runtime == "torch":
+        return runtime, None
+    if runtime == "auto":
+        reason = f"auto → torch: family {family!r}: {why}"
+        logging.getLogger("rtbci.models").info("%s: runtime %s", where, reason)
+        return "torch", reason
+    raise RtbciError(f"{where}.runtime: family {family!r} runs in torch only ({why}); "
+                     f"use runtime = \"torch\" or \"auto\", not {runtime!r}")
 
 
 def _explainer(family: str, model, where: str):

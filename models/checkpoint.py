@@ -24,11 +24,13 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from rtbci.errors import RtbciError
+from rtbci.models.base import Decoder
 from rtbci.preprocess import PreprocessConfig
 from rtbci.stream import StreamInfo
 
-__all__ = ["CHECKPOINT_FORMAT", "Checkpoint", "Contract", "InputContract", "OutputContract",
-           "load_checkpoint", "save_checkpoint"]
+__all__ = ["CHECKPOINT_FORMAT", "BaselinedDecoder", "Checkpoint", "Contract", "InputContract",
+           "OutputContract", "baseline_slice", "load_checkpoint", "save_checkpoint",
+           "subtract_baseline"]
 
 CHECKPOINT_FORMAT = 1
 
@@ -43,6 +45,8 @@ class InputContract(BaseModel):
     window_start_s : first sample of the window relative to the marker (event-locked) in s
     events : marker texts it was trained on (``on_marker`` prefixes), empty for sliding windows
     preprocess : the source's streaming preprocessing (a :class:`PreprocessConfig` without picks)
+    baseline_s : (start, end) s relative to the marker: each channel's mean over these
+        samples of the window is subtracted from the window, in training and live; None: off
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -55,6 +59,13 @@ class InputContract(BaseModel):
     window_start_s: float = 0.0
     events: list[str] = []
     preprocess: dict[str, Any] = {}
+    baseline_s: tuple[float, float] | None = None
+
+    def baseline_samples(self) -> slice | None:
+        """The window's samples ``baseline_s`` covers (None when there is no baseline)."""
+        if self.baseline_s is None:
+            return None
+        return baseline_slice(self.baseline_s, self.window_start_s, self.srate)
 
     def channel_indices(self, info: StreamInfo, where: str) -> np.ndarray:
         """Indices of the contract's channels in a stream with ``info``, in contract order.
@@ -92,6 +103,43 @@ class InputContract(BaseModel):
             raise RtbciError(f"{where}: the source's preprocess.{k} is {have[k]!r} but the "
                              f"checkpoint was trained with {want[k]!r} (leave the source's "
                              "preprocess out to use the checkpoint's)")
+
+
+def baseline_slice(baseline_s: tuple[float, float], window_start_s: float,
+                   srate: float) -> slice:
+    """Samples ``[start, end)`` s (relative to the marker) of a window that starts at
+    ``window_start_s`` s, at ``srate`` Hz."""
+    start, end = (round((t - window_start_s) * srate) for t in baseline_s)
+    return slice(start, end)
+
+
+def subtract_baseline(x: np.ndarray, samples: slice, out: np.ndarray | None = None,
+                      mean: np.ndarray | None = None) -> np.ndarray:
+    """Windows ``x`` (..., n_samples, n_channels) minus each channel's mean over
+    ``samples``; ``out`` (like ``x``) and ``mean`` (..., 1, n_channels) may be preallocated.
+    The one baseline code of training and of the live decoder."""
+    mean = np.mean(x[..., samples, :], axis=-2, keepdims=True, out=mean)
+    return np.subtract(x, mean, out=out)
+
+
+class BaselinedDecoder(Decoder):
+    """A decoder fed windows minus their baseline (:func:`subtract_baseline`), with
+    preallocated buffers: what a checkpoint trained with ``--baseline`` runs live."""
+
+    def __init__(self, decoder: Decoder, samples: slice):
+        self.decoder, self.samples = decoder, samples
+        self.kind, self.labels = decoder.kind, decoder.labels
+        self.n_samples, self.n_channels = decoder.n_samples, decoder.n_channels
+        self.output_size, self.window_start = decoder.output_size, decoder.window_start
+        self._window = np.empty((self.n_samples, self.n_channels), np.float32)
+        self._mean = np.empty((1, self.n_channels), np.float32)
+
+    def __call__(self, window: np.ndarray):
+        return self.decoder(subtract_baseline(window, self.samples, self._window, self._mean))
+
+    def describe(self) -> dict:
+        return {**self.decoder.describe(),
+                "baseline_samples": [self.samples.start, self.samples.stop]}
 
 
 class OutputContract(BaseModel):

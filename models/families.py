@@ -27,7 +27,8 @@ class Family:
     """A decoder family and its training defaults.
 
     kind : ``classes`` or ``retrieval``
-    srate : Hz the network runs at (the source is resampled to it)
+    srate : Hz the network runs at (the source is resampled to it); None keeps the
+        source's rate (the network is built for whatever rate it trains at)
     window : (start, end) seconds relative to the event marker
     preprocess : the streaming preprocessing (band-pass etc.; ``resample_hz`` is ``srate``)
     events : marker prefix of the training events (``<events>/<label>``)
@@ -39,17 +40,18 @@ class Family:
     net: str
     kind: str
     paper: str
-    srate: float
+    srate: float | None
     window: tuple[float, float]
     preprocess: dict = field(default_factory=dict)
     events: str = "stim"
     lr: float = 1e-3
 
-    def preprocess_config(self) -> PreprocessConfig:
-        """The source preprocessing it trains with: ``preprocess``, resampled to ``srate``."""
+    def preprocess_config(self, **overrides) -> PreprocessConfig:
+        """The source preprocessing it trains with: ``preprocess``, resampled to ``srate``,
+        then ``overrides`` (``PreprocessConfig`` fields; ``rtbci train --bandpass`` etc.)."""
         from rtbci.preprocess import PreprocessConfig
 
-        return PreprocessConfig(**{**self.preprocess, "resample_hz": self.srate})
+        return PreprocessConfig(**{**self.preprocess, "resample_hz": self.srate, **overrides})
 
     def load(self) -> ModuleType:
         return importlib.import_module(f"rtbci.models.{self.module}")
@@ -83,6 +85,19 @@ FAMILIES = {f.name: f for f in (
            "representations in reinforcement-based motor learning",
            srate=250.0, window=(0.0, 1.0), preprocess={"bandpass": (1.0, 40.0)},
            events="outcome"),
+    # standard decoders (issue 11): no forced resample, no forced filter
+    Family("linear", "linear", "LinearNet", "classes",
+           "shrinkage LDA on time-binned windows (Blankertz et al. 2011, Single-trial "
+           "analysis and classification of ERP components — a tutorial)",
+           srate=None, window=(0.0, 1.0)),
+    Family("riemann", "riemann", "RiemannNet", "classes",
+           "covariances → tangent space → logistic regression (Barachant et al. 2012/2014; "
+           "Xdawn covariances: Barachant & Congedo 2014), with pyriemann",
+           srate=None, window=(0.0, 1.0)),
+    Family("eegnet", "eegnet", "EEGNet", "classes",
+           "Lawhern et al. 2018, EEGNet: a compact convolutional neural network for "
+           "EEG-based brain-computer interfaces (EEGNet-8,2)",
+           srate=None, window=(0.0, 1.0)),
 )}
 
 

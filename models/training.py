@@ -25,8 +25,9 @@ import numpy as np
 
 from rtbci.errors import RtbciError
 from rtbci.events import MarkerMatcher
+from rtbci.models.checkpoint import baseline_slice, subtract_baseline
 from rtbci.models.families import Family
-from rtbci.preprocess import preprocess_offline
+from rtbci.preprocess import PreprocessConfig, preprocess_offline
 from rtbci.stream import StreamInfo
 
 log = logging.getLogger("rtbci.models.training")
@@ -73,6 +74,8 @@ class TrainOptions:
     pool_bank: bool = False
     stream: str | None = None
     progress: bool = True
+    preprocess: dict = field(default_factory=dict)  # PreprocessConfig fields: --bandpass …
+    baseline: tuple[float, float] | None = None  # --baseline START END (s, marker-relative)
 
 
 # --- data --------------------------------------------------------------------------------
@@ -90,10 +93,42 @@ def _pick(info: StreamInfo, patterns: list[str] | None, file: Path) -> np.ndarra
     return np.array(chosen)
 
 
+OVERRIDE_FLAGS = {"bandpass": "--bandpass", "notch": "--notch", "resample_hz": "--resample"}
+
+
+def train_preprocess(family: Family, opts: TrainOptions) -> PreprocessConfig:
+    """The family's preprocessing with ``opts.preprocess`` overriding it (``--bandpass``,
+    ``--notch``, ``--resample``); a one-line :class:`RtbciError` naming the flag if invalid."""
+    from pydantic import ValidationError
+
+    try:
+        return family.preprocess_config(**opts.preprocess)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        flag = OVERRIDE_FLAGS.get(str(err["loc"][0]), str(err["loc"][0]))
+        raise RtbciError(f"{flag}: {err['msg']}") from None
+
+
+def window_baseline(opts: TrainOptions, family: Family, srate: float) -> slice | None:
+    """The window's samples ``opts.baseline`` covers; a one-line :class:`RtbciError` unless
+    it lies inside the window and spans at least one sample."""
+    if opts.baseline is None:
+        return None
+    start_s, end_s = opts.window or family.window
+    samples = baseline_slice(opts.baseline, start_s, srate)
+    n_samples = round((end_s - start_s) * srate)
+    if not 0 <= samples.start < samples.stop <= n_samples:
+        lo, hi = opts.baseline
+        raise RtbciError(f"--baseline: {lo:g} … {hi:g} s is not a part (of at least one "
+                         f"sample at {srate:g} Hz) of the window {start_s:g} … {end_s:g} s")
+    return samples
+
+
 def load_windows(files: list[Path], family: Family, opts: TrainOptions) -> Windows:
     """Cut the windows of every event the patterns ``opts.events`` (or the family's prefix)
     select, labelled by :mod:`rtbci.events` (``word`` → ``word/w3`` is ``w3``), from each
-    file; channels chosen by name (``opts.channels``, glob patterns)."""
+    file; channels chosen by name (``opts.channels``, glob patterns); preprocessed by
+    :func:`train_preprocess`, minus ``opts.baseline`` if set."""
     from rtbci.devices.recording import read_recording
 
     try:
@@ -101,7 +136,7 @@ def load_windows(files: list[Path], family: Family, opts: TrainOptions) -> Windo
     except RtbciError as exc:
         raise RtbciError(f"--events: {exc}") from None
     start_s, end_s = opts.window or family.window
-    config = family.preprocess_config()
+    config = train_preprocess(family, opts)
     xs, labels, subjects, info, names = [], [], [], None, None
     for k, file in enumerate(files):
         rec = read_recording(file, opts.stream)
@@ -110,7 +145,10 @@ def load_windows(files: list[Path], family: Family, opts: TrainOptions) -> Windo
             log.warning("%s: %d signal streams, training on the first, %r (--stream NAME)",
                         file.name, len(rec.streams), stream.info.name)
         data, times = preprocess_offline(config, stream.info, stream.data, stream.times)
-        srate = family.srate
+        srate = config.resample_hz or stream.info.srate
+        if info is not None and srate != info.srate:
+            raise RtbciError(f"{file.name}: {srate:g} Hz after preprocessing, {files[0].name} "
+                             f"{info.srate:g} Hz (--resample HZ makes them equal)")
         picks = _pick(stream.info, opts.channels, file)
         file_names = [stream.info.ch_names[i] for i in picks]
         if names is not None and file_names != names:
@@ -135,7 +173,11 @@ def load_windows(files: list[Path], family: Family, opts: TrainOptions) -> Windo
                              f"{file.name}: no complete window around an event matching "
                              f"{' or '.join(repr(p.pattern) for p in matcher.patterns)} "
                              "(--events)")
-    return Windows(np.stack(xs).astype(np.float32), labels, np.array(subjects), info)
+    x = np.stack(xs).astype(np.float32)
+    baseline = window_baseline(opts, family, info.srate)
+    if baseline is not None:
+        x = subtract_baseline(x, baseline)
+    return Windows(x, labels, np.array(subjects), info)
 
 
 def _picked_info(info: StreamInfo, picks: np.ndarray, srate: float) -> StreamInfo:
@@ -200,11 +242,9 @@ BIN_S = 0.02  # the linear baselines' time resolution: 20 ms keeps responses up 
 def binned_features(x: np.ndarray, srate: float) -> np.ndarray:
     """Window means over consecutive ``BIN_S`` time bins per channel:
     ``(n, n_samples, n_channels)`` → ``(n, n_bins · n_channels)``."""
-    n, t, c = x.shape
-    n_bins = max(1, min(t, round(t / (BIN_S * srate))))
-    edges = np.linspace(0, t, n_bins + 1).astype(int)
-    return np.concatenate([x[:, a:b].mean(axis=1) for a, b in zip(edges[:-1], edges[1:])],
-                          axis=1)
+    from rtbci.models.linear import bin_matrix
+
+    return np.matmul(bin_matrix(x.shape[1], srate, BIN_S), x).reshape(len(x), -1)
 
 
 def linear_classes(x_tr, y_tr, x_val, y_val, n_classes, srate: float) -> dict:
@@ -264,6 +304,8 @@ def fit(model, loss_fn, x: np.ndarray, target: np.ndarray, subject: np.ndarray, 
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            if hasattr(model, "after_step"):  # weight constraints (EEGNet's max-norm)
+                model.after_step()
             total, batches = total + loss.item(), batches + 1
         losses.append(total / max(batches, 1))
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
@@ -312,9 +354,10 @@ def train(family_name: str, opts: TrainOptions) -> dict:
         family=family.name, hparams=hparams, n_subjects=n_subjects,
         input=InputContract(
             ch_names=list(win.info.ch_names), ch_types=list(win.info.ch_types),
-            positions=positions, srate=family.srate, n_samples=win.x.shape[1],
+            positions=positions, srate=win.info.srate, n_samples=win.x.shape[1],
             window_start_s=start_s, events=opts.events or [family.events],
-            preprocess=family.preprocess_config().model_dump(exclude={"picks"})),
+            preprocess=train_preprocess(family, opts).model_dump(exclude={"picks"}),
+            baseline_s=opts.baseline),
         output=OutputContract(kind=family.kind, labels=task["labels"],
                               pooled=task.get("pooled", False)))
     model = family.build(contract)
@@ -323,13 +366,18 @@ def train(family_name: str, opts: TrainOptions) -> dict:
         model.fit_input(win.x[~val])
     lr = opts.lr or family.lr
     pretrained = _pretrain(model, module, family, opts, task, lr) if opts.pretrain else None
-    losses = fit(model, module.training_loss, win.x[~val], task["target"][~val],
-                 win.subject[~val], epochs=opts.epochs, batch_size=opts.batch_size, lr=lr,
-                 seed=opts.seed, desc=f"train {family.name}", progress=opts.progress)
+    if hasattr(model, "fit_closed_form"):  # linear, riemann: scikit-learn / pyriemann
+        model.fit_closed_form(win.x[~val], task["target"][~val])
+        losses = []
+    else:
+        losses = fit(model, module.training_loss, win.x[~val], task["target"][~val],
+                     win.subject[~val], epochs=opts.epochs, batch_size=opts.batch_size,
+                     lr=lr, seed=opts.seed, desc=f"train {family.name}",
+                     progress=opts.progress)
     out = predict(model, win.x[val], win.subject[val])
     metrics = {"val": task["score"](out), "linear": task["linear"](),
                "n_train": int((~val).sum()), "n_val": int(val.sum()),
-               "parameters": sum(p.numel() for p in model.parameters()),
+               "parameters": count_parameters(model),
                "final_loss": losses[-1] if losses else None}
     if pretrained:
         metrics["pretrain"] = pretrained
@@ -346,6 +394,13 @@ def train(family_name: str, opts: TrainOptions) -> dict:
     metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
     plot_training(opts.out.with_name(opts.out.name + ".png"), family.name, losses, metrics)
     return metrics
+
+
+def count_parameters(model) -> int:
+    """Trained numbers: the parameters, or the fitted buffers of a closed-form family."""
+    if hasattr(model, "fit_closed_form"):
+        return sum(b.numel() for b in model.buffers())
+    return sum(p.numel() for p in model.parameters())
 
 
 def plot_training(path: Path, family: str, losses: list[float], metrics: dict) -> None:

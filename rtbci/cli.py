@@ -139,6 +139,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="speech: store time-pooled candidates (dim instead of dim × time: "
                         "smaller and faster on a CPU; the metrics say what it costs)")
     p.add_argument("--stream", help="name of the signal stream in multi-stream files (XDF)")
+    p.add_argument("--bandpass", nargs="+", metavar="LO HI|none",
+                   help="override the family's band-pass (Hz), or none")
+    p.add_argument("--notch", nargs="+", metavar="HZ…|none",
+                   help="override the family's notch frequencies (Hz), or none")
+    p.add_argument("--resample", nargs=1, metavar="HZ|none",
+                   help="override the family's rate (Hz), or none: keep the source's")
+    p.add_argument("--baseline", nargs="+", metavar="START END|none",
+                   help="subtract each channel's mean over START…END s (marker-relative, "
+                        "inside --window) from every window, in training and live")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("check", help="validate a config file",
@@ -353,7 +362,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         val_fraction=args.val_fraction, channels=args.channels,
         window=tuple(args.window) if args.window else None, size=args.size, hparams=hparams,
         subject_per_file=args.subject_per_file, pretrain=args.pretrain,
-        pretrain_epochs=args.pretrain_epochs, pool_bank=args.pool_bank, stream=args.stream)
+        pretrain_epochs=args.pretrain_epochs, pool_bank=args.pool_bank, stream=args.stream,
+        preprocess=preprocess_overrides(args), baseline=_seconds(args.baseline, "--baseline"))
     metrics = train(args.family, opts)
     print(f"wrote {args.out} ({metrics['parameters']:,} parameters; {metrics['n_train']} "
           f"training / {metrics['n_val']} validation windows)")
@@ -361,6 +371,39 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"  {name:<7} {format_score(metrics[name])}")
     print(f"  metrics in {args.out.name}.metrics.json, plot in {args.out.name}.png")
     return 0
+
+
+def _numbers(values: list[str], flag: str, n: int | None) -> list[float] | None:
+    """``none`` → None; else ``n`` numbers (any number ≥ 1 if ``n`` is None)."""
+    if values == ["none"]:
+        return None
+    try:
+        numbers = [float(v) for v in values]
+    except ValueError:
+        numbers = []
+    if not numbers or (n is not None and len(numbers) != n):
+        want = f"{n} numbers" if n and n > 1 else "a number" if n else "numbers"
+        raise RtbciError(f"{flag}: expected {want} or none, got {' '.join(values)!r}")
+    return numbers
+
+
+def _seconds(values: list[str] | None, flag: str) -> tuple[float, float] | None:
+    return None if values is None else (None if (v := _numbers(values, flag, 2)) is None
+                                        else (v[0], v[1]))
+
+
+def preprocess_overrides(args: argparse.Namespace) -> dict:
+    """``rtbci train``'s ``--bandpass``/``--notch``/``--resample`` as PreprocessConfig fields
+    (only those given; ``none`` turns the step off)."""
+    out: dict = {}
+    if args.bandpass is not None:
+        out["bandpass"] = _seconds(args.bandpass, "--bandpass")
+    if args.notch is not None:
+        out["notch"] = _numbers(args.notch, "--notch", None)
+    if args.resample is not None:
+        rate = _numbers(args.resample, "--resample", 1)
+        out["resample_hz"] = None if rate is None else rate[0]
+    return out
 
 
 def format_score(m: dict) -> str:
