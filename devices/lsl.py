@@ -12,6 +12,11 @@ import pylsl
 from rtbci.devices.base import Source, SourceLost
 from rtbci.stream import Chunk, StreamInfo
 
+try:  # pylsl ≥ 1.18 keeps its exceptions in pylsl.util only
+    from pylsl.util import LostError
+except ImportError:  # pragma: no cover - pylsl 1.17
+    LostError = pylsl.LostError
+
 log = logging.getLogger("rtbci.devices.lsl")
 
 PROCESSING_FLAGS = {
@@ -186,7 +191,7 @@ class LSLSource(Source):
             inlet.open_stream(timeout=max(timeout, 2.0))
             info = info_from_lsl(inlet.info(timeout=max(timeout, 2.0)))
             prime_clock_sync(inlet, self.flags)
-        except (pylsl.LostError, TimeoutError):  # a stale resolve result of a vanished outlet
+        except (LostError, TimeoutError):  # a stale resolve result of a vanished outlet
             inlet.close_stream()
             return None
         self._attach(inlet, info)
@@ -275,13 +280,13 @@ class MarkerReader:
                 try:
                     inlet.open_stream(timeout=2.0)
                     prime_clock_sync(inlet, self.flags)
-                except (pylsl.LostError, TimeoutError):
+                except (LostError, TimeoutError):
                     inlet = None
                     continue
                 log.info("marker stream %s connected", describe_query(self.query))
             try:
                 sample, stamp = inlet.pull_sample(timeout=0.2)
-            except pylsl.LostError:
+            except LostError:
                 inlet = None
                 continue
             if sample is not None:
