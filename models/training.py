@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from rtbci.errors import RtbciError
-from rtbci.events import MarkerMatcher
+from rtbci.events import BOUNDARY_MARKERS, MarkerMatcher
 from rtbci.models.checkpoint import baseline_slice, subtract_baseline
 from rtbci.models.families import Family
 from rtbci.preprocess import PreprocessConfig, preprocess_offline
@@ -43,12 +43,14 @@ class Windows:
     labels : the label the ``events`` patterns give each window's marker (rtbci.events)
     subject : array (n_windows,) int, the recording's subject index
     info : the preprocessed stream's info restricted to the chosen channels
+    file : array (n_windows,) int, index of the recording (in ``--data``) it comes from
     """
 
     x: np.ndarray
     labels: list[str]
     subject: np.ndarray
     info: StreamInfo
+    file: np.ndarray
 
 
 @dataclass
@@ -137,7 +139,7 @@ def load_windows(files: list[Path], family: Family, opts: TrainOptions) -> Windo
         raise RtbciError(f"--events: {exc}") from None
     start_s, end_s = opts.window or family.window
     config = train_preprocess(family, opts)
-    xs, labels, subjects, info, names = [], [], [], None, None
+    xs, labels, subjects, info, names, origin = [], [], [], None, None, []
     for k, file in enumerate(files):
         rec = read_recording(file, opts.stream)
         stream = rec.streams[0]
@@ -157,16 +159,19 @@ def load_windows(files: list[Path], family: Family, opts: TrainOptions) -> Windo
         info = _picked_info(stream.info, picks, srate)
         offset, length = round(start_s * srate), round((end_s - start_s) * srate)
         n_before = len(xs)
+        joins = np.array(sorted(t for t, text in rec.markers if text in BOUNDARY_MARKERS))
         for t, text in rec.markers:
             label = matcher.label(text)
             if label is None:
                 continue
             onset = int(np.searchsorted(times, t - 0.5 / srate)) + offset
-            if onset < 0 or onset + length > len(data):
+            if onset < 0 or onset + length > len(data) or spans_join(
+                    joins, times[onset], times[onset + length - 1], 0.5 / srate):
                 continue
             xs.append(data[onset:onset + length, picks])
             labels.append(label)
             subjects.append(k if opts.subject_per_file else 0)
+            origin.append(k)
         if len(xs) == n_before:
             missing = matcher.describe_missing(text for _, text in rec.markers)
             raise RtbciError(f"{file.name}: --events: {missing}" if missing else
@@ -177,7 +182,15 @@ def load_windows(files: list[Path], family: Family, opts: TrainOptions) -> Windo
     baseline = window_baseline(opts, family, info.srate)
     if baseline is not None:
         x = subtract_baseline(x, baseline)
-    return Windows(x, labels, np.array(subjects), info)
+    return Windows(x, labels, np.array(subjects), info, np.array(origin))
+
+
+def spans_join(joins: np.ndarray, first: float, last: float, half: float) -> bool:
+    """Whether a window with samples stamped ``first`` … ``last`` (s) holds samples from both
+    sides of a join (sorted times of :data:`~rtbci.events.BOUNDARY_MARKERS`; a join is
+    stamped with the first sample after it; ``half`` is half a sample period)."""
+    i = np.searchsorted(joins, first + half, side="right")
+    return i < len(joins) and joins[i] < last + half
 
 
 def _picked_info(info: StreamInfo, picks: np.ndarray, srate: float) -> StreamInfo:
@@ -332,11 +345,9 @@ def train(family_name: str, opts: TrainOptions) -> dict:
     """
     import torch
 
-    from rtbci.models.checkpoint import Contract, InputContract, OutputContract
     from rtbci.models.families import get_family
 
     family = get_family(family_name)
-    module = family.load()
     torch.manual_seed(opts.seed)
     started = time.perf_counter()
     if family.kind == "retrieval" and opts.targets is None:
@@ -344,14 +355,33 @@ def train(family_name: str, opts: TrainOptions) -> dict:
                          "embeddings (bank.npy)")
     win = load_windows(opts.data, family, opts)
     task = _classes_task(win, opts) if family.kind == "classes" else _retrieval_task(win, opts)
+    contract = make_contract(family, win, opts, task)
+    val = task["val"]
+    model, losses, pretrained = fit_family(family, contract, win, task, ~val, opts)
+    out = predict(model, win.x[val], win.subject[val])
+    metrics = {"val": task["score"](out), "linear": task["linear"](),
+               "n_train": int((~val).sum()), "n_val": int(val.sum()),
+               "parameters": count_parameters(model),
+               "final_loss": losses[-1] if losses else None}
+    if pretrained:
+        metrics["pretrain"] = pretrained
+    save_trained(opts, contract, model, task, metrics, started, opts.lr or family.lr)
+    plot_training(opts.out.with_name(opts.out.name + ".png"), family.name, losses, metrics)
+    return metrics
+
+
+def make_contract(family: Family, win: Windows, opts: TrainOptions, task: dict):
+    """The checkpoint contract of ``family`` trained on ``win`` as ``opts`` asks."""
+    from rtbci.models.checkpoint import Contract, InputContract, OutputContract
+
+    module = family.load()
     base = module.HPARAMS if opts.size == "paper" else module.SMALL
     hparams = {**base, **opts.hparams, "n_outputs": task["n_outputs"]}
-    n_subjects = int(win.subject.max()) + 1
-    start_s, end_s = opts.window or family.window
+    start_s, _ = opts.window or family.window
     positions = None if win.info.positions is None else [
         None if np.isnan(p).any() else [float(v) for v in p] for p in win.info.positions]
-    contract = Contract(
-        family=family.name, hparams=hparams, n_subjects=n_subjects,
+    return Contract(
+        family=family.name, hparams=hparams, n_subjects=int(win.subject.max()) + 1,
         input=InputContract(
             ch_names=list(win.info.ch_names), ch_types=list(win.info.ch_types),
             positions=positions, srate=win.info.srate, n_samples=win.x.shape[1],
@@ -360,40 +390,48 @@ def train(family_name: str, opts: TrainOptions) -> dict:
             baseline_s=opts.baseline),
         output=OutputContract(kind=family.kind, labels=task["labels"],
                               pooled=task.get("pooled", False)))
+
+
+def fit_family(family: Family, contract, win: Windows, task: dict, train_mask: np.ndarray,
+               opts: TrainOptions):
+    """Build ``family``'s network for ``contract`` and fit it on the windows ``train_mask``
+    selects: closed form (linear, riemann) or Adam (``opts.epochs``), after ``--pretrain``.
+
+    Returns ``(model, losses per epoch, pre-training stats or None)``.
+    """
+    module = family.load()
     model = family.build(contract)
-    val = task["val"]
+    x, target, subject = win.x[train_mask], task["target"][train_mask], win.subject[train_mask]
     if hasattr(model, "fit_input"):
-        model.fit_input(win.x[~val])
+        model.fit_input(x)
     lr = opts.lr or family.lr
     pretrained = _pretrain(model, module, family, opts, task, lr) if opts.pretrain else None
     if hasattr(model, "fit_closed_form"):  # linear, riemann: scikit-learn / pyriemann
-        model.fit_closed_form(win.x[~val], task["target"][~val])
-        losses = []
-    else:
-        losses = fit(model, module.training_loss, win.x[~val], task["target"][~val],
-                     win.subject[~val], epochs=opts.epochs, batch_size=opts.batch_size,
-                     lr=lr, seed=opts.seed, desc=f"train {family.name}",
-                     progress=opts.progress)
-    out = predict(model, win.x[val], win.subject[val])
-    metrics = {"val": task["score"](out), "linear": task["linear"](),
-               "n_train": int((~val).sum()), "n_val": int(val.sum()),
-               "parameters": count_parameters(model),
-               "final_loss": losses[-1] if losses else None}
-    if pretrained:
-        metrics["pretrain"] = pretrained
+        model.fit_closed_form(x, target)
+        return model, [], pretrained
+    losses = fit(model, module.training_loss, x, target, subject, epochs=opts.epochs,
+                 batch_size=opts.batch_size, lr=lr, seed=opts.seed,
+                 desc=f"train {family.name}", progress=opts.progress)
+    return model, losses, pretrained
+
+
+def save_trained(opts: TrainOptions, contract, model, task: dict, metrics: dict,
+                 started: float, lr: float) -> None:
+    """Write the checkpoint ``opts.out`` (contract with ``metrics`` and the training run) and
+    ``<out>.metrics.json``."""
+    import torch
+
+    from rtbci.models.checkpoint import save_checkpoint
+
     contract.metrics = metrics
     contract.training = {
         "data": [str(p) for p in opts.data], "seed": opts.seed, "epochs": opts.epochs,
         "batch_size": opts.batch_size, "lr": lr, "size": opts.size,
         "val_fraction": opts.val_fraction, "seconds": round(time.perf_counter() - started, 1),
         "torch": str(torch.__version__)}
-    from rtbci.models.checkpoint import save_checkpoint
-
     save_checkpoint(opts.out, contract, model.state_dict(), task.get("bank"))
     metrics_path = opts.out.with_name(opts.out.name + ".metrics.json")
     metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
-    plot_training(opts.out.with_name(opts.out.name + ".png"), family.name, losses, metrics)
-    return metrics
 
 
 def count_parameters(model) -> int:

@@ -99,10 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a decoder family on event-locked windows of MNE-readable "
                     "recordings (FIF, EDF, BDF, BrainVision, EEGLAB) or XDF, and write one "
                     "checkpoint (weights + input/output contract) plus CKPT.metrics.json "
-                    "(validation and linear-baseline scores).\n\nfamilies:\n" + "\n".join(
-                        f"  {f.name:<16} {f.kind:<9} {f.paper}" for f in FAMILIES.values()))
-    p.add_argument("family", choices=list(FAMILIES), metavar="FAMILY",
-                   help=", ".join(FAMILIES))
+                    "(validation and linear-baseline scores).\n\nFAMILY auto cross-validates "
+                    "every class family that runs at any rate (linear, riemann, eegnet, "
+                    "motor-gnn) with the family's own, wide-band and no preprocessing, prints "
+                    "the table, and refits the best on all the data.\n\nfamilies:\n"
+                    + "\n".join(f"  {f.name:<16} {f.kind:<9} {f.paper}"
+                                 for f in FAMILIES.values()))
+    p.add_argument("family", choices=["auto", *FAMILIES], metavar="FAMILY",
+                   help="auto, " + ", ".join(FAMILIES))
     p.add_argument("--data", type=Path, nargs="+", required=True, metavar="FILE",
                    help="recordings with event annotations/markers")
     p.add_argument("--events", nargs="+", metavar="PATTERN", default=[],
@@ -139,6 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="speech: store time-pooled candidates (dim instead of dim × time: "
                         "smaller and faster on a CPU; the metrics say what it costs)")
     p.add_argument("--stream", help="name of the signal stream in multi-stream files (XDF)")
+    p.add_argument("--folds", type=int, default=5,
+                   help="auto: cross-validation folds (default 5; grouped by file when "
+                        "several --data files are given)")
+    p.add_argument("--families", type=lambda s: tuple(f for f in s.split(",") if f),
+                   metavar="F,…", help="auto: compare only these families")
     p.add_argument("--bandpass", nargs="+", metavar="LO HI|none",
                    help="override the family's band-pass (Hz), or none")
     p.add_argument("--notch", nargs="+", metavar="HZ…|none",
@@ -364,12 +373,29 @@ def cmd_train(args: argparse.Namespace) -> int:
         subject_per_file=args.subject_per_file, pretrain=args.pretrain,
         pretrain_epochs=args.pretrain_epochs, pool_bank=args.pool_bank, stream=args.stream,
         preprocess=preprocess_overrides(args), baseline=_seconds(args.baseline, "--baseline"))
+    if args.family == "auto":
+        return _train_auto(opts, args)
     metrics = train(args.family, opts)
     print(f"wrote {args.out} ({metrics['parameters']:,} parameters; {metrics['n_train']} "
           f"training / {metrics['n_val']} validation windows)")
     for name in ("val", "linear"):
         print(f"  {name:<7} {format_score(metrics[name])}")
     print(f"  metrics in {args.out.name}.metrics.json, plot in {args.out.name}.png")
+    return 0
+
+
+def _train_auto(opts, args: argparse.Namespace) -> int:
+    from rtbci.models.selection import AUTO_FAMILIES, format_table, select
+
+    if args.folds < 2:
+        raise RtbciError(f"--folds: at least 2, got {args.folds}")
+    metrics = select(opts, args.families or AUTO_FAMILIES, args.folds)
+    for line in format_table(metrics["auto"]):
+        print(line)
+    choice = metrics["auto"]["choice"]
+    print(f"wrote {args.out}: {choice['family']} with {choice['preprocessing']} preprocessing, "
+          f"refitted on all {metrics['n_train']} windows ({metrics['parameters']:,} "
+          f"parameters); table in {args.out.name}.metrics.json, plot in {args.out.name}.png")
     return 0
 
 

@@ -21,6 +21,8 @@ from collections.abc import Iterable, Sequence
 from rtbci.errors import RtbciError
 
 REGEX_PREFIX = "re:"
+# Where a recording was cut and joined (MNE's concatenate_raws, EEGLAB): no window may span one.
+BOUNDARY_MARKERS = frozenset({"BAD boundary", "EDGE boundary", "boundary"})
 
 
 class MarkerPattern:
