@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rtbci.models.linear import Probabilities
+from rtbci.models.heads import Probabilities
 
 __all__ = ["HPARAMS", "SMALL", "EEGNet", "training_loss"]
 

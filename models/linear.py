@@ -23,7 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["HPARAMS", "SMALL", "LinearNet", "Probabilities", "bin_matrix", "class_logits",
+from rtbci.models.heads import Probabilities
+
+__all__ = ["HPARAMS", "SMALL", "LinearNet", "bin_matrix", "class_logits",
            "training_loss"]
 
 HPARAMS = {"bin_s": 0.05, "classifier": "lda", "C": 0.01}
@@ -51,17 +53,6 @@ def class_logits(coef: np.ndarray, intercept: np.ndarray) -> tuple[np.ndarray, n
         coef = np.concatenate([np.zeros_like(coef), coef])
         intercept = np.concatenate([[0.0], intercept])
     return coef.astype(np.float64), intercept.astype(np.float64)
-
-
-class Probabilities(nn.Module):
-    """Softmax of a network's logits: what the live decoder reports."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.model(x), dim=-1)
 
 
 class LinearNet(nn.Module):

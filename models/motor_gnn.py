@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rtbci.models.heads import Probabilities
+
 __all__ = ["HPARAMS", "SMALL", "MotorGNN", "channel_importance", "knn_adjacency",
            "normalized_adjacency", "training_loss"]
 
@@ -122,16 +124,9 @@ class MotorGNN(nn.Module):
 
     def inference_module(self, subject: int | None = None) -> nn.Module:
         """Eval-mode module for one window: ``(1, n_samples, n_channels)`` → probabilities."""
-        return _Softmax(self).eval()
+        return Probabilities(self).eval()
 
 
-class _Softmax(nn.Module):
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.model(x), dim=-1)
 
 
 def training_loss(model: MotorGNN, x: torch.Tensor, target: torch.Tensor,

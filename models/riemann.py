@@ -43,7 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rtbci.models.linear import Probabilities, class_logits
+from rtbci.models.heads import Probabilities
+from rtbci.models.linear import class_logits
 
 __all__ = ["EAGER_ONLY", "HPARAMS", "SMALL", "RiemannNet", "training_loss"]
 
