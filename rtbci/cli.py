@@ -446,6 +446,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
     from rtbci.listen import listen
     from rtbci.mqtt_connection import from_arguments
 
+    _check_output(args.stats_json, "--stats-json")
     connection = from_arguments(args.url, args, "--url")
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(listen(connection, args.session, args.duration, args.stats_json,

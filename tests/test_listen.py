@@ -50,6 +50,14 @@ def test_a_missing_broker_is_one_line_naming_the_url(capsys):
         "refused"]
 
 
+def test_stats_into_a_missing_folder_is_refused_before_listening(tmp_path, capsys):
+    """Checked before connecting: a broker that is there would not save the summary."""
+    out = tmp_path / "missing" / "stats.json"
+    assert main(["listen", "--url", "mqtt://127.0.0.1:9", "--stats-json", str(out)]) == 2
+    assert capsys.readouterr().err == (f"rtbci: error: --stats-json: no folder "
+                                       f"'{tmp_path / 'missing'}' to write stats.json in\n")
+
+
 @pytest.mark.parametrize("session", ["#", "+", "a/b", ""])
 def test_wildcard_sessions_are_refused(capsys, session):
     assert main(["listen", "--url", "mqtt://127.0.0.1:9", "--session", session]) == 2
