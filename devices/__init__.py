@@ -25,7 +25,8 @@ def make_source(config) -> tuple[Source, dict[str, str] | None, object | None]:
 
         amp = SimulatedAmplifier(config.profile, name=config.stream_name or config.name,
                                  seed=config.seed, snr=config.snr, classes=tuple(config.classes),
-                                 subject=config.subject, task=config.task)
+                                 subject=config.subject, task=config.task,
+                                 items=config.items)
         source = LSLSource(config.name, {"source_id": amp.info.source_id},
                            ("clocksync", "dejitter"))
         return source, {"source_id": amp.marker_source_id}, amp.start()

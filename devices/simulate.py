@@ -2,11 +2,13 @@
 
 Generative model (per profile; all of it seeded, so a seed reproduces the stream exactly)
 ----------------------------------------------------------------------------------------
-x(t) = M · p(t) + a(t) · alpha + l(t) · line + Σ_trials snr · σ · w(t − t_k) · pattern[c_k]
+x(t) = M · p(t) + a(t) · alpha + l(t) · line
+       + Σ_trials g_k · snr · σ · w(t − t_k − δ_k) · pattern[c_k]
+       + e(t) + d(t) + blinks(t) + muscle(t)
 
 - ``p(t)``: independent pink (1/f) noise per channel (white noise through a 3-pole 1/f
   filter), mixed by ``M``, a row-normalised Gaussian kernel of sensor distances (8 cm wide:
-  volume conduction), scaled to ``σ`` RMS (``Profile.noise_rms``).
+  volume conduction), scaled to ``σ`` RMS (``Profile.noise_rms``): the background.
 - ``alpha``: a 10 Hz rhythm, amplitude-modulated at 0.13 Hz, strongest over posterior
   sensors (weights ∝ exp(−distance to the back of the head / 6 cm)), RMS ``σ``.
 - ``line``: 50 Hz mains, RMS 0.1 ``σ`` on every channel.
@@ -15,11 +17,17 @@ x(t) = M · p(t) + a(t) · alpha + l(t) · line + Σ_trials snr · σ · w(t −
   channels, seeded by ``subject``; noise and trials are seeded by ``seed``) and the response
   waveform ``w(τ) = sin(2π·4 Hz·τ)·exp(−τ/0.15 s)`` for 0 ≤ τ < 0.6 s, normalised to unit
   RMS over that 0.6 s. ``snr`` is therefore the ratio of the evoked response's RMS to the
-  background's RMS over the response window.
+  background's RMS ``σ`` over the response window. Each trial varies (:class:`Realism`): a
+  gain ``g_k`` (mean 1) and a latency ``δ_k`` after its marker.
+- :class:`Realism` (on by default): ``e(t)`` independent white sensor noise per channel,
+  ``d(t)`` a slow drift per channel (a leaky random walk, < 0.5 Hz), eye blinks (slow
+  frontal deflections decaying with the distance from the eyes; MEG: magnetometers) and
+  muscle bursts (20–100 Hz on the temporal sensors) at random times.
 
-The marker's timestamp is the exact timestamp of the response's first sample. Timestamps are
-``t0 + k / srate`` for sample ``k`` (a crystal-clocked amplifier), pushed in chunks of
-``chunk_ms`` when the wall clock reaches the chunk's last sample.
+The marker's timestamp is the exact timestamp of the trial's nominal onset ``t_k`` (the
+response starts ``δ_k`` later). Timestamps are ``t0 + k / srate`` for sample ``k`` (a
+crystal-clocked amplifier), pushed in chunks of ``chunk_ms`` when the wall clock reaches the
+chunk's last sample.
 """
 
 from __future__ import annotations
@@ -125,6 +133,169 @@ def stream_info(profile: Profile, name: str, source_id: str) -> StreamInfo:
                       ch_units=profile.ch_units, positions=profile.positions)
 
 
+@dataclass(frozen=True)
+class Realism:
+    """What makes the simulator less clean than the linear model: all on by default.
+
+    Amplitudes are in units of the profile's background RMS ``σ``; set a field to 0 to
+    remove that term (``Realism.off()`` removes all).
+    """
+
+    sensor_noise: float = 0.3  # independent white noise per channel, RMS × σ
+    drift: float = 0.5  # slow drift per channel, RMS × σ
+    drift_tau_s: float = 5.0  # the drift's time constant (a leaky random walk: corner 0.03 Hz)
+    blink_rate: float = 0.2  # eye blinks per second (Poisson, ≥ 0.5 s apart)
+    blink_amplitude: float = 8.0  # peak at the sensors nearest the eyes, × σ (× 0.7–1.3)
+    muscle_rate: float = 0.1  # muscle bursts per second (Poisson, ≥ 0.5 s apart)
+    muscle_amplitude: float = 3.0  # RMS at the most temporal sensors, × σ (× 0.5–1.5)
+    amplitude_jitter: float = 0.3  # a trial's response gain: 1 + this × N(0, 1), ≥ 0
+    latency_jitter_s: float = 0.02  # a trial's response latency after its marker: N(0, this)
+
+    @classmethod
+    def off(cls) -> Realism:
+        return cls(0.0, 0.0, 5.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+
+    def trial_gain(self, rng: np.random.Generator) -> float:
+        return max(0.0, 1.0 + self.amplitude_jitter * rng.standard_normal())
+
+    def trial_shift(self, rng: np.random.Generator, srate: float) -> int:
+        """A trial's latency jitter in samples."""
+        return int(round(self.latency_jitter_s * rng.standard_normal() * srate))
+
+
+DEFAULT_REALISM = Realism()
+
+BLINK_S = 0.4  # length of a blink
+MUSCLE_S = (0.2, 1.0)  # length of a muscle burst, uniform
+MUSCLE_BAND = (20.0, 100.0)  # Hz
+
+
+class Overlays:
+    """Transient signals, each ``(onset sample, values (length, n_channels))``, added to the
+    chunks they overlap: an event generated whole at its onset, output chunk by chunk."""
+
+    def __init__(self):
+        self.active: list[tuple[int, np.ndarray]] = []
+
+    def add(self, onset: int, values: np.ndarray) -> None:
+        self.active.append((onset, values))
+
+    def apply(self, x: np.ndarray, start: int) -> None:
+        """Add the overlapping parts to ``x`` (n, n_channels), whose first sample is ``start``."""
+        stop = start + len(x)
+        for onset, values in self.active:
+            lo, hi = max(start, onset), min(stop, onset + len(values))
+            if lo < hi:
+                x[lo - start:hi - start] += values[lo - onset:hi - onset]
+        self.active = [(o, v) for o, v in self.active if o + len(v) > stop]
+
+
+def shifted(wave: np.ndarray, shift: int) -> np.ndarray:
+    """``wave`` delayed by ``shift`` samples (advanced if negative), zero-filled, same length."""
+    out = np.zeros_like(wave)
+    shift = int(np.clip(shift, -len(wave), len(wave)))
+    if shift >= 0:
+        out[shift:] = wave[:len(wave) - shift]
+    else:
+        out[:shift] = wave[-shift:]
+    return out
+
+
+class Artefacts:
+    """Sensor noise, drifts, blinks and muscle bursts of one session (:class:`Realism`),
+    added chunk by chunk; chunking does not change them."""
+
+    def __init__(self, profile: Profile, realism: Realism, seeds: list[np.random.SeedSequence]):
+        self.profile, self.realism = profile, realism
+        fs, n_ch, sigma = profile.srate, len(profile.ch_names), profile.noise_rms
+        self._sensor_rng, self._drift_rng, self._blink_rng, self._muscle_rng = (
+            np.random.default_rng(s) for s in seeds)
+        self._decay = np.exp(-1.0 / (realism.drift_tau_s * fs))
+        self._drift_gain = realism.drift * sigma * np.sqrt(1 - self._decay**2)
+        self._drift = self._drift_rng.standard_normal(n_ch) * realism.drift * sigma  # stationary
+        self.blink_pattern = blink_pattern(profile) * sigma  # (n_ch,) per unit of σ
+        tau = np.arange(int(round(BLINK_S * fs))) / fs
+        wave = (tau / 0.1) ** 2 * np.exp(2 - 2 * tau / 0.1)  # peaks at 1 after 100 ms
+        self.blink_wave = wave * np.hanning(len(wave))
+        self.muscle_patterns = temporal_patterns(profile) * sigma  # (2, n_ch)
+        band = (MUSCLE_BAND[0], min(MUSCLE_BAND[1], 0.45 * fs))
+        self._muscle_sos = signal.butter(4, band, btype="band", fs=fs, output="sos")
+        self._overlays = Overlays()
+        self._next_blink = self._gap(self._blink_rng, realism.blink_rate, 0)
+        self._next_muscle = self._gap(self._muscle_rng, realism.muscle_rate, 0)
+
+    def _gap(self, rng: np.random.Generator, rate: float, after: int) -> float:
+        if rate <= 0:
+            return np.inf
+        return after + int(round((0.5 + rng.exponential(1.0 / rate)) * self.profile.srate))
+
+    def add(self, x: np.ndarray, start: int) -> None:
+        """Add the artefacts of samples ``start … start + len(x)`` to ``x`` (n, n_channels)."""
+        r, sigma, stop = self.realism, self.profile.noise_rms, start + len(x)
+        if r.sensor_noise:
+            x += self._sensor_rng.standard_normal(x.shape) * (r.sensor_noise * sigma)
+        if r.drift:
+            steps = self._drift_rng.standard_normal(x.shape) * self._drift_gain
+            drift, _ = signal.lfilter([1.0], [1.0, -self._decay], steps, axis=0,
+                                       zi=(self._decay * self._drift)[None])
+            self._drift = drift[-1]
+            x += drift
+        while self._next_blink < stop:
+            gain = r.blink_amplitude * self._blink_rng.uniform(0.7, 1.3)
+            self._overlays.add(int(self._next_blink),
+                               np.outer(self.blink_wave, gain * self.blink_pattern))
+            self._next_blink = self._gap(self._blink_rng, r.blink_rate, self._next_blink)
+        while self._next_muscle < stop:
+            self._overlays.add(int(self._next_muscle), self._muscle_burst())
+            self._next_muscle = self._gap(self._muscle_rng, r.muscle_rate, self._next_muscle)
+        self._overlays.apply(x, start)
+
+    def _muscle_burst(self) -> np.ndarray:
+        """(length, n_channels): band-limited noise under a Hann envelope on one or both
+        temporal sides, RMS ``muscle_amplitude × σ`` (× 0.5–1.5) at the most lateral sensors."""
+        rng, fs = self._muscle_rng, self.profile.srate
+        n = int(round(rng.uniform(*MUSCLE_S) * fs))
+        side = rng.integers(3)  # left, right, both
+        weights = self.muscle_patterns.sum(0) if side == 2 else self.muscle_patterns[side]
+        gain = self.realism.muscle_amplitude * rng.uniform(0.5, 1.5)
+        noise = signal.sosfilt(self._muscle_sos, rng.standard_normal((n, len(weights))), axis=0)
+        noise /= np.sqrt(np.mean(noise**2)) + 1e-12
+        envelope = np.hanning(n) * np.sqrt(8 / 3)  # unit RMS
+        return noise * envelope[:, None] * (gain * weights)
+
+
+ARTEFACT_WEIGHT = {"eeg": 1.0, "mag": 1.0, "grad": 0.0, "seeg": 0.1}
+
+
+def _mag_weight(profile: Profile) -> np.ndarray:
+    """How much of a blink or muscle burst each channel type sees: all of it on EEG and
+    magnetometers, nothing on planar gradiometers (blind to such distant sources), a tenth on
+    depth (sEEG) contacts."""
+    return np.array([ARTEFACT_WEIGHT[t] for t in profile.ch_types])
+
+
+def blink_pattern(profile: Profile) -> np.ndarray:
+    """(n_channels,) a blink's spatial spread: ``exp(−distance to the eyes / 4 cm)``, 1 at
+    the nearest sensor, × the channel type's :data:`ARTEFACT_WEIGHT`. The eyes: 2 cm in
+    front of the frontmost sensor, 3 cm below it (+y is anterior)."""
+    pos = profile.positions
+    front = pos[np.argmax(pos[:, 1])]
+    eyes = np.array([0.0, front[1] + 0.02, front[2] - 0.03])
+    w = np.exp(-np.linalg.norm(pos - eyes, axis=1) / 0.04)
+    return w / w.max() * _mag_weight(profile)
+
+
+def temporal_patterns(profile: Profile) -> np.ndarray:
+    """(2, n_channels): left and right temporal muscle, ``exp(−distance / 3 cm)`` from the
+    most lateral sensor on each side (±x), 1 there (× :data:`ARTEFACT_WEIGHT`)."""
+    pos, weight = profile.positions, _mag_weight(profile)
+    out = []
+    for side in (np.argmin(pos[:, 0] * weight), np.argmax(pos[:, 0] * weight)):
+        w = np.exp(-np.linalg.norm(pos - pos[side], axis=1) / 0.03)
+        out.append(w * weight)
+    return np.array(out)
+
+
 class SignalModel:
     """The generative model above, producing consecutive samples chunk by chunk.
 
@@ -142,18 +313,23 @@ class SignalModel:
     subject : int
         Seeds the class patterns: sessions of one subject share them, as a decoder
         trained on one session expects.
+    realism : Realism
+        Sensor noise, drifts, artefacts and trial-to-trial variability (default: all on).
     """
 
     RESPONSE_S = 0.6
     ISI_S = (1.25, 1.75)
 
     def __init__(self, profile: Profile, seed: int = 0, snr: float = 1.0,
-                 classes: tuple[str, ...] = DEFAULT_CLASSES, subject: int = 0):
+                 classes: tuple[str, ...] = DEFAULT_CLASSES, subject: int = 0,
+                 realism: Realism = DEFAULT_REALISM):
         self.profile, self.snr, self.classes = profile, float(snr), tuple(classes)
+        self.realism = realism
         n_ch, fs = len(profile.ch_names), profile.srate
-        seeds = np.random.SeedSequence(seed).spawn(2)
+        seeds = np.random.SeedSequence(seed).spawn(6)
         self._noise_rng = np.random.default_rng(seeds[0])
         self._trial_rng = np.random.default_rng(seeds[1])
+        self.artefacts = Artefacts(profile, realism, seeds[2:])
         layout_rng = np.random.default_rng(np.random.SeedSequence([subject, 0x5EB]))
         pos = profile.positions
         dist = np.linalg.norm(pos[:, None] - pos[None], axis=-1)
@@ -172,7 +348,7 @@ class SignalModel:
         self.waveform = wave / np.sqrt(np.mean(wave**2))
         self.sample = 0  # index of the next sample
         self._next_trial = self._draw_isi()
-        self._trials: list[tuple[int, int]] = []  # (onset sample, class index) still active
+        self._responses = Overlays()
 
     def _pink_rms_gain(self) -> float:
         _, h = signal.sosfreqz(self._pink_sos, worN=4096)
@@ -197,29 +373,27 @@ class SignalModel:
         alpha = np.sqrt(2) * np.sin(2 * np.pi * 10 * t) * (1 + 0.5 * np.sin(2 * np.pi * 0.13 * t))
         x += np.outer(alpha, self.alpha_pattern * p.noise_rms)
         x += np.outer(0.1 * np.sqrt(2) * np.sin(2 * np.pi * 50 * t), p.noise_rms)
+        self.artefacts.add(x, start)
         events = self._start_trials(start + n)
-        self._add_responses(x, start)
+        self._responses.apply(x, start)
         self.sample += n
         return x.astype(np.float32), events
 
     def _start_trials(self, stop: int) -> list[tuple[int, str]]:
-        events = []
+        """Draw the trials starting before ``stop``: class, gain, latency; queue their
+        responses (nothing when ``snr`` is 0)."""
+        events, rng = [], self._trial_rng
         while self._next_trial < stop:
-            label = int(self._trial_rng.integers(len(self.classes)))
-            self._trials.append((self._next_trial, label))
+            label = int(rng.integers(len(self.classes)))
+            gain = self.realism.trial_gain(rng)
+            wave = shifted(self.waveform, self.realism.trial_shift(rng, self.profile.srate))
+            if self.snr:
+                amplitude = gain * self.snr * self.profile.noise_rms
+                self._responses.add(self._next_trial,
+                                    np.outer(wave, self.patterns[label] * amplitude))
             events.append((self._next_trial, self.classes[label]))
             self._next_trial += self._draw_isi()
         return events
-
-    def _add_responses(self, x: np.ndarray, start: int) -> None:
-        n, length = len(x), len(self.waveform)
-        amplitude = self.snr * self.profile.noise_rms
-        for onset, label in self._trials:
-            lo, hi = max(start, onset), min(start + n, onset + length)
-            if lo < hi:
-                x[lo - start:hi - start] += np.outer(
-                    self.waveform[lo - onset:hi - onset], self.patterns[label] * amplitude)
-        self._trials = [(o, c) for o, c in self._trials if o + length > start + n]
 
 
 class SimulatedAmplifier:
@@ -242,17 +416,20 @@ class SimulatedAmplifier:
         publish that family's simulated task (:mod:`rtbci.devices.tasks`) on its profile, at
         its rate, instead of the class patterns; ``profile`` and ``classes`` are then ignored
         and the default name is ``rtbci-<task>``.
+    items : sequence of str | None
+        With ``task``: draw the trials only from these item labels (e.g. the items a
+        retrieval checkpoint never trained on: a zero-shot stream).
     """
 
     def __init__(self, profile: str = "eeg64", name: str | None = None, seed: int = 0,
                  snr: float = 1.0, classes: tuple[str, ...] = DEFAULT_CLASSES,
                  subject: int = 0, chunk_ms: float = 10.0,
                  on_push: Callable[[np.ndarray, np.ndarray], None] | None = None,
-                 task: str | None = None):
+                 task: str | None = None, items: list[str] | None = None):
         if task is not None:  # a decoder family's task (devices/tasks.py): its profile and rate
             from rtbci.devices.tasks import TaskSignal
 
-            self.model = TaskSignal(task, snr=snr, seed=seed, subject=subject)
+            self.model = TaskSignal(task, snr=snr, seed=seed, subject=subject, items=items)
             self.marker_prefix = ""  # task markers are complete: "<prefix>/<item>"
         else:
             self.model = SignalModel(get_profile(profile), seed=seed, snr=snr,

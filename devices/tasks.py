@@ -13,19 +13,22 @@ Each item has a latent embedding ``z`` (``LATENT_DIM`` numbers; for speech a tim
   ``B``: a fixed random (N_SOURCES × LATENT_DIM) mix. Speech: ``z(t)`` is low-passed at
   6 Hz (an envelope-like feature) and each source tracks it through a temporal response
   function ``trf_k(τ) = ±(τ/τ_k)·exp(1 − τ/τ_k)`` peaking at ``τ_k`` = 50–150 ms, as speech
-  tracking is modelled in MEG/EEG (TRFs). Each trial adds latency jitter
-  (``τ`` ~ N(0, 10 ms)) and a gain (1 + 0.2 N(0, 1)).
+  tracking is modelled in MEG/EEG (TRFs). Each trial varies (:class:`~rtbci.devices.
+  simulate.Realism`): a latency jitter ``τ`` ~ N(0, 20 ms), a gain 1 + 0.3 N(0, 1), and each
+  source its own gain 1 + 0.3 N(0, 1).
 - the background is :class:`~rtbci.devices.simulate.SignalModel` with no evoked response
-  (pink noise with volume conduction, alpha, mains); responses are scaled so that their RMS
-  over channels and the response window is ``snr`` times the background RMS, on average.
+  (pink noise with volume conduction, alpha, mains, and its sensor noise, drifts, blinks and
+  muscle bursts); responses are scaled so that their RMS over channels and the response
+  window is ``snr`` times the background RMS ``σ``, on average.
 - targets (retrieval families): each item's *target embedding* — what a lab would take from
   an image or speech model — is ``tanh(W z)`` (``TARGET_DIM`` numbers; for speech a
   ``(TARGET_DIM, 360)`` map at 120 Hz over the decoding window −0.5…2.5 s). ``W`` is fixed
   by ``subject``-independent seed 0: the same "image model" for everyone.
 
 A trial's marker is ``<prefix>/<item label>`` at the response onset, e.g. ``word/w07``.
-Items are drawn uniformly; for retrieval families each item appears ``repeats`` times, so
-a held-out set of *items* is a zero-shot test.
+Items are drawn uniformly (from all items, or from ``items`` when given: the demo streams
+only the items its retrieval checkpoints never trained on), so a held-out set of *items* is
+a zero-shot test.
 """
 
 from __future__ import annotations
@@ -36,7 +39,14 @@ from pathlib import Path
 
 import numpy as np
 
-from rtbci.devices.simulate import SignalModel, get_profile, stream_info
+from rtbci.devices.simulate import (
+    DEFAULT_REALISM,
+    Overlays,
+    Realism,
+    SignalModel,
+    get_profile,
+    stream_info,
+)
 from rtbci.errors import RtbciError
 
 __all__ = ["TASKS", "TaskSignal", "TaskSpec", "save_task"]
@@ -84,6 +94,17 @@ def item_labels(spec: TaskSpec) -> list[str]:
     return [f"{spec.prefix[0]}{i:0{width}d}" for i in range(spec.items)]
 
 
+def check_items(family: str | None, items: list[str]) -> None:
+    """Refuse an ``items`` list that is empty, has no task, or names no item of the task."""
+    if family not in TASKS:
+        raise RtbciError("items: only with a task (a simulated decoder-family task)")
+    labels = item_labels(TASKS[family])
+    unknown = sorted(set(items) - set(labels))
+    if unknown or not items:
+        raise RtbciError(f"items: {', '.join(unknown) or 'empty list'}: not items of the "
+                         f"{family} task ({labels[0]} … {labels[-1]})")
+
+
 class TaskSignal:
     """Background plus item-driven responses, chunk by chunk (as :class:`SignalModel`).
 
@@ -99,17 +120,25 @@ class TaskSignal:
         Subject seed: spatial patterns and source kernels (the same for a subject's sessions).
     srate : float | None
         Simulation rate (default: the task's).
+    items : sequence of str | None
+        Draw trials only from these item labels (default: all items).
+    realism : Realism
+        The background's sensor noise, drifts and artefacts, and the trials' variability.
     """
 
     def __init__(self, family: str, snr: float = 1.0, seed: int = 0, subject: int = 0,
-                 srate: float | None = None):
+                 srate: float | None = None, items: list[str] | None = None,
+                 realism: Realism = DEFAULT_REALISM):
         if family not in TASKS:  # linear, riemann, eegnet train on any recording
             raise RtbciError(f"--family: no simulated task for {family!r} (tasks: "
                              f"{', '.join(TASKS)})")
         self.family, self.spec, self.snr = family, TASKS[family], float(snr)
+        self.realism = realism
         self.profile = replace(get_profile(self.spec.profile), srate=srate or self.spec.srate)
-        self.background = SignalModel(self.profile, seed=seed, snr=0.0, subject=subject)
+        self.background = SignalModel(self.profile, seed=seed, snr=0.0, subject=subject,
+                                      realism=realism)
         self.labels = item_labels(self.spec)
+        self.drawn = self._item_indices(items)
         rng_subject = np.random.default_rng(np.random.SeedSequence([subject, 0x7A5C]))
         rng_items = np.random.default_rng(np.random.SeedSequence([0, 0x17E5]))
         self._rng = np.random.default_rng(np.random.SeedSequence([seed, 0x7121]))
@@ -138,10 +167,17 @@ class TaskSignal:
         self.sample = 0
         self.events: list[tuple[int, str]] = []
         self._next_trial = self._isi()
-        self._active: list[tuple[int, np.ndarray]] = []
+        self._responses = Overlays()
         self._scale = self.snr * self.profile.noise_rms / self._mean_response_rms()
 
     # --- items and responses --------------------------------------------------------------
+
+    def _item_indices(self, items: list[str] | None) -> np.ndarray:
+        """Indices of the items trials are drawn from."""
+        if items is None:
+            return np.arange(len(self.labels))
+        check_items(self.family, items)
+        return np.array([self.labels.index(label) for label in items])
 
     def _item_latents(self, rng: np.random.Generator) -> np.ndarray:
         """(items, LATENT_DIM), or (items, LATENT_DIM, n) time courses at the simulation rate."""
@@ -168,9 +204,12 @@ class TaskSignal:
         drive[:, :max(delay, 0)] = 0.0
         return signal.fftconvolve(drive, self.kernels, axes=1)[:, :drive.shape[1]]
 
-    def response(self, item: int, jitter: int = 0, gain: float = 1.0) -> np.ndarray:
-        """A trial's response (n_response_samples, n_channels), before SNR scaling."""
-        return gain * (self._source_drive(item, jitter).T @ self.patterns)
+    def response(self, item: int, jitter: int = 0,
+                 gain: float | np.ndarray = 1.0) -> np.ndarray:
+        """A trial's response (n_response_samples, n_channels), before SNR scaling;
+        ``gain``: one number or one per source."""
+        drive = self._source_drive(item, jitter) * np.reshape(gain, (-1, 1))
+        return drive.T @ self.patterns
 
     def _mean_response_rms(self) -> float:
         items = range(min(self.spec.items, 20))
@@ -200,20 +239,17 @@ class TaskSignal:
         """The next ``n`` samples (n, n_channels) float32 and the trials starting in them as
         ``(sample index, marker text)``."""
         x, _ = self.background.next(n)
-        start, events = self.sample, []
+        start, events, rng, real = self.sample, [], self._rng, self.realism
         while self._next_trial < start + n:
-            item = int(self._rng.integers(self.spec.items))
-            jitter = int(round(self._rng.normal(0, 0.010) * self.profile.srate))
-            gain = 1.0 + 0.2 * self._rng.standard_normal()
-            resp = (self._scale * self.response(item, jitter, gain)).astype(np.float32)
-            self._active.append((self._next_trial, resp))
+            item = int(self.drawn[rng.integers(len(self.drawn))])
+            jitter = real.trial_shift(rng, self.profile.srate)
+            gains = real.trial_gain(rng) * np.array([real.trial_gain(rng)
+                                                     for _ in range(N_SOURCES)])
+            resp = (self._scale * self.response(item, jitter, gains)).astype(np.float32)
+            self._responses.add(self._next_trial, resp)
             events.append((self._next_trial, f"{self.spec.prefix}/{self.labels[item]}"))
             self._next_trial += self._isi()
-        for onset, resp in self._active:
-            lo, hi = max(start, onset), min(start + n, onset + len(resp))
-            if lo < hi:
-                x[lo - start:hi - start] += resp[lo - onset:hi - onset]
-        self._active = [(o, r) for o, r in self._active if o + len(r) > start + n]
+        self._responses.apply(x, start)
         self.sample += n
         self.events += events
         return x, events

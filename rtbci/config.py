@@ -83,6 +83,19 @@ class SimulateSourceConfig(_SourceBase):
     stream_name: str | None = Field(None, description="LSL name of the outlet (default: name)")
     task: Literal["motor-gnn", "seeg-words", "image-retrieval", "speech"] | None = Field(
         None, description="simulate a decoder family's task (its own profile) instead")
+    items: list[str] | None = Field(
+        None, min_length=1, description="with task: draw trials only from these item labels")
+
+    @model_validator(mode="after")
+    def _items_of_the_task(self) -> SimulateSourceConfig:
+        if self.items is not None:
+            from rtbci.devices.tasks import check_items
+
+            try:
+                check_items(self.task, self.items)
+            except RtbciError as exc:
+                raise ValueError(str(exc)) from None
+        return self
 
 
 SourceConfig = Annotated[LSLSourceConfig | SimulateSourceConfig, Field(discriminator="kind")]
