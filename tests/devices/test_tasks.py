@@ -1,13 +1,18 @@
 """The decoder-family tasks: reproducible, chunk-invariant, labelled, with their targets."""
 
 import json
+import re
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+import rtbci
 from rtbci.devices.recording import read_recording
-from rtbci.devices.simulate import get_profile
+from rtbci.devices.simulate import Realism, get_profile
 from rtbci.devices.tasks import TASKS, TaskSignal, save_task
+from rtbci.errors import RtbciError
 
 
 @pytest.mark.parametrize("family", list(TASKS))
@@ -58,3 +63,58 @@ def test_meg_positions_survive_the_fif(tmp_path):
     info = read_recording(fif).streams[0].info
     np.testing.assert_allclose(info.positions, get_profile("meg306").positions, atol=1e-6)
     assert np.load(targets).shape == (100, 32, 360)
+
+
+def test_items_restrict_the_trials_and_unknown_items_are_refused():
+    task = TaskSignal("image-retrieval", seed=1, items=["i03", "i42"])
+    _, events = task.next(int(30 * task.profile.srate))
+    assert len(events) > 10 and {text for _, text in events} == {"image/i03", "image/i42"}
+    with pytest.raises(RtbciError, match="items: i100, x: not items of the image-retrieval"):
+        TaskSignal("image-retrieval", items=["i03", "x", "i100"])
+
+
+def test_a_config_with_unknown_items_is_refused_naming_the_source():
+    from rtbci.config import parse_config
+
+    def source(**fields):
+        return {"sources": [{"name": "img", "kind": "simulate", **fields}],
+                "decoders": [{"name": "d", "model": "builtin:bandpower", "source": "img",
+                              "window_ms": 500, "every_ms": 100}]}
+
+    config = parse_config(source(task="image-retrieval", items=["i05", "i94"]))
+    assert config.sources[0].items == ["i05", "i94"]
+    for fields, words in [({"task": "speech", "items": ["s1"]}, "sources[0]: items: s1: not "
+                           "items of the speech task (s00 … s99)"),
+                          ({"items": ["i05"]}, "sources[0]: items: only with a task")]:
+        with pytest.raises(RtbciError, match=re.escape(words)):
+            parse_config(source(**fields))
+
+
+def test_trials_vary_per_source():
+    """Each trial's sources get their own gains: its spatial pattern is not the item's."""
+    realism = replace(Realism.off(), amplitude_jitter=0.3)
+    task = TaskSignal("motor-gnn", snr=2.0, seed=3, items=["success"], realism=realism)
+    quiet = TaskSignal("motor-gnn", snr=0.0, seed=3, items=["success"], realism=realism)
+    n = int(60 * task.profile.srate)
+    evoked = task.next(n)[0] - quiet.next(n)[0]
+    length = int(0.8 * task.profile.srate)
+    trials = np.array([evoked[s:s + length].ravel() for s, _ in task.events
+                       if s + length <= n])
+    r = np.corrcoef(trials)[np.triu_indices(len(trials), 1)]
+    assert 0.5 < np.median(r) < 0.98  # alike (one item) but not a scaled copy
+
+
+def test_the_demo_streams_only_items_its_retrieval_checkpoints_never_trained_on(tmp_path):
+    """Zero-shot demo: rtbci/demo.toml's ``items`` are the validation items of the training
+    split (rtbci train's split_items, seed 0) of the session the checkpoint learnt."""
+    import tomllib
+
+    from rtbci.models.training import split_items
+
+    config = tomllib.loads((Path(rtbci.__file__).parent / "demo.toml").read_text())
+    streamed = {s["task"]: s.get("items") for s in config["sources"] if "task" in s}
+    for family in ("image-retrieval", "speech"):
+        fif, _ = save_task(tmp_path / f"{family}_raw.fif", family, seed=100)
+        labels = [text.split("/")[1] for _, text in read_recording(fif).markers]
+        held = split_items(labels, 0.2, 0)
+        assert sorted(streamed[family]) == sorted(set(np.array(labels)[held])), family
