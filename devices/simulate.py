@@ -153,7 +153,10 @@ class Realism:
 
     @classmethod
     def off(cls) -> Realism:
-        return cls(0.0, 0.0, 5.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+        """The clean linear model: no sensor noise, drift, artefacts or trial variability."""
+        return cls(sensor_noise=0.0, drift=0.0, blink_rate=0.0, blink_amplitude=0.0,
+                   muscle_rate=0.0, muscle_amplitude=0.0, amplitude_jitter=0.0,
+                   latency_jitter_s=0.0)
 
     def trial_gain(self, rng: np.random.Generator) -> float:
         return max(0.0, 1.0 + self.amplitude_jitter * rng.standard_normal())
