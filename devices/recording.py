@@ -9,6 +9,7 @@ T/m → fT/cm) so float32 keeps their precision.
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -151,8 +152,8 @@ def to_mne_raw(stream: RecordedStream, markers: list[tuple[float, str]] = ()):
     known = mne.io.get_channel_type_constants()
     types = [t if t in known else "misc" for t in info.ch_types]
     factors = np.array([_UNITS.get(t, ("", 1.0))[1] for t in types])
-    raw = mne.io.RawArray((stream.data / factors).T, mne.create_info(
-        list(info.ch_names), info.srate, types), verbose="error")
+    raw = blockwise_raw(mne.create_info(list(info.ch_names), info.srate, types),
+                        stream.data, factors)
     if info.positions is not None and np.isfinite(info.positions).all():
         montage = mne.channels.make_dig_montage(dict(zip(info.ch_names, info.positions)),
                                                 coord_frame="head")
@@ -166,6 +167,39 @@ def to_mne_raw(stream: RecordedStream, markers: list[tuple[float, str]] = ()):
         onsets, texts = zip(*kept, strict=True)
         raw.set_annotations(mne.Annotations(onsets, [0.0] * len(onsets), texts))
     return raw
+
+
+@functools.cache
+def _blockwise_raw_class():
+    import mne
+
+    class BlockwiseRaw(mne.io.BaseRaw):
+        """A Raw read block by block from ``data`` (n_samples, n_channels) divided by
+        ``factors`` (n_channels,): saving it (``raw.save`` writes 1 s buffers) never holds a
+        float64 copy of a whole recording, so a long session's memory-mapped samples
+        convert to FIF in bounded memory."""
+
+        def __init__(self, info, data: np.ndarray, factors: np.ndarray):
+            super().__init__(info, preload=False, last_samps=(len(data) - 1,),
+                             raw_extras=[{"data": data, "factors": factors}],
+                             orig_format="single", verbose="error")
+
+        def _read_segment_file(self, data, idx, fi, start, stop, cals, mult):
+            extra = self._raw_extras[fi]
+            block = (extra["data"][start:start + data.shape[1]].T
+                     / extra["factors"][:, None]).astype(data.dtype)
+            if mult is not None:
+                data[:] = mult @ block[idx]
+            else:
+                data[:] = block[idx] * cals
+
+    return BlockwiseRaw
+
+
+def blockwise_raw(info, data: np.ndarray, factors: np.ndarray):
+    """An ``mne.io.BaseRaw`` of ``data`` (n_samples, n_channels) / ``factors``, read block
+    by block (see ``BlockwiseRaw``)."""
+    return _blockwise_raw_class()(info, data, factors)
 
 
 def info_from_mne(info, name: str, source_id: str) -> tuple[StreamInfo, np.ndarray]:

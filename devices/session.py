@@ -46,7 +46,9 @@ def read_session(path: Path) -> Recording:
             continue
         info = stream_info_from_json(json.loads(meta.read_text()))
         source = meta.stem
-        data = np.fromfile(path / f"{source}.f32", dtype="<f4")
+        file = path / f"{source}.f32"  # mapped, not read: a long session stays on disk
+        data = (np.memmap(file, dtype="<f4", mode="r") if file.stat().st_size
+                else np.zeros(0, "<f4"))
         times = np.fromfile(path / f"{source}.ts.f64", dtype="<f8")
         n = min(len(data) // info.n_channels, len(times))  # a crash may cut either file short
         if n:
