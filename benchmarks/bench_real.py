@@ -45,6 +45,7 @@ import logging
 import os
 import platform
 import re
+import textwrap
 import time
 import warnings
 from dataclasses import dataclass, replace
@@ -417,7 +418,7 @@ def plot(out: dict, path: Path) -> None:
 
     names = decoders(out)
     res = out["results"]
-    fig, ax = plt.subplots(figsize=(12, 4.5))
+    fig, ax = plt.subplots(figsize=(13, 4.5))
     width = 0.8 / len(names)
     for j, name in enumerate(names):
         xs, ys, es = [], [], []
@@ -432,8 +433,9 @@ def plot(out: dict, path: Path) -> None:
         ax.hlines(r["chance"], i - 0.45, i + 0.45, color="k", linestyle="--",
                   label="chance" if i == 0 else None)
     ax.set_xticks(range(len(res)),
-                  [f"{r['title']}\n{r['subject']}" for r in res], fontsize=7)
-    ax.set(ylim=(0, 1.05), ylabel="accuracy",
+                  [f"{textwrap.fill(r['title'], 22)}\n{r['subject']}" for r in res], fontsize=7)
+    ax.set(ylim=(0, 1.05), ylabel="accuracy", xlabel="error bars: sd over folds; none: one "
+           "fold (see the table) or the one test split",
            title="rtbci decoders on real EEG (faceO: 5-fold within subject; "
                  "finger movements: train → test)")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
