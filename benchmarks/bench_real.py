@@ -449,7 +449,7 @@ def main() -> None:
     parser.add_argument("--tasks", default=",".join(TASKS),
                         help=f"comma-separated subset of {', '.join(TASKS)}")
     parser.add_argument("--families", default="linear,riemann,eegnet,motor-gnn,seeg-words",
-                        help="family rows (the class families)")
+                        help="family rows (class families only)")
     parser.add_argument("--folds", type=int, default=5, help="outer folds on faceO (5)")
     parser.add_argument("--inner-folds", type=int, default=2,
                         help="auto's inner folds on faceO (2; finger movements: --folds)")
@@ -483,6 +483,10 @@ def main() -> None:
         if unknown:
             parser.error(f"--tasks: {unknown[0]!r} is not one of {', '.join(TASKS)}")
         args.families = [get_family(f.strip()).name for f in args.families.split(",")]
+        retrieval = [f for f in args.families if get_family(f).kind != "classes"]
+        if retrieval:
+            parser.error(f"--families: {retrieval[0]!r} is a retrieval family (it needs "
+                         "target embeddings, not class labels)")
         args.auto_families = [get_family(f.strip()).name
                               for f in args.auto_families.split(",")]
         args.neural_tasks = [t.strip() for t in args.neural_tasks.split(",")]
