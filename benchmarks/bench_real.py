@@ -33,7 +33,7 @@ Rows, all on the same trials, the same window and the same folds:
 
 Writes ``benchmarks/results/real.json`` and ``real.png`` and prints a markdown table.
 
-Run: ``python benchmarks/bench_real.py`` (~25 min on the 2-core machine); ``--tasks
+Run: ``python benchmarks/bench_real.py`` (~20 min on the loaded 2-core machine); ``--tasks
 faces-houses,finger-movements`` for a subset; ``--quick`` (one subject, 2 folds, 1 epoch) to
 check that it runs; ``--replot`` to redraw from the JSON.
 """
