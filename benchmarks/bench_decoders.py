@@ -5,7 +5,7 @@ For each family of ``rtbci train`` (``motor-gnn``, ``seeg-words``, ``image-retri
 
 1. **Parameters** of the network at ``SMALL`` (what ``rtbci train`` uses by default) and at the
    paper's sizes (``HPARAMS``; image-retrieval also NICE's ``TSCONV_HPARAMS``), for the
-   simulated task's input shape and for the paper's input shape(s) (../shared/DECODERS.md):
+   simulated task's input shape and for the papers' input shapes:
    motor GNN EEG 64 × 250 → 2 classes; Du-IN sEEG 16 × 3000 and 16 × 4000 → 61 words; image
    EEG 63 × 250 → 1024; speech MEG 208 × 360 and 273 × 360 → 1024. One subject; the
    parameters each further subject adds are listed separately.
@@ -74,14 +74,14 @@ PAPER_SHAPES = {
 TRAIN_EXTRA = {"seeg-words": {"channels": ["A*"]}, "speech": {"batch_size": 32}}
 # GPU figures measured by others, quoted (never as rtbci measurements of this script)
 REFERENCE_GPU = [
-    {"source": "../shared/FACTS.md", "device": "H100", "runtime": "CUDA graph incl. copies",
-     "batch": 1, "rows": [
+    {"source": "rtbci team, H100, 2026-11-22 (not this script)", "device": "H100",
+     "runtime": "CUDA graph incl. copies", "batch": 1, "rows": [
          {"network": "speech brain module, MEG 273×360 (7.19 M)", "p50_ms": 0.63, "p99_ms": 0.69},
          {"network": "image-retrieval TSConv, EEG 63×250 → 1024 (2.63 M)", "p50_ms": 0.14,
           "p99_ms": 0.17},
          {"network": "motor dense GCN, EEG 64×500 (17 k)", "p50_ms": 0.11, "p99_ms": 0.13}]},
-    {"source": "../shared/DECODERS.md", "device": "H100", "runtime": "CUDA graph fp32 / fp16",
-     "batch": 1, "rows": [
+    {"source": "rtbci team, H100 (not this script)", "device": "H100",
+     "runtime": "CUDA graph fp32 / fp16", "batch": 1, "rows": [
          {"network": "Défossez module", "p50_ms": "0.47 / 0.45"},
          {"network": "UBP-style encoder", "p50_ms": 0.026}]},
 ]

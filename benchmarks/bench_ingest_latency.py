@@ -31,7 +31,8 @@ Figures, all in ms on the local LSL clock (sender and receiver share the machine
 * ``latency``: per sent chunk, when the reader could first see it minus the push time of
   its last sample — the sample-to-ring latency;
 * ``per_read``: per read that returned data, read time minus the newest sample's
-  timestamp *as received* (after clocksync/dejitter) — what FACTS.md reports, and what
+  timestamp *as received* (after clocksync/dejitter) — the figure usually quoted for pylsl
+  readers, and what
   rtbci's ``Stream.ingest_latency_ms`` reports;
 * ``timestamp_error``: received timestamp minus push time (what dejitter changes).
 

@@ -1,6 +1,6 @@
 """Image retrieval from EEG/MEG: brain encoder into a CLIP image space (family ``image-retrieval``).
 
-After the THINGS-EEG line (../shared/DECODERS.md §3): Wu et al., "Bridging the Vision-Brain
+After the THINGS-EEG line (Gifford et al. 2022's data set): Wu et al., "Bridging the Vision-Brain
 Gap with an Uncertainty-Aware Blur Prior" (UBP, CVPR 2025) and Song et al., "Decoding Natural
 Images from EEG for Object Recognition" (NICE, ICLR 2024). Output kind ``retrieval``: the
 network maps one window (paper: 63 channels × 250 samples, 0–1 s at 250 Hz) to an embedding
@@ -17,13 +17,14 @@ Network: whitening → ``encoder`` → projector.
   it toward the scaled identity by ``shrinkage`` and stores ``W = Σ^-1/2`` (ZCA) and the
   channel mean as buffers (identity and zero before fitting). Forward applies ``(x − μ) W``.
 - ``encoder="ubp"``: the whole window flattened (UBP's encoder is just its projector).
-- ``encoder="tsconv"``: NICE's temporal-spatial convolution (*unverified* in DECODERS.md; rtbci
-  reads NICE's public code): temporal conv (``n_filters`` kernels of ``temporal_kernel_s``,
+- ``encoder="tsconv"``: NICE's temporal-spatial convolution (rtbci reads NICE's public
+  code): temporal conv (``n_filters`` kernels of ``temporal_kernel_s``,
   25 samples at 250 Hz) → average pool (``pool_s`` = 51 samples, stride ``pool_stride_s`` =
   5) → BatchNorm → ELU → spatial conv across all electrodes (``n_filters`` × C kernels) →
   BatchNorm → ELU → Dropout(``conv_dropout``) → 1×1 conv (``n_filters`` → ``n_filters``) →
   flatten. With 63 × 250 → 1024 and 40 filters the network (projector included) has
-  2,630,913 parameters: the 2.63 M of DECODERS.md, so that figure includes the projector.
+  2,630,913 parameters: the 2.63 M usually quoted for NICE, so that figure includes the
+  projector.
 - **Projector** (both encoders, UBP's and NICE's ``Proj_eeg``): Linear → one residual block
   (GELU, Linear, Dropout(``dropout``)) → LayerNorm, all ``n_outputs`` wide.
 

@@ -4,7 +4,7 @@ After Nardi, Han, Haar & Faisal, "Graph Neural Networks Uncover Geometric Neural
 Representations in Reinforcement-Based Motor Learning" (2024): EEG channels are the nodes of
 a graph whose edges come from the electrode geometry; the network reads a pre-movement window
 and predicts the previous trial's outcome (or any k classes). The paper does not publish layer
-types and sizes, so rtbci's network is a plain, compile-friendly GCN (../shared/DECODERS.md §4):
+types and sizes, so rtbci's network is a plain, compile-friendly GCN:
 
 1. per-node temporal features: one temporal convolution shared by all channels
    (``n_filters`` kernels of ``kernel_s`` seconds) → BatchNorm → ELU → average pooling of

@@ -2,7 +2,7 @@
 
 Zheng et al., "Du-IN: Discrete units-guided mask modeling for decoding speech from
 intracranial brain signals" (NeurIPS 2024); public code liulab-repository/Du-IN
-(``params/duin_params.py``, ``models/duin/duin.py``). See DECODERS.md §2.
+(``params/duin_params.py``, ``models/duin/duin.py``).
 
 Network (:class:`DuIN`), for one window ``(T samples, C channels)``:
 
@@ -27,7 +27,7 @@ Network (:class:`DuIN`), for one window ``(T samples, C channels)``:
 
 Size: with the paper's 4,000-sample window (the params file's ``seq_len``; 40 tokens) and
 61 words this is 4,388,109 parameters at 10 subjects, the paper's 4.38 M. With the 3,000
-samples DECODERS.md names (30 tokens) the flatten head shrinks to 4,183,309.
+samples of the paper's text (30 tokens) the flatten head shrinks to 4,183,309.
 
 :func:`pretrain` gives the paper's two self-supervised stages, simplified:
 (1) a VQ-VAE whose encoder is the network's own subject block, tokenizer and transformer;

@@ -4,7 +4,7 @@ After Défossez, Caucheteux, Rapin, Kabeli & King, "Decoding speech perception f
 non-invasive brain recordings" (Nature Machine Intelligence 2023; arXiv 2208.12266): a
 "brain module" maps a 3 s window (120 Hz, 360 samples) to a (features × time) map that a
 CLIP loss aligns with the speech features (wav2vec 2.0, 1024-d) of the heard segment.
-rtbci's own implementation of ../shared/DECODERS.md §1, in this order:
+rtbci's own implementation of that brain module, in this order:
 
 1. **Per-window input steps** (compiled in): per-channel baseline (mean of the first
    ``baseline_s`` = 0.3 s) subtracted, robust scaling ``(x − median) / IQR`` with buffers
@@ -19,7 +19,7 @@ rtbci's own implementation of ../shared/DECODERS.md §1, in this order:
    ``n_merger × n_merger`` matrix per subject, ``randn / √n_merger`` init); ``subject=None``
    uses the mean matrix (rtbci's choice for an unseen subject).
 4. **Conv stack** of ``depth`` layers, ``hidden`` channels, kernel 3, dilation
-   ``2 ** (k % 5)``, length-preserving padding. Reading of DECODERS.md: layer ``k`` is
+   ``2 ** (k % 5)``, length-preserving padding. Reading of the paper: layer ``k`` is
    conv → BatchNorm → GELU (no GELU on the last layer), then a residual add when input and
    output shapes match (all but the first layer, whose input has ``n_merger`` channels), then
    after every 2nd layer (k = 1, 3, …, the last included) a GLU block:

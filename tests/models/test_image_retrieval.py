@@ -38,7 +38,7 @@ def test_parameter_counts_at_paper_sizes():
     # Linear (C·T → d), residual Linear (d → d), LayerNorm, logit scale: no paper count given
     assert n_params(ubp) == (c * t + 1) * d + (d + 1) * d + 2 * d + 1 == 17_180_673
     tsconv = ImageRetrievalNet(c, t, d, srate=250.0, **TSCONV_HPARAMS)
-    assert n_params(tsconv) == pytest.approx(2.63e6, rel=0.005)  # DECODERS.md: 2.63 M
+    assert n_params(tsconv) == pytest.approx(2.63e6, rel=0.005)  # NICE's 2.63 M
     assert tsconv.features.n_features == 40 * 36  # NICE's 1440 features
 
 

@@ -53,7 +53,7 @@ def test_shapes_of_training_and_inference_outputs():
 
 
 def test_parameter_count_at_paper_sizes():
-    """~9.6 M with 208 sensors and 1024 outputs (DECODERS.md), for the 27 subjects of the
+    """~9.6 M with 208 sensors and 1024 outputs (quoted for the paper), for the 27 subjects of the
     Gwilliams MEG dataset; within 1 %."""
     positions = np.random.default_rng(0).standard_normal((208, 3))
     net = SpeechNet(208, 360, 1024, srate=SRATE, positions=positions, n_subjects=27, **HPARAMS)
