@@ -38,6 +38,7 @@ __all__ = ["AUTO_FAMILIES", "Candidate", "preprocessing_candidates", "select"]
 
 AUTO_FAMILIES = ("linear", "riemann", "eegnet", "motor-gnn")
 CLOSED_FORM = ("linear", "riemann")  # cheap to fit: they also try a window-mean baseline
+NO_PREPROCESSING = {"bandpass": None, "notch": None, "resample_hz": None}
 WIDE_BAND = (0.5, 45.0)  # Hz; the upper edge is lowered below Nyquist at low rates
 
 
@@ -69,7 +70,7 @@ def preprocessing_candidates(family: Family, source_srate: float,
         return [Candidate(family.name, "as given", tuple(sorted(fixed.items())))]
     rate = family.srate or source_srate
     wide = {"bandpass": (WIDE_BAND[0], min(WIDE_BAND[1], 0.4 * rate)), "notch": None}
-    none = {"bandpass": None, "notch": None, "resample_hz": None}
+    none = dict(NO_PREPROCESSING)
     out, seen = [], set()
     for name, overrides in (("family", {}), ("wide-band", wide), ("none", none)):
         config = family.preprocess_config(**overrides)
@@ -120,9 +121,9 @@ def select(opts: TrainOptions, families: tuple[str, ...] = AUTO_FAMILIES, k: int
     from tqdm import tqdm
 
     started = time.perf_counter()
-    candidates = _candidates(opts, families)
     quiet = replace(opts, progress=False)
     windows: dict[str, Windows] = {}
+    candidates = _candidates(opts, families, windows)
     rows, plan = [], []
     for cand in candidates:
         win = _windows(windows, cand, quiet)
@@ -160,14 +161,16 @@ def select(opts: TrainOptions, families: tuple[str, ...] = AUTO_FAMILIES, k: int
     return metrics
 
 
-def _candidates(opts: TrainOptions, families: tuple[str, ...]) -> list[Candidate]:
-    from rtbci.devices.recording import read_recording
-
+def _candidates(opts: TrainOptions, families: tuple[str, ...],
+                windows: dict[str, Windows]) -> list[Candidate]:
+    """Every family's candidates; the source's rate comes from its unprocessed windows (kept
+    in ``windows``: the "none" candidates reuse them, so the files are read once)."""
     unknown = [f for f in families if f not in AUTO_FAMILIES]
     if unknown:
         raise RtbciError(f"--families: {unknown[0]!r} is not one train auto compares "
                          f"({', '.join(AUTO_FAMILIES)})")
-    srate = read_recording(opts.data[0], opts.stream).streams[0].info.srate
+    raw = Candidate(families[0], "none", tuple(sorted(NO_PREPROCESSING.items())))
+    srate = _windows(windows, raw, replace(opts, progress=False)).info.srate
     return [c for f in families
             for c in preprocessing_candidates(get_family(f), srate, opts.preprocess)
             if not (c.demean and opts.baseline is not None)]  # the user's --baseline holds
