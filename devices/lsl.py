@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import threading
+import time
 
 import numpy as np
 import pylsl
@@ -97,11 +98,11 @@ def lsl_from_info(info: StreamInfo, chunk_size: int = 0) -> pylsl.StreamInfo:
     return lsl
 
 
-def prime_clock_sync(inlet: pylsl.StreamInlet, flags: int) -> None:
+def prime_clock_sync(inlet: pylsl.StreamInlet, flags: int, timeout: float = 2.0) -> None:
     """Get liblsl's first clock-offset estimate now (~0.65 s) rather than on the first pull,
     which would otherwise hold the first samples or markers back by that much."""
     if flags & pylsl.proc_clocksync:
-        inlet.time_correction(timeout=2.0)
+        inlet.time_correction(timeout=timeout)
 
 
 def nearby_streams(query: dict[str, str], infos: list[pylsl.StreamInfo]) -> list[str]:
@@ -187,10 +188,13 @@ class LSLSource(Source):
         # stream's timestamps towards the old one's
         inlet = pylsl.StreamInlet(found[0], max_buflen=30, recover=False,
                                   processing_flags=self.flags)
+        # one deadline for the three steps, so that a stopping engine never waits on an
+        # outlet that vanished after the resolve for longer than Acquisition.stop does
+        deadline = time.monotonic() + max(timeout, 2.0)
         try:
-            inlet.open_stream(timeout=max(timeout, 2.0))
-            info = info_from_lsl(inlet.info(timeout=max(timeout, 2.0)))
-            prime_clock_sync(inlet, self.flags)
+            inlet.open_stream(timeout=deadline - time.monotonic())
+            info = info_from_lsl(inlet.info(timeout=max(deadline - time.monotonic(), 0.05)))
+            prime_clock_sync(inlet, self.flags, max(deadline - time.monotonic(), 0.05))
         except (LostError, TimeoutError):  # a stale resolve result of a vanished outlet
             inlet.close_stream()
             return None
