@@ -1,4 +1,5 @@
-"""Stream sources: LSL inlets, the simulated amplifier, file replay (``rtbci.devices``)."""
+"""Stream sources: LSL inlets, the simulated amplifier, BrainFlow boards, file replay
+(``rtbci.devices``)."""
 
 from __future__ import annotations
 
@@ -30,4 +31,12 @@ def make_source(config) -> tuple[Source, dict[str, str] | None, object | None]:
         source = LSLSource(config.name, {"source_id": amp.info.source_id},
                            ("clocksync", "dejitter"))
         return source, {"source_id": amp.marker_source_id}, amp.start()
+    if config.kind == "brainflow":
+        from rtbci.devices.brainflow import BrainFlowSource, Connection
+
+        connection = Connection(**{key: getattr(config, key) for key in (
+            "serial_port", "ip_address", "ip_port", "mac_address", "serial_number",
+            "other_info", "file", "master_board")})
+        return BrainFlowSource(config.name, config.board, connection, config.stream_name,
+                               config.lost_after_s), None, None
     raise ValueError(f"unknown source kind {config.kind!r}")

@@ -20,6 +20,9 @@ class Source(ABC):
 
     #: config name of the source (``[[sources]] name``)
     name: str
+    #: ``handler(timestamp_s, text)`` for markers that arrive inside the stream itself
+    #: (a BrainFlow board's marker row), set by the engine; called from the reading thread
+    marker_handler = None
 
     @abstractmethod
     def open(self, timeout: float) -> StreamInfo | None:

@@ -494,7 +494,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         raise RtbciError("\n".join(f"{args.config}: {p}" for p in problems))
     print(f"{args.config}: OK (session {config.engine.session!r})")
     for src in config.sources:
-        what = src.stream.as_dict() if src.kind == "lsl" else {"profile": src.profile}
+        what = (src.stream.as_dict() if src.kind == "lsl" else {"profile": src.profile}
+                if src.kind == "simulate" else {"board": src.board})
         info = infos.get(src.name)
         size = "" if info is None else (
             f" ({info.n_channels} ch @ {info.srate:g} Hz: ~"
@@ -519,6 +520,11 @@ def _known_infos(config, probe: float | None, origin: str) -> dict:
         if src.kind == "simulate":
             infos[src.name] = SimulatedAmplifier(src.profile, name=src.stream_name or src.name,
                                                  task=src.task).info
+        elif src.kind == "brainflow":  # BrainFlow's board description: no hardware needed
+            from rtbci.devices.brainflow import board_info
+
+            infos[src.name] = board_info(src.board, src.stream_name or src.name,
+                                         src.master_board)[0]
         elif probe is not None:
             from rtbci.devices.lsl import describe_query, info_from_lsl, resolve, streams_there
 

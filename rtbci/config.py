@@ -10,7 +10,15 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from rtbci.errors import RtbciError
 from rtbci.events import MarkerMatcher
@@ -98,8 +106,51 @@ class SimulateSourceConfig(_SourceBase):
         return self
 
 
-SourceConfig = Annotated[LSLSourceConfig | SimulateSourceConfig, Field(discriminator="kind")]
-SOURCE_KINDS = ("lsl", "simulate")
+class BrainFlowSourceConfig(_SourceBase):
+    """A BrainFlow board (``rtbci.devices.brainflow``; needs ``rtbci[brainflow]``)."""
+
+    kind: Literal["brainflow"]
+    board: str | int = Field(description="BrainFlow board name (SYNTHETIC_BOARD, CYTON_BOARD…) "
+                                         "or id")
+    serial_port: str = ""
+    ip_address: str = ""
+    ip_port: int = Field(0, ge=0, le=65535)
+    mac_address: str = ""
+    serial_number: str = ""
+    other_info: str = ""
+    file: str = ""
+    master_board: str | int | None = Field(
+        None, description="PLAYBACK_FILE_BOARD / STREAMING_BOARD: the board that recorded")
+    stream_name: str | None = Field(None, description="name of the stream (default: name)")
+    lost_after_s: float = Field(5.0, gt=0, description="silent this long: the board is lost "
+                                                       "and is prepared again")
+
+    @field_validator("board", "master_board")
+    @classmethod
+    def _board_name(cls, board: str | int | None) -> str | int | None:
+        from rtbci.devices.brainflow import board_id
+
+        if board is not None:
+            try:
+                board_id(board)
+            except RtbciError as exc:
+                raise ValueError(str(exc)) from None
+        return board
+
+    @model_validator(mode="after")
+    def _known_board(self) -> BrainFlowSourceConfig:
+        from rtbci.devices.brainflow import board_descr
+
+        try:
+            board_descr(self.board, self.master_board)
+        except RtbciError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+
+SourceConfig = Annotated[LSLSourceConfig | SimulateSourceConfig | BrainFlowSourceConfig,
+                         Field(discriminator="kind")]
+SOURCE_KINDS = ("lsl", "simulate", "brainflow")
 
 Runtime = Literal["auto", "numpy", "torch", "onnxruntime", "cudagraph", "tensorrt"]
 

@@ -91,6 +91,7 @@ class Engine:
             if companion is not None:
                 self._companions.append(companion)
             self._register(cfg.name)
+            source.marker_handler = partial(self._on_marker, cfg.name)
             if marker_query:
                 reader = MarkerReader(marker_query, partial(self._on_marker, cfg.name))
                 self._marker_readers.append(reader.start())

@@ -1,0 +1,271 @@
+"""BrainFlow boards as sources (``kind = "brainflow"``; optional extra ``rtbci[brainflow]``).
+
+One BrainFlow API covers live boards (OpenBCI, Muse, g.tec Unicorn, Neurosity, BrainBit …),
+a synthetic board and file playback. The board's ExG rows (EEG, EMG, ECG, EOG, as its
+BrainFlow description lists them) become the stream, in microvolts like the LSL source's
+streams (BrainFlow already scales ExG rows to µV); its marker row becomes the source's
+markers.
+
+Timestamps: BrainFlow stamps each package on arrival with the host's wall clock (Unix
+seconds, its timestamp row). :class:`ClockBridge` maps them onto the LSL clock
+(``pylsl.local_clock``) with an offset read between two LSL clock readings; the conversion
+adds at most half that bracket (a few µs) plus the wall clock's drift since the last reading
+(re-read every ``refresh_s``; NTP slews the wall clock by at most 0.5 ms/s). BrainFlow's own
+stamping jitter (the package's arrival over USB/Bluetooth) stays in the timestamps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pylsl
+
+from rtbci.devices.base import Source, SourceLost
+from rtbci.errors import RtbciError
+from rtbci.stream import Chunk, StreamInfo
+
+log = logging.getLogger("rtbci.devices.brainflow")
+
+# BrainFlow description key → MNE channel type, in the order a row shared by several is named
+EXG_ROWS = (("eeg_channels", "eeg"), ("emg_channels", "emg"), ("ecg_channels", "ecg"),
+            ("eog_channels", "eog"))
+CONNECTION_KEYS = ("serial_port", "ip_address", "ip_port", "mac_address", "serial_number",
+                   "other_info", "file")
+POLL_S = 0.002  # BrainFlow has no blocking read: a read polls its buffer this often
+
+
+def _shim():
+    try:
+        from brainflow import board_shim
+    except ImportError:
+        raise RtbciError("the brainflow source needs BrainFlow: pip install "
+                         "'rtbci[brainflow]'") from None
+    if not log.isEnabledFor(logging.DEBUG):  # its board logger prints every session's JSON
+        board_shim.BoardShim.disable_board_logger()
+    return board_shim
+
+
+PSEUDO_BOARDS = ("PLAYBACK_FILE_BOARD", "STREAMING_BOARD")  # they need a master_board
+
+
+def board_names() -> list[str]:
+    """The board names BrainFlow knows (``BoardIds``), playback/streaming pseudo-boards too."""
+    return [b.name for b in _shim().BoardIds if b.name != "NO_BOARD"]
+
+
+def board_id(board: str | int) -> int:
+    """BrainFlow's id of ``board`` (a ``BoardIds`` name, any case, or its number).
+
+    Raises :class:`RtbciError` naming the valid boards in one line."""
+    ids = _shim().BoardIds
+    if isinstance(board, int) or str(board).lstrip("-").isdigit():
+        if int(board) in {b.value for b in ids}:
+            return int(board)
+    elif str(board).upper() in ids.__members__:
+        return ids[str(board).upper()].value
+    raise RtbciError(f"unknown BrainFlow board {board!r}; valid: {', '.join(board_names())}")
+
+
+def board_descr(board: str | int, master_board: str | int | None = None) -> dict:
+    """BrainFlow's description of ``board`` (of ``master_board`` for the playback and
+    streaming pseudo-boards, whose packages are the master board's)."""
+    bid = board_id(board)
+    if bid in [_shim().BoardIds[n].value for n in PSEUDO_BOARDS]:
+        if master_board is None:
+            raise RtbciError(f"board {board!r} replays another board's packages: give "
+                             "master_board (e.g. \"SYNTHETIC_BOARD\")")
+        bid = board_id(master_board)
+    return _shim().BoardShim.get_board_descr(bid)
+
+
+def board_info(board: str | int, name: str, master_board: str | int | None = None
+               ) -> tuple[StreamInfo, np.ndarray]:
+    """The stream a board gives (its ExG rows, µV) and those rows' indices, from BrainFlow's
+    board description (no hardware needed)."""
+    descr = board_descr(board, master_board)
+    rows: dict[int, str] = {}
+    for key, kind in EXG_ROWS:
+        for row in descr.get(key, []):
+            rows.setdefault(row, kind)
+    if not rows:
+        raise RtbciError(f"BrainFlow board {board!r} has no EEG/EMG/ECG/EOG channels")
+    order = sorted(rows)
+    eeg_names = [n for n in descr.get("eeg_names", "").split(",") if n]
+    eeg_rows = descr.get("eeg_channels", [])
+    names = [eeg_names[eeg_rows.index(r)] if r in eeg_rows and len(eeg_names) == len(eeg_rows)
+             else f"{rows[r]}{k + 1}" for k, r in enumerate(order)]
+    types = tuple(rows[r] for r in order)
+    main = max(set(types), key=types.count)
+    info = StreamInfo(name=name, type=main.upper(), source_id=f"brainflow-{descr['name']}-{name}",
+                      srate=float(descr["sampling_rate"]), ch_names=tuple(names),
+                      ch_types=types, ch_units=("microvolts",) * len(order),
+                      hostname=descr["name"])
+    return info, np.array(order)
+
+
+class ClockBridge:
+    """Wall-clock (Unix) seconds → LSL clock seconds: ``lsl = unix + offset``.
+
+    The offset is read between two ``pylsl.local_clock`` readings (error ≤ half their gap,
+    kept in :attr:`error_s`) and re-read every ``refresh_s`` seconds."""
+
+    def __init__(self, refresh_s: float = 1.0):
+        self.refresh_s = refresh_s
+        self.offset = 0.0
+        self.error_s = 0.0
+        self._next = -np.inf
+
+    def update(self) -> float:
+        now = pylsl.local_clock()
+        if now >= self._next:
+            before, wall, after = now, time.time(), pylsl.local_clock()
+            self.offset = (before + after) / 2 - wall
+            self.error_s = (after - before) / 2
+            self._next = after + self.refresh_s
+        return self.offset
+
+
+@dataclass
+class Connection:
+    """BrainFlow's connection parameters (``BrainFlowInputParams``); empty: not set."""
+
+    serial_port: str = ""
+    ip_address: str = ""
+    ip_port: int = 0
+    mac_address: str = ""
+    serial_number: str = ""
+    other_info: str = ""
+    file: str = ""
+    master_board: str | int | None = None
+
+    def params(self):
+        params = _shim().BrainFlowInputParams()
+        for key in CONNECTION_KEYS:
+            setattr(params, key, getattr(self, key))
+        if self.master_board is not None:
+            params.master_board = board_id(self.master_board)
+        return params
+
+
+class BrainFlowSource(Source):
+    """Reads a BrainFlow board into preallocated buffers (no allocation per read).
+
+    Parameters
+    ----------
+    name : str
+        Config name of the source.
+    board : str | int
+        BrainFlow board name (``"SYNTHETIC_BOARD"``) or id.
+    connection : Connection
+    stream_name : str
+        Name of the stream (what a session records, replay publishes).
+    lost_after_s : float
+        A board silent for this long is treated as lost: closed and prepared again.
+    max_chunk : int
+        Largest number of samples taken per read.
+    """
+
+    def __init__(self, name: str, board: str | int, connection: Connection | None = None,
+                 stream_name: str | None = None, lost_after_s: float = 5.0,
+                 max_chunk: int = 4096):
+        self.name = name
+        self.board = board
+        self.board_id = board_id(board)
+        self.connection = connection or Connection()
+        self.info, self._rows = board_info(board, stream_name or name,
+                                           self.connection.master_board)
+        self.lost_after_s = lost_after_s
+        self.max_chunk = max_chunk
+        self.clock = ClockBridge()
+        self.overflows = 0
+        self._shim = None
+        descr = board_descr(board, self.connection.master_board)
+        self._n_rows = descr["num_rows"]
+        self._ts_row, self._marker_row = descr["timestamp_channel"], descr.get("marker_channel")
+        self._raw = np.zeros(self.max_chunk * self._n_rows, dtype=np.float64)
+        self._data = np.zeros((self.max_chunk, self.info.n_channels), dtype=np.float32)
+        self._times = np.zeros(self.max_chunk, dtype=np.float64)
+        self._count = np.zeros(1, dtype=np.int32)
+        self._buffer_size = 0
+
+    def describe(self) -> str:
+        return f"brainflow board={self.board!r}"
+
+    def open(self, timeout: float) -> StreamInfo | None:
+        shim = _shim()
+        board = shim.BoardShim(self.board_id, self.connection.params())
+        try:
+            board.prepare_session()
+            self._buffer_size = max(45000, int(self.info.srate * 60))
+            board.start_stream(self._buffer_size)
+        except shim.BrainFlowError as exc:
+            self._release(board)
+            log.warning("BrainFlow board %r (source %r) did not start: %s", self.board,
+                        self.name, exc)
+            time.sleep(min(timeout, 1.0))
+            return None
+        self._shim = board
+        self._dll = shim.BoardControllerDLL.get_instance()
+        self._json = board.input_json
+        self._last_data = time.monotonic()
+        return self.info
+
+    def read(self, timeout: float = 0.0) -> Chunk | None:
+        deadline = time.monotonic() + timeout
+        n = self._available()
+        while n == 0 and time.monotonic() < deadline:
+            time.sleep(POLL_S)
+            n = self._available()
+        if n == 0:
+            if time.monotonic() - self._last_data > self.lost_after_s:
+                raise SourceLost(f"board {self.board!r} sent nothing for {self.lost_after_s:g} s")
+            return None
+        self._last_data = time.monotonic()
+        if n >= self._buffer_size:
+            self.overflows += 1
+            log.warning("source %r: BrainFlow's buffer was full; samples were lost", self.name)
+        n = min(n, self.max_chunk)
+        self._call("get_board_data", n, 0, self._raw, self.board_id, self._json)
+        packages = self._raw[:n * self._n_rows].reshape(self._n_rows, n)
+        for k, row in enumerate(self._rows):  # row by row: no temporary (n_ch, n) array
+            self._data[:n, k] = packages[row]
+        np.add(packages[self._ts_row], self.clock.update(), out=self._times[:n])
+        if self.marker_handler is not None and self._marker_row is not None:
+            self._emit_markers(packages[self._marker_row], n)
+        return Chunk(self._data[:n], self._times[:n])
+
+    def _available(self) -> int:
+        self._call("get_board_data_count", 0, self._count, self.board_id, self._json)
+        return int(self._count[0])
+
+    def _call(self, function: str, *args) -> None:
+        status = getattr(self._dll, function)(*args)
+        if status != 0:
+            raise SourceLost(f"board {self.board!r} failed ({function}: BrainFlow error "
+                             f"{status})")
+
+    def _emit_markers(self, row: np.ndarray, n: int) -> None:
+        for i in np.flatnonzero(row):
+            self.marker_handler(float(self._times[i]), marker_text(row[i]))
+
+    def close(self) -> None:
+        if self._shim is not None:
+            self._release(self._shim)
+        self._shim = None
+
+    @staticmethod
+    def _release(board) -> None:
+        """Stop and release (before the interpreter exits: BrainFlow's ``__del__`` cannot)."""
+        for step in (board.stop_stream, board.release_session):
+            with contextlib.suppress(Exception):  # not started / already released
+                step()
+
+
+def marker_text(value: float) -> str:
+    """A BrainFlow marker value as the marker's text: ``3.0`` → ``"3"``, ``2.5`` → ``"2.5"``."""
+    return f"{value:g}"
+

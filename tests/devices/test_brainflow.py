@@ -1,0 +1,154 @@
+"""BrainFlow boards as sources: BrainFlow's synthetic board (no hardware) through the engine."""
+
+import asyncio
+
+import numpy as np
+import pylsl
+import pytest
+
+from rtbci.cli import main
+from rtbci.config import parse_config
+from rtbci.devices.brainflow import BrainFlowSource, board_info
+from rtbci.devices.session import read_session
+from rtbci.engine import Engine
+from rtbci.errors import RtbciError
+
+pytest.importorskip("brainflow")  # the [brainflow] extra; CI installs it with [test]
+pytestmark = pytest.mark.slow
+
+SYNTHETIC_EEG = ("Fz", "C3", "Cz", "C4", "Pz", "PO7", "Oz", "PO8", "F5", "F7", "F3", "F1",
+                 "F2", "F4", "F6", "F8")
+
+
+def config(tmp_path, **source) -> dict:
+    return {"engine": {"session": "bf"},
+            "sources": [{"name": "bf", "kind": "brainflow", "board": "SYNTHETIC_BOARD",
+                         **source}],
+            "decoders": [
+                {"name": "bp", "model": "builtin:bandpower", "source": "bf", "window_ms": 400,
+                 "every_ms": 100, "runtime": "numpy", "options": {"bands": [[8, 13]]}},
+                {"name": "ev", "model": "builtin:bandpower", "source": "bf",
+                 "window_ms": [0, 200], "on_marker": "re:^[0-9]+$", "runtime": "numpy"}],
+            "sinks": [{"kind": "record", "path": str(tmp_path / "session")}]}
+
+
+def run(cfg: dict, collector, script) -> tuple[Engine, dict]:
+    engine = Engine(parse_config(cfg), sinks=[collector])
+
+    async def main_():
+        stop = asyncio.Event()
+
+        async def during():
+            while engine.acquisitions.get("bf") is None or \
+                    engine.acquisitions["bf"].state != "streaming":
+                await asyncio.sleep(0.05)
+            await script(engine)
+            stop.set()
+
+        task = asyncio.create_task(during())
+        stats = await engine.run(30.0, stop)
+        await task
+        return stats
+
+    return engine, asyncio.run(main_())
+
+
+def test_the_synthetic_board_feeds_decoders_with_its_markers_on_the_lsl_clock(tmp_path,
+                                                                             collector):
+    async def script(engine):
+        board = engine.acquisitions["bf"].source._shim
+        await asyncio.sleep(0.6)
+        for value in (3, 4):
+            board.insert_marker(value)
+            await asyncio.sleep(0.6)
+        await asyncio.sleep(0.5)
+
+    engine, stats = run(config(tmp_path), collector, script)
+    stream = engine.streams["bf"]
+    assert stream.info.ch_names == SYNTHETIC_EEG
+    assert stream.info.ch_units == ("microvolts",) * 16 and stream.info.srate == 250
+    data, times = stream.buffer.window(0, stream.buffer.count)
+    assert stream.buffer.count > 250 * 1.5
+    # the synthetic board's EEG rows are sines of up to ~±100 µV: microvolts, not volts
+    assert 5 < np.abs(data).max() < 1000
+    # on the LSL clock: the last sample was stamped within the run, just before now
+    assert 0 < pylsl.local_clock() - times[-1] < 5
+    assert np.median(np.diff(times)) == pytest.approx(1 / 250, rel=0.05)
+    texts = [text for _, text in engine.markers["bf"]]
+    assert texts == ["3", "4"]
+    for stamp, _ in engine.markers["bf"]:
+        assert np.min(np.abs(times - stamp)) == 0.0, "a marker carries its sample's time"
+    by_decoder = {name: [r for r in collector.results if r.decoder == name]
+                  for name in ("bp", "ev")}
+    assert len(by_decoder["bp"]) >= 10
+    assert [r.marker for r in by_decoder["ev"]] == ["3", "4"]
+    assert stats["decoders"]["bp"]["results"] == len(by_decoder["bp"])
+    recorded = read_session(tmp_path / "session")  # the session holds what the engine got
+    np.testing.assert_array_equal(recorded.streams[0].data, data)
+    assert [t for _, t in recorded.marker_streams[0].markers] == ["3", "4"]
+
+
+def test_a_lost_board_is_prepared_again_and_the_gap_counted(tmp_path, collector):
+    reopened = []
+
+    async def script(engine):
+        acquisition = engine.acquisitions["bf"]
+        await asyncio.sleep(0.5)
+        acquisition.source._shim.release_session()  # the board vanishes under the reader
+        for _ in range(100):
+            await asyncio.sleep(0.05)
+            if acquisition.state == "streaming" and acquisition.source._shim is not None:
+                reopened.append(acquisition.state)
+                break
+        await asyncio.sleep(0.8)
+
+    engine, stats = run(config(tmp_path), collector, script)
+    assert reopened == ["streaming"]
+    assert engine.acquisitions["bf"].error is None
+    source_stats = stats["streams"]["bf"]
+    assert source_stats["gaps"] >= 1 and source_stats["gap_seconds"] > 0
+    before_and_after = engine.streams["bf"].buffer.count
+    assert before_and_after > 250 * 1.0
+
+
+def test_a_board_that_goes_silent_is_lost_after_lost_after_s(monkeypatch):
+    source = BrainFlowSource("bf", "SYNTHETIC_BOARD", lost_after_s=0.3)
+    assert source.open(1.0) is not None
+    try:
+        source._shim.stop_stream()  # prepared, but nothing arrives any more
+        source.read(0.1)
+        with pytest.raises(Exception, match="sent nothing for 0.3 s"):
+            for _ in range(20):
+                source.read(0.1)
+    finally:
+        source.close()
+
+
+def test_names_and_types_come_from_the_board_description():
+    info, rows = board_info("CYTON_DAISY_BOARD", "cyton")  # no hardware: the description only
+    assert info.n_channels == 16 and info.srate == 125
+    assert set(info.ch_types) == {"eeg"} and list(rows) == list(range(1, 17))
+    with pytest.raises(RtbciError, match="valid: .*SYNTHETIC_BOARD.*CYTON_BOARD"):
+        board_info("CYTON", "x")
+    assert board_info(-1, "s")[0].ch_names == SYNTHETIC_EEG  # a board id works too
+
+
+def test_check_names_a_wrong_board_in_one_line_and_describes_a_right_one(tmp_path, capsys):
+    import tomli_w
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text(tomli_w.dumps({"sources": [{"name": "bf", "kind": "brainflow",
+                                               "board": "SYNTHETIK_BOARD"}]}))
+    assert main(["check", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith(f"rtbci: error: {bad}: sources[0].board: unknown BrainFlow board "
+                             "'SYNTHETIK_BOARD'; valid: ")
+    assert "SYNTHETIC_BOARD" in err[0] and "CYTON_BOARD" in err[0]
+    good = tmp_path / "good.toml"
+    good.write_text(tomli_w.dumps({"sources": [{"name": "bf", "kind": "brainflow",
+                                                "board": "SYNTHETIC_BOARD"}]}))
+    assert main(["check", str(good)]) == 0
+    out = capsys.readouterr().out
+    assert "source 'bf': brainflow {'board': 'SYNTHETIC_BOARD'}" in out
+    assert "(16 ch @ 250 Hz" in out
