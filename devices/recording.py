@@ -222,7 +222,11 @@ def info_from_mne(info, name: str, source_id: str) -> tuple[StreamInfo, np.ndarr
 def _read_mne(path: Path, name: str | None) -> Recording:
     import mne
 
-    raw = mne.io.read_raw(path, preload=True, verbose="error")
+    from rtbci.export import read_bids_raw
+
+    raw = read_bids_raw(path)  # inside a BIDS dataset: markers from its events.tsv
+    if raw is None:
+        raw = mne.io.read_raw(path, preload=True, verbose="error")
     stem = name or path.name.split(".")[0]
     info, factors = info_from_mne(raw.info, stem, f"rtbci-replay-{stem}")
     data = (raw.get_data().T * factors).astype(np.float32)

@@ -108,7 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("family", choices=["auto", *FAMILIES], metavar="FAMILY",
                    help="auto, " + ", ".join(FAMILIES))
     p.add_argument("--data", type=Path, nargs="+", required=True, metavar="FILE",
-                   help="recordings with event annotations/markers")
+                   help="recordings with event annotations/markers; bids:ROOT?sub=01&task=T "
+                        "selects a BIDS dataset's recordings (entities sub, ses, task, run, "
+                        "acq, datatype)")
     p.add_argument("--events", nargs="+", metavar="PATTERN", default=[],
                    help="train on the markers these patterns select: a name, a prefix of "
                         "PREFIX/<label>, or re:REGEX (label: its first group) (default: the "
@@ -176,8 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(p)
     p.add_argument("--replay", type=Path, nargs="+", metavar="FILE",
                    help="offline: run the pipeline straight from recordings (FIF, EDF, BDF, "
-                        "BrainVision, EEGLAB, XDF or a session directory; several are "
-                        "replayed together) on a virtual clock")
+                        "BrainVision, EEGLAB, XDF, a session directory or "
+                        "bids:ROOT?sub=01&task=T; several are replayed together) on a "
+                        "virtual clock")
     p.add_argument("--speed", type=_speed, default=None, metavar="X|max",
                    help="with --replay: pace at X × real time (default: max, as fast as "
                         "possible)")
@@ -209,7 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("replay", help="publish recordings as LSL streams",
                        description="Publish recordings (FIF, EDF, BDF, BrainVision .vhdr, "
-                                   "EEGLAB .set, XDF, or an rtbci session directory) as real "
+                                   "EEGLAB .set, XDF, an rtbci session directory, or "
+                                   "bids:ROOT?sub=01&task=T: a BIDS dataset's recordings) as "
+                                   "real "
                                    "LSL outlets with full channel metadata, and their "
                                    "annotations / marker streams as NAME-markers.")
     p.add_argument("files", type=Path, nargs="+", metavar="FILE")
@@ -219,6 +224,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="LSL name of the (single) signal stream (default: the "
                                   "file's stem or the recorded stream's name)")
     p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("export", help="write a recorded session as a BIDS dataset",
+                       description="Write a session directory (the record sink's) into a BIDS "
+                                   "dataset with mne-bids: one recording per source (datatype "
+                                   "eeg, meg or ieeg from its channels; EEG/iEEG as EEGLAB "
+                                   ".set, MEG as FIF, 64-bit samples), its markers in "
+                                   "events.tsv, and each decoder's results as TSV under "
+                                   "ROOT/derivatives/rtbci/. Needs rtbci[bids].")
+    p.add_argument("session_dir", type=Path, metavar="SESSION_DIR")
+    p.add_argument("--bids", type=Path, required=True, metavar="ROOT",
+                   help="BIDS root (created if needed; recordings already there are kept)")
+    p.add_argument("--subject", required=True, metavar="S", help="subject label (e.g. 01)")
+    p.add_argument("--session", metavar="SES", help="BIDS session label")
+    p.add_argument("--task", default="rtbci", metavar="T", help="task label (default rtbci)")
+    p.add_argument("--run", metavar="R", help="run label (e.g. 1)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("listen", help="print results from MQTT with their latency",
                        description="Subscribe to rtbci/SESSION/# and print each result with its "
@@ -365,8 +386,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             hparams[key] = json.loads(value)
         except json.JSONDecodeError:
             hparams[key] = value
+    from rtbci.export import expand_data
+
     opts = TrainOptions(
-        data=args.data, out=args.out, events=args.events, targets=args.targets,
+        data=expand_data(args.data), out=args.out, events=args.events, targets=args.targets,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
         val_fraction=args.val_fraction, channels=args.channels,
         window=tuple(args.window) if args.window else None, size=args.size, hparams=hparams,
@@ -614,9 +637,10 @@ def _run_offline(config, args: argparse.Namespace) -> int:
 
     from rtbci.devices.recording import merge_recordings, read_recording
     from rtbci.engine import Engine
+    from rtbci.export import expand_data
     from rtbci.report import Scorer
 
-    recording = merge_recordings([read_recording(f) for f in args.replay])
+    recording = merge_recordings([read_recording(f) for f in expand_data(args.replay)])
     scorer = Scorer()
     engine = Engine(config, sinks=[scorer])
     duration = max(s.duration for s in recording.streams)
@@ -697,8 +721,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     from rtbci.devices.recording import merge_recordings, read_recording
     from rtbci.devices.replay import ReplayPublisher
+    from rtbci.export import expand_data
 
-    recording = merge_recordings([read_recording(f) for f in args.files])
+    recording = merge_recordings([read_recording(f) for f in expand_data(args.files)])
     try:
         publisher = ReplayPublisher(recording, args.speed, args.loop, args.name)
     except ValueError as exc:
@@ -718,6 +743,16 @@ def cmd_replay(args: argparse.Namespace) -> int:
             publisher.run(progress)
     print(f"pushed {publisher.samples_pushed} samples and {publisher.markers_pushed} markers",
           flush=True)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from rtbci.export import export_bids
+
+    written = export_bids(args.session_dir, args.bids, args.subject, args.session, args.task,
+                          args.run)
+    for path in written:
+        print(f"wrote {path}")
     return 0
 
 
