@@ -267,6 +267,8 @@ def _read_xdf(path: Path) -> Recording:
     for s in raw_streams:
         info = s["info"]
         name, kind = info["name"][0], info["type"][0]
+        if kind == "rtbci.result":  # decoder outputs rtbci recorded, not inputs
+            continue
         srate = float(info["nominal_srate"][0])
         series, stamps = s["time_series"], np.asarray(s["time_stamps"], dtype=float)
         sid = (info.get("source_id") or [""])[0]

@@ -1,4 +1,5 @@
-"""``record``: the session recorder (raw streams, markers, results, config, versions).
+"""``record``: the session recorder (raw streams, markers, results, config, versions), to a
+session directory or (``format = "xdf"``) one XDF file.
 
 Decoding never waits for the disk: raw chunks are copied into a ring buffer per stream in
 the acquisition thread, markers and results into lists, and a writer thread appends them to
@@ -41,6 +42,9 @@ class RecordSinkConfig(BaseModel):
     path: str = Field("sessions/{session}-{start}",
                       description="session directory; {session} and {start} "
                                   "(YYYYmmdd-HHMMSS) are filled in")
+    format: Literal["session", "xdf"] = Field(
+        "session", description="session: a session directory (rtbci.devices.session); xdf: "
+                               "one XDF file, PATH.xdf (rtbci.devices.xdf)")
     flush_s: float = Field(1.0, gt=0, le=60, description="at most this much is lost in a crash")
     buffer_seconds: float = Field(30.0, gt=0, description="raw history awaiting the writer")
 
@@ -69,7 +73,8 @@ def versions() -> dict:
 
 
 class RecordSink(Sink):
-    """Writes one session directory per run (see ``rtbci.devices.session`` for the layout)."""
+    """Writes one session directory (see ``rtbci.devices.session`` for the layout) or one
+    XDF file (``rtbci.devices.xdf``) per run."""
 
     kind = "record"
 
@@ -84,7 +89,7 @@ class RecordSink(Sink):
         self._counts = {"results": 0, "markers": 0}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="recorder", daemon=True)
-        self._writer: SessionWriter | None = None
+        self._writer = None  # a SessionWriter or an XdfSessionWriter
 
     async def start(self, status: dict) -> None:
         start = time.strftime("%Y%m%d-%H%M%S")
@@ -94,7 +99,13 @@ class RecordSink(Sink):
         header = {"session": self.session, "started": start, "versions": versions(),
                   "config": self.engine_config.model_dump(mode="json")
                   if self.engine_config is not None else None}
-        self._writer = SessionWriter(path, header)
+        if self.config.format == "xdf":
+            from rtbci.devices.xdf import XdfSessionWriter
+
+            path = path if path.suffix.lower() == ".xdf" else path.with_name(path.name + ".xdf")
+            self._writer = XdfSessionWriter(path, header)
+        else:
+            self._writer = SessionWriter(path, header)
         self.path = path
         log.info("recording the session to %s", path)
         self._thread.start()

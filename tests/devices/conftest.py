@@ -79,7 +79,9 @@ def _chunk(tag: int, content: bytes) -> bytes:
 
 def write_xdf(path, streams: list[dict]) -> None:
     """Write streams ``{"name", "type", "srate", "channels": [labels] | None (markers),
-    "data": (n, n_ch) float32 or list of str, "times": (n,)}`` to an XDF file."""
+    "data": (n, n_ch) float32 or list of str, "times": (n,)}`` to an XDF file; a stream's
+    optional ``"offsets": [(collection_time, offset_s), …]`` become ClockOffset chunks after
+    its samples, and footer entries, as LabRecorder writes them."""
     out = [b"XDF:", _chunk(1, b'<?xml version="1.0"?><info><version>1.0</version></info>')]
     for sid, s in enumerate(streams, start=1):
         is_markers = s["channels"] is None
@@ -101,9 +103,13 @@ def write_xdf(path, streams: list[dict]) -> None:
             else:
                 body += np.asarray(value, dtype="<f4").tobytes()
         out.append(_chunk(3, bytes(body)))
+        offsets = s.get("offsets", [])
+        out += [_chunk(4, struct.pack("<Idd", sid, t, v)) for t, v in offsets]
         footer = (f'<?xml version="1.0"?><info><first_timestamp>{s["times"][0]}'
                   f'</first_timestamp><last_timestamp>{s["times"][-1]}</last_timestamp>'
-                  f'<sample_count>{len(s["times"])}</sample_count></info>')
+                  f'<sample_count>{len(s["times"])}</sample_count><clock_offsets>'
+                  + "".join(f"<offset><time>{t}</time><value>{v}</value></offset>"
+                            for t, v in offsets) + '</clock_offsets></info>')
         out.append(_chunk(6, struct.pack("<I", sid) + footer.encode()))
     path.write_bytes(b"".join(out))
 
