@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pylsl
@@ -269,3 +270,46 @@ def marker_text(value: float) -> str:
     """A BrainFlow marker value as the marker's text: ``3.0`` → ``"3"``, ``2.5`` → ``"2.5"``."""
     return f"{value:g}"
 
+
+
+class BoardPublisher:
+    """Publishes a BrainFlow board on LSL (``rtbci simulate --brainflow``): the stream the
+    brainflow source reads (same channels, units and timestamps) and its marker row as the
+    string stream ``<name>-markers``."""
+
+    def __init__(self, board: str | int, name: str, connection: Connection | None = None):
+        self.source = BrainFlowSource(name, board, connection, stream_name=name)
+        self.info = replace(self.source.info, source_id=f"rtbci-brainflow-{name}")
+        self.marker_name = f"{name}-markers"
+        self.samples_pushed = self.markers_pushed = 0
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self, duration: float | None = None) -> None:
+        """Publish until ``stop``, Ctrl-C or ``duration`` seconds; always releases the board."""
+        from rtbci.devices.lsl import lsl_from_info
+
+        if self.source.open(5.0) is None:
+            raise RtbciError(f"BrainFlow board {self.source.board!r} did not start (see the "
+                             "log above)")
+        try:
+            outlet = pylsl.StreamOutlet(lsl_from_info(self.info))
+            markers = pylsl.StreamOutlet(pylsl.StreamInfo(
+                self.marker_name, "Markers", 1, pylsl.IRREGULAR_RATE, pylsl.cf_string,
+                f"{self.info.source_id}-markers"))
+
+            def push_marker(stamp: float, text: str) -> None:
+                markers.push_sample([text], stamp)
+                self.markers_pushed += 1
+
+            self.source.marker_handler = push_marker
+            end = None if duration is None else time.monotonic() + duration
+            while not self._stop.is_set() and (end is None or time.monotonic() < end):
+                chunk = self.source.read(0.1)
+                if chunk is not None:
+                    outlet.push_chunk(chunk.data, chunk.timestamps.tolist())
+                    self.samples_pushed += len(chunk.timestamps)
+        finally:
+            self.source.close()

@@ -86,6 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "(docs/simulator.md)")
     p.add_argument("--trials", type=int,
                    help="with --family --save: number of trials (default: the family's)")
+    p.add_argument("--brainflow", metavar="BOARD",
+                   help="publish a BrainFlow board instead (e.g. SYNTHETIC_BOARD; needs "
+                        "rtbci[brainflow]): its ExG channels in µV on LSL as NAME (default: "
+                        "the board name), its marker row on NAME-markers (docs/devices.md)")
+    p.add_argument("--board-param", action="append", default=[], metavar="KEY=VALUE",
+                   help="with --brainflow: a connection parameter (serial_port, ip_address, "
+                        "ip_port, mac_address, serial_number, other_info, file); repeatable")
     p.add_argument("--save", type=Path, metavar="FILE",
                    help="instead of streaming, write a labelled recording (FIF, trials as "
                         "annotations): --duration seconds (default 60), or with --family "
@@ -358,6 +365,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                               args.snr, classes, args.subject, args.name)
         print(f"wrote {path}")
         return 0
+    if args.brainflow is not None:
+        return _simulate_brainflow(args)
     amp = SimulatedAmplifier(args.profile, name=args.name, seed=args.seed, snr=args.snr,
                              classes=classes, subject=args.subject, chunk_ms=args.chunk_ms,
                              task=args.family)
@@ -367,6 +376,31 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     with contextlib.suppress(KeyboardInterrupt):
         amp.run(args.duration)
     print(f"pushed {amp.samples_pushed} samples and {len(amp.events)} markers", flush=True)
+    return 0
+
+
+def _simulate_brainflow(args: argparse.Namespace) -> int:
+    from rtbci.devices.brainflow import CONNECTION_KEYS, BoardPublisher, Connection
+
+    params = {}
+    for item in args.board_param:
+        key, sep, value = item.partition("=")
+        if not sep or key not in CONNECTION_KEYS:
+            raise RtbciError(f"--board-param: {item!r} is not KEY=VALUE with KEY one of "
+                             + ", ".join(CONNECTION_KEYS))
+        if key == "ip_port" and not value.isdigit():
+            raise RtbciError(f"--board-param: ip_port must be a number, got {value!r}")
+        params[key] = int(value) if key == "ip_port" else value
+    publisher = BoardPublisher(args.brainflow, args.name or str(args.brainflow).lower(),
+                               Connection(**params))
+    info = publisher.info
+    print(f"publishing BrainFlow board {args.brainflow} as {info.name!r} ({info.type}, "
+          f"{info.n_channels} ch @ {info.srate:g} Hz, source_id {info.source_id!r}) and "
+          f"markers {publisher.marker_name!r}", flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        publisher.run(args.duration)
+    print(f"pushed {publisher.samples_pushed} samples and {publisher.markers_pushed} markers",
+          flush=True)
     return 0
 
 

@@ -124,6 +124,6 @@ def test_the_readme_config_example_is_valid():
     import tomllib
 
     config = parse_config(tomllib.loads(readme[start:readme.index("```", start)]), "README")
-    assert [s.kind for s in config.sources] == ["lsl", "simulate"]
+    assert [s.kind for s in config.sources] == ["lsl", "simulate", "brainflow"]
     assert [s.kind for s in config.sinks] == ["mqtt", "lsl", "console", "record"]
     assert config.sources[0].preprocess.bandpass == (1, 40)

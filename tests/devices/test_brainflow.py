@@ -152,3 +152,43 @@ def test_check_names_a_wrong_board_in_one_line_and_describes_a_right_one(tmp_pat
     out = capsys.readouterr().out
     assert "source 'bf': brainflow {'board': 'SYNTHETIC_BOARD'}" in out
     assert "(16 ch @ 250 Hz" in out
+
+
+def test_simulate_brainflow_publishes_the_board_and_its_markers_on_lsl(run_engine,
+                                                                       wait_streaming,
+                                                                       unique_name):
+    import threading
+
+    from rtbci.devices.brainflow import BoardPublisher
+
+    publisher = BoardPublisher("SYNTHETIC_BOARD", unique_name)
+    thread = threading.Thread(target=publisher.run, args=(20.0,))
+    thread.start()
+    try:
+        async def during(engine):
+            await wait_streaming(engine)
+            await asyncio.sleep(1.0)  # the marker reader subscribes too
+            publisher.source._shim.insert_marker(5)
+            await asyncio.sleep(0.5)
+
+        engine, _ = run_engine({"sources": [{
+            "name": "eeg", "kind": "lsl", "stream": {"name": unique_name},
+            "markers": {"name": f"{unique_name}-markers"}}]}, 20.0, during)
+    finally:
+        publisher.stop()
+        thread.join(5.0)
+    stream = engine.streams["eeg"]
+    assert stream.info.ch_names == SYNTHETIC_EEG and stream.info.ch_units[0] == "microvolts"
+    assert [text for _, text in engine.markers["eeg"]] == ["5"]
+    data, times = stream.buffer.window(0, stream.buffer.count)
+    marker_time = engine.markers["eeg"][0][0]
+    assert np.min(np.abs(times - marker_time)) < 1e-3  # its sample's timestamp, clock-synced
+    assert publisher.samples_pushed >= stream.buffer.count > 250
+    assert publisher.source._shim is None  # released
+
+
+def test_simulate_brainflow_names_a_wrong_board_or_parameter(capsys):
+    assert main(["simulate", "--brainflow", "NOPE_BOARD", "--duration", "1"]) == 2
+    assert "unknown BrainFlow board 'NOPE_BOARD'; valid: " in capsys.readouterr().err
+    assert main(["simulate", "--brainflow", "SYNTHETIC_BOARD", "--board-param", "port=1"]) == 2
+    assert "--board-param: 'port=1' is not KEY=VALUE" in capsys.readouterr().err
