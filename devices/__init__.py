@@ -38,5 +38,5 @@ def make_source(config) -> tuple[Source, dict[str, str] | None, object | None]:
             "serial_port", "ip_address", "ip_port", "mac_address", "serial_number",
             "other_info", "file", "master_board")})
         return BrainFlowSource(config.name, config.board, connection, config.stream_name,
-                               config.lost_after_s), None, None
+                               config.lost_after_s, config.dejitter), None, None
     raise ValueError(f"unknown source kind {config.kind!r}")

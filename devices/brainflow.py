@@ -10,8 +10,8 @@ Timestamps: BrainFlow stamps each package on arrival with the host's wall clock 
 seconds, its timestamp row). :class:`ClockBridge` maps them onto the LSL clock
 (``pylsl.local_clock``) with an offset read between two LSL clock readings; the conversion
 adds at most half that bracket (a few µs) plus the wall clock's drift since the last reading
-(re-read every ``refresh_s``; NTP slews the wall clock by at most 0.5 ms/s). BrainFlow's own
-stamping jitter (the package's arrival over USB/Bluetooth) stays in the timestamps.
+(re-read every ``refresh_s``; NTP slews the wall clock by at most 0.5 ms/s). The arrival
+stamps jitter (packages come in bursts); :class:`Dejitter` makes them regular first.
 """
 
 from __future__ import annotations
@@ -130,6 +130,59 @@ class ClockBridge:
         return self.offset
 
 
+class Dejitter:
+    """Regular timestamps from BrainFlow's arrival stamps: a phase-locked loop.
+
+    BrainFlow stamps packages as they reach the host, in bursts (the synthetic board's
+    intervals range from 0 to 7.6 ms around 4 ms), which the stream's gap detection would
+    count as gaps. The loop keeps the time of the next sample and the sampling period: each
+    chunk is stamped ``next + i · period`` after moving ``next`` towards the chunk's arrival
+    stamps (by the fraction that gives the error a half-life of ``halflife_s``), and the
+    period follows the remaining error, so a board whose clock runs off nominal is tracked
+    without a lag. The stamps keep the mean arrival delay (like LSL's dejitter). A chunk
+    arriving more than ``jump_s`` later than predicted means samples were lost (or the board
+    stalled): the timeline skips the missing samples (their number to within the arrival
+    jitter), so the timestamps show the gap and the stream counts it.
+
+    Parameters
+    ----------
+    srate : float
+        Nominal sampling rate, Hz.
+    """
+
+    def __init__(self, srate: float, halflife_s: float = 2.0, jump_s: float = 0.1,
+                 max_chunk: int = 4096):
+        self.nominal = 1.0 / srate
+        self.halflife_s, self.jump_s = halflife_s, jump_s
+        self._index = np.arange(max_chunk, dtype=np.float64)
+        self.reset()
+
+    def reset(self) -> None:
+        """Start over (a board prepared again)."""
+        self.next = None  # timestamp of the next sample, s
+        self.period = self.nominal
+        self.lost = 0  # samples inferred missing
+
+    def apply(self, stamps: np.ndarray, out: np.ndarray) -> None:
+        """Write the regular timestamps of the chunk ``stamps`` (n,) into ``out`` (n,)."""
+        n = len(stamps)
+        middle = (n - 1) / 2 * self.period
+        if self.next is None:
+            self.next = float(stamps.mean()) - middle
+        error = float(stamps.mean()) - (self.next + middle)
+        if error > self.jump_s:
+            missing = round(error / self.period)
+            self.next += missing * self.period
+            error -= missing * self.period
+            self.lost += missing
+        gain = 1 - 0.5 ** (n * self.period / self.halflife_s)
+        self.next += gain * error
+        np.multiply(self._index[:n], self.period, out=out)
+        out += self.next
+        self.next += n * self.period
+        self.period += gain * gain / 4 * error / max(n, 1)
+
+
 @dataclass
 class Connection:
     """BrainFlow's connection parameters (``BrainFlowInputParams``); empty: not set."""
@@ -166,13 +219,15 @@ class BrainFlowSource(Source):
         Name of the stream (what a session records, replay publishes).
     lost_after_s : float
         A board silent for this long is treated as lost: closed and prepared again.
+    dejitter : bool
+        Regular timestamps (:class:`Dejitter`) instead of BrainFlow's arrival stamps.
     max_chunk : int
         Largest number of samples taken per read.
     """
 
     def __init__(self, name: str, board: str | int, connection: Connection | None = None,
                  stream_name: str | None = None, lost_after_s: float = 5.0,
-                 max_chunk: int = 4096):
+                 dejitter: bool = True, max_chunk: int = 4096):
         self.name = name
         self.board = board
         self.board_id = board_id(board)
@@ -182,6 +237,7 @@ class BrainFlowSource(Source):
         self.lost_after_s = lost_after_s
         self.max_chunk = max_chunk
         self.clock = ClockBridge()
+        self.dejitter = Dejitter(self.info.srate, max_chunk=max_chunk) if dejitter else None
         self.overflows = 0
         self._shim = None
         descr = board_descr(board, self.connection.master_board)
@@ -209,6 +265,8 @@ class BrainFlowSource(Source):
                         self.name, exc)
             time.sleep(min(timeout, 1.0))
             return None
+        if self.dejitter is not None:
+            self.dejitter.reset()
         self._shim = board
         self._dll = shim.BoardControllerDLL.get_instance()
         self._json = board.input_json
@@ -226,7 +284,7 @@ class BrainFlowSource(Source):
                 raise SourceLost(f"board {self.board!r} sent nothing for {self.lost_after_s:g} s")
             return None
         self._last_data = time.monotonic()
-        if n >= self._buffer_size:
+        if n >= self._buffer_size - 1:  # BrainFlow's ring buffer is full: oldest dropped
             self.overflows += 1
             log.warning("source %r: BrainFlow's buffer was full; samples were lost", self.name)
         n = min(n, self.max_chunk)
@@ -234,7 +292,12 @@ class BrainFlowSource(Source):
         packages = self._raw[:n * self._n_rows].reshape(self._n_rows, n)
         for k, row in enumerate(self._rows):  # row by row: no temporary (n_ch, n) array
             self._data[:n, k] = packages[row]
-        np.add(packages[self._ts_row], self.clock.update(), out=self._times[:n])
+        times = self._times[:n]
+        if self.dejitter is not None:
+            self.dejitter.apply(packages[self._ts_row], times)
+            times += self.clock.update()
+        else:
+            np.add(packages[self._ts_row], self.clock.update(), out=times)
         if self.marker_handler is not None and self._marker_row is not None:
             self._emit_markers(packages[self._marker_row], n)
         return Chunk(self._data[:n], self._times[:n])

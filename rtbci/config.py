@@ -124,6 +124,8 @@ class BrainFlowSourceConfig(_SourceBase):
     stream_name: str | None = Field(None, description="name of the stream (default: name)")
     lost_after_s: float = Field(5.0, gt=0, description="silent this long: the board is lost "
                                                        "and is prepared again")
+    dejitter: bool = Field(True, description="regular timestamps (measured rate, smoothed "
+                                             "delay) instead of BrainFlow's arrival stamps")
 
     @field_validator("board", "master_board")
     @classmethod

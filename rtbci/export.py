@@ -34,11 +34,14 @@ RESULT_COLUMNS = ("onset", "duration", "decoder", "seq", "trigger", "marker", "l
                   "prediction", "output", "late", "latency_ms")
 
 
-def _mne_bids():
+def _mne_bids(writing: bool = False):
     try:
         import mne_bids
+
+        if writing:
+            import eeglabio  # noqa: F401 - mne's EEGLAB writer, for EEG and iEEG
     except ImportError:
-        raise RtbciError("BIDS needs mne-bids: pip install 'rtbci[bids]'") from None
+        raise RtbciError("BIDS needs mne-bids and eeglabio: pip install 'rtbci[bids]'") from None
     return mne_bids
 
 
@@ -65,11 +68,12 @@ def export_bids(session: Path, root: Path, subject: str, bids_session: str | Non
     """
     from rtbci.devices.session import read_results, read_session
 
-    mne_bids = _mne_bids()
+    mne_bids = _mne_bids(writing=True)
     for value, option in ((subject, "--subject"), (bids_session, "--session"),
                           (task, "--task"), (run, "--run")):
         _label(value, option)
     recording = read_session(Path(session))
+    started = _started(Path(session))
     several = len(recording.streams) > 1
     written, starts = [], {}
     for stream, markers in zip(recording.streams, recording.marker_streams, strict=True):
@@ -77,7 +81,8 @@ def export_bids(session: Path, root: Path, subject: str, bids_session: str | Non
         path = mne_bids.BIDSPath(subject=subject, session=bids_session, task=task, run=run,
                                  acquisition=re.sub(r"[^A-Za-z0-9]", "", stream.source)
                                  if several else None, datatype=kind, root=root)
-        mne_bids.write_raw_bids(_raw(stream, markers.markers), path, allow_preload=True,
+        mne_bids.write_raw_bids(_raw(stream, markers.markers, started), path,
+                                allow_preload=True,
                                 format="FIF" if kind == "meg" else "EEGLAB",
                                 overwrite=True, verbose="error")
         written.append(path.fpath)
@@ -87,14 +92,27 @@ def export_bids(session: Path, root: Path, subject: str, bids_session: str | Non
     return written
 
 
-def _raw(stream: RecordedStream, markers: list[tuple[float, str]]):
-    """A preloaded 64-bit Raw of the stream (SI units) with its markers as annotations."""
+def _raw(stream: RecordedStream, markers: list[tuple[float, str]], started):
+    """A preloaded 64-bit Raw of the stream (SI units) with its markers as annotations,
+    measured at ``started`` (a UTC datetime, or None)."""
     import mne
 
     raw = to_mne_raw(stream, markers)
     out = mne.io.RawArray(raw.get_data(), raw.info, verbose="error")  # orig_format "double"
+    out.set_meas_date(started)
     out.set_annotations(raw.annotations)
     return out
+
+
+def _started(session: Path):
+    """When the session started (``session.json``'s local ``started``) in UTC, or None."""
+    from datetime import UTC, datetime
+
+    started = json.loads((session / "session.json").read_text()).get("started")
+    try:
+        return datetime.strptime(started, "%Y%m%d-%H%M%S").astimezone(UTC)
+    except (TypeError, ValueError):
+        return None
 
 
 def _decoder_sources(session: Path) -> dict[str, str]:
@@ -217,7 +235,7 @@ def read_bids_raw(path: Path):
         return None
     try:
         bids_path = mne_bids.get_bids_path_from_fname(path, check=False)
-    except (ValueError, RuntimeError):
+    except Exception:  # noqa: BLE001 - not a BIDS name after all: read it as a plain file
         return None
     if bids_path.suffix not in DATA_SUFFIXES:
         return None

@@ -70,6 +70,9 @@ def test_export_reads_back_with_mne_bids_and_replays_bit_exact(tmp_path, run_eng
     assert list(raw.annotations.description) == LABELS
     np.testing.assert_allclose(raw.annotations.onset, ONSETS, atol=1e-9)
     events = tsv(path.copy().update(suffix="events", extension=".tsv").fpath)
+    scans = tsv(root / "sub-01" / "sub-01_scans.tsv")  # when the session was recorded
+    assert scans[0]["acq_time"].startswith(raw.info["meas_date"].strftime("%Y-%m-%dT%H:%M"))
+    assert raw.info["meas_date"].year >= 2024
     assert [e["trial_type"] for e in events] == LABELS
 
     # the decoder results, one TSV per decoder, one row per result

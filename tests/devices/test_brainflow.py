@@ -1,6 +1,7 @@
 """BrainFlow boards as sources: BrainFlow's synthetic board (no hardware) through the engine."""
 
 import asyncio
+import time
 
 import numpy as np
 import pylsl
@@ -93,8 +94,19 @@ def test_a_lost_board_is_prepared_again_and_the_gap_counted(tmp_path, collector)
 
     async def script(engine):
         acquisition = engine.acquisitions["bf"]
+        source = acquisition.source
         await asyncio.sleep(0.5)
-        acquisition.source._shim.release_session()  # the board vanishes under the reader
+        back = time.monotonic() + 0.4  # the board is unplugged for 0.4 s
+        real_open = source.open
+
+        def open_when_back(timeout):
+            if time.monotonic() < back:
+                time.sleep(0.05)
+                return None
+            return real_open(timeout)
+
+        source.open = open_when_back
+        source._shim.release_session()  # the board vanishes under the reader
         for _ in range(100):
             await asyncio.sleep(0.05)
             if acquisition.state == "streaming" and acquisition.source._shim is not None:
@@ -106,7 +118,7 @@ def test_a_lost_board_is_prepared_again_and_the_gap_counted(tmp_path, collector)
     assert reopened == ["streaming"]
     assert engine.acquisitions["bf"].error is None
     source_stats = stats["streams"]["bf"]
-    assert source_stats["gaps"] >= 1 and source_stats["gap_seconds"] > 0
+    assert source_stats["gaps"] >= 1 and source_stats["gap_seconds"] >= 0.35
     before_and_after = engine.streams["bf"].buffer.count
     assert before_and_after > 250 * 1.0
 
@@ -192,3 +204,37 @@ def test_simulate_brainflow_names_a_wrong_board_or_parameter(capsys):
     assert "unknown BrainFlow board 'NOPE_BOARD'; valid: " in capsys.readouterr().err
     assert main(["simulate", "--brainflow", "SYNTHETIC_BOARD", "--board-param", "port=1"]) == 2
     assert "--board-param: 'port=1' is not KEY=VALUE" in capsys.readouterr().err
+
+
+def test_dejitter_gives_regular_stamps_at_the_measured_rate_and_keeps_real_gaps():
+    from rtbci.devices.brainflow import Dejitter
+
+    rng = np.random.default_rng(0)
+    srate, true_period = 250.0, 1 / 250.0 * (1 + 3e-4)  # a board 0.03 % slow of nominal
+    k = np.arange(250 * 60)
+    k = np.concatenate([k[:5000], k[5050:]])  # 50 samples (0.2 s) lost after 20 s
+    sampled = 1000.0 + k * true_period
+    # arrival in bursts of 10 samples, each burst stamped 0-8 ms late, plus small noise
+    delay = np.repeat(rng.uniform(0, 0.008, len(k) // 10 + 1), 10)[:len(k)]
+    stamps = sampled + delay + rng.normal(0, 2e-4, len(k))
+    dejitter = Dejitter(srate)
+    out = np.empty_like(stamps)
+    for start in range(0, len(k), 10):
+        dejitter.apply(stamps[start:start + 10], out[start:start + 10])
+    steps = np.diff(out)
+    jump = np.argmax(steps)
+    # the gap, its length to within the arrival jitter (8 ms: two samples)
+    assert jump == 4999 and steps[jump] == pytest.approx(51 * true_period, abs=0.008)
+    assert dejitter.lost == pytest.approx(50, abs=2)
+    regular = np.delete(steps, jump)[1000:]  # once settled: regular to within 0.1 ms
+    assert np.abs(regular - true_period).max() < 1.5e-4
+    assert dejitter.period == pytest.approx(true_period, rel=1e-4)  # the board's own rate
+    # the sampling instant plus the mean arrival delay (4 ms), to within 1.5 ms once settled
+    error = out - sampled - 0.004
+    assert np.abs(error[1000:5000]).max() < 1.5e-3 and np.abs(error[8000:]).max() < 1.5e-3
+    raw_error = stamps - sampled - 0.004
+    assert np.abs(raw_error[1000:]).max() > 3.5e-3  # what the arrival stamps alone give
+    dejitter.reset()  # a steady delay is no gap
+    dejitter.apply(stamps[:10] + 0.05, out[:10])
+    dejitter.apply(stamps[10:20] + 0.05, out[10:20])
+    assert dejitter.lost == 0 and np.diff(out[:20]).max() < 0.0045
