@@ -5,6 +5,7 @@ import csv
 import json
 
 import mne
+import mne_bids
 import numpy as np
 import pytest
 import tomli_w
@@ -16,7 +17,6 @@ from rtbci.devices.session import SessionWriter, read_results, read_session
 from rtbci.errors import RtbciError
 from rtbci.export import datatype, parse_bids_spec, resolve_bids
 
-mne_bids = pytest.importorskip("mne_bids")  # the [bids] extra; CI installs it with [test]
 pytestmark = pytest.mark.slow
 
 ONSETS = [0.8, 1.9, 3.26, 4.5]

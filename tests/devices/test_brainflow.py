@@ -10,11 +10,11 @@ import pytest
 from rtbci.cli import main
 from rtbci.config import parse_config
 from rtbci.devices.brainflow import BrainFlowSource, board_info
+from rtbci.devices.recording import read_recording
 from rtbci.devices.session import read_session
 from rtbci.engine import Engine
 from rtbci.errors import RtbciError
 
-pytest.importorskip("brainflow")  # the [brainflow] extra; CI installs it with [test]
 pytestmark = pytest.mark.slow
 
 SYNTHETIC_EEG = ("Fz", "C3", "Cz", "C4", "Pz", "PO7", "Oz", "PO8", "F5", "F7", "F3", "F1",
@@ -30,7 +30,8 @@ def config(tmp_path, **source) -> dict:
                  "every_ms": 100, "runtime": "numpy", "options": {"bands": [[8, 13]]}},
                 {"name": "ev", "model": "builtin:bandpower", "source": "bf",
                  "window_ms": [0, 200], "on_marker": "re:^[0-9]+$", "runtime": "numpy"}],
-            "sinks": [{"kind": "record", "path": str(tmp_path / "session")}]}
+            "sinks": [{"kind": "record", "path": str(tmp_path / "session")},
+                      {"kind": "record", "format": "xdf", "path": str(tmp_path / "live")}]}
 
 
 def run(cfg: dict, collector, script) -> tuple[Engine, dict]:
@@ -87,6 +88,10 @@ def test_the_synthetic_board_feeds_decoders_with_its_markers_on_the_lsl_clock(tm
     recorded = read_session(tmp_path / "session")  # the session holds what the engine got
     np.testing.assert_array_equal(recorded.streams[0].data, data)
     assert [t for _, t in recorded.marker_streams[0].markers] == ["3", "4"]
+    xdf = read_recording(tmp_path / "live.xdf")  # and the live XDF recording too
+    np.testing.assert_array_equal(xdf.streams[0].data, data)
+    np.testing.assert_array_equal(xdf.streams[0].times, times)
+    assert xdf.markers == list(engine.markers["bf"])
 
 
 def test_a_lost_board_is_prepared_again_and_the_gap_counted(tmp_path, collector):
