@@ -248,6 +248,7 @@ class BrainFlowSource(Source):
         self._times = np.zeros(self.max_chunk, dtype=np.float64)
         self._count = np.zeros(1, dtype=np.int32)
         self._buffer_size = 0
+        self._misses = 0
 
     def describe(self) -> str:
         return f"brainflow board={self.board!r}"
@@ -261,10 +262,13 @@ class BrainFlowSource(Source):
             board.start_stream(self._buffer_size)
         except shim.BrainFlowError as exc:
             self._release(board)
-            log.warning("BrainFlow board %r (source %r) did not start: %s", self.board,
-                        self.name, exc)
+            if self._misses % 10 == 0:  # at first, then every ~10 s
+                log.warning("BrainFlow board %r (source %r) did not start: %s", self.board,
+                            self.name, exc)
+            self._misses += 1
             time.sleep(min(timeout, 1.0))
             return None
+        self._misses = 0
         if self.dejitter is not None:
             self.dejitter.reset()
         self._shim = board
