@@ -20,6 +20,7 @@ import contextlib
 import logging
 import threading
 import time
+import warnings
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -45,6 +46,9 @@ def _shim():
     except ImportError:
         raise RtbciError("the brainflow source needs BrainFlow: pip install "
                          "'rtbci[brainflow]'") from None
+    # it finds its native library through pkg_resources when importlib.resources fails,
+    # which warns on every first use
+    warnings.filterwarnings("ignore", "pkg_resources is deprecated", UserWarning)
     if not log.isEnabledFor(logging.DEBUG):  # its board logger prints every session's JSON
         board_shim.BoardShim.disable_board_logger()
     return board_shim
