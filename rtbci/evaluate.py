@@ -222,7 +222,7 @@ def csv_rows(report: dict):
 
 def _number(value) -> str:
     return "" if value is None or (isinstance(value, float) and not math.isfinite(value)) \
-        else f"{value:.6g}"
+        else str(value)  # the shortest text that reads back as the same number
 
 
 def plot_report(path: Path, report: dict) -> None:
