@@ -329,11 +329,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     files = expand_data(args.data)
-    if not args.out.exists() and args.out.parent.is_dir():
-        args.out.mkdir()
-    _check_output(args.out / "report.json", "--out")
+    if args.out.exists() and not args.out.is_dir():
+        raise RtbciError(f"--out: {args.out} is a file; give a folder")
+    if not args.out.is_dir():
+        _check_output(args.out, "--out")  # its parent must exist
     session = connect(args.ray, args.workers)
     try:
+        args.out.mkdir(exist_ok=True)
+        _check_output(args.out / "report.json", "--out")
         with tqdm(total=len(files), unit="file", desc="evaluate", disable=args.quiet) as bar:
             report = evaluate(config, files, session, lambda i, entry: bar.update())
     finally:

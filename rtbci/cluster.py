@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -62,15 +63,36 @@ def connect(mode: str, workers: int | None = None) -> Session | None:
             if mode == "local":
                 ray.init(num_cpus=workers or os.cpu_count() or 1, **kwargs)
             else:
+                _reachable(mode)
                 ray.init(address=mode, **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise RtbciError(f"--ray {mode}: cannot connect to a Ray cluster: "
                              f"{str(exc).splitlines()[0]}") from None
     cpus = int(ray.cluster_resources().get("CPU", 1))
-    address = "local" if mode == "local" else ray.get_runtime_context().gcs_address
+    address = "local" if mode == "local" else _address(ray, mode)
     _session = Session(address, min(cpus, workers or cpus), started)
     log.info("Ray %s: %d workers", address, _session.workers)
     return _session
+
+
+def _reachable(address: str, timeout: float = 5.0) -> None:
+    """Refuse at once a ``HOST:PORT`` (or ``ray://HOST:PORT``) nobody listens at (Ray itself
+    would retry for minutes); ``auto`` is left to Ray."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if address == "auto" or not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise RtbciError(f"--ray {address}: no Ray cluster answers there ({exc.strerror or exc}"
+                         f"); start one with 'ray start --head' (docs/cluster.md)") from None
+
+
+def _address(ray, mode: str) -> str:
+    try:
+        return ray.get_runtime_context().gcs_address
+    except Exception:  # a Ray client (ray://) session does not know it
+        return mode
 
 
 def disconnect() -> None:

@@ -239,3 +239,19 @@ def test_a_task_whose_worker_dies_is_retried_once(local_ray, tmp_path):
         disconnect()
     assert lost == ["lost 0: WorkerCrashedError"]
     assert (tmp_path / "attempts-3").read_text() == "xx"  # the first try and one retry
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--data", "missing/*.fif"], "--data: 'missing/*.fif' matches no file"),
+    (["--data", "nowhere_raw.fif"], "--data: nowhere_raw.fif: no such file or directory"),
+    (["--data", "data", "--workers", "0"], "--workers: at least 1, got 0"),
+    (["--data", "data", "--ray", "127.0.0.1:1"], "--ray 127.0.0.1:1: no Ray cluster answers "
+                                                  "there"),
+])
+def test_command_mistakes_are_one_line_before_anything_runs(study, monkeypatch, capsys, args,
+                                                            message):
+    monkeypatch.chdir(study)
+    assert main(["evaluate", "study.toml", "--out", "nothing", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"rtbci: error: {message}"), err
+    assert not (study / "nothing").exists()
