@@ -56,14 +56,16 @@ def connect(mode: str, workers: int | None = None) -> Session | None:
     if workers is not None and workers < 1:
         raise RtbciError(f"--workers: at least 1, got {workers}")
     ray = import_ray()
+    if mode != "local":
+        _reachable(mode)
     started = not ray.is_initialized()
     if started:
-        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
+                                  "logging_level": logging.ERROR}  # no start-up chatter
         try:
             if mode == "local":
                 ray.init(num_cpus=workers or os.cpu_count() or 1, **kwargs)
             else:
-                _reachable(mode)
                 ray.init(address=mode, **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise RtbciError(f"--ray {mode}: cannot connect to a Ray cluster: "
