@@ -114,13 +114,20 @@ def test_ray_report_equals_the_serial_replay_report(study, local_ray, tmp_path):
 
 
 def test_files_travel_with_the_config_not_through_a_shared_disk(study):
+    shutil.copy(resources.files("rtbci.models") / "checkpoints" / "motor-gnn.pt",
+                study / "model" / "motor.pt")
     with_sink = study / "with_sink.toml"
-    with_sink.write_text(CONFIG + '[[sinks]]\nkind = "mqtt"\nurl = "mqtt://127.0.0.1:9"\n')
+    with_sink.write_text(CONFIG + '[[decoders]]\nname = "outcome"\nmodel = "model/motor.pt"\n'
+                         'source = "eeg"\non_marker = "outcome"\n[[decoders]]\nname = "demo"\n'
+                         'model = "demo:motor-gnn"\nsource = "eeg"\non_marker = "outcome"\n'
+                         '[[sinks]]\nkind = "mqtt"\nurl = "mqtt://127.0.0.1:9"\n')
     config, blobs = pack_config(load_config(with_sink))
     assert config.sinks == []  # the report is evaluate's output
-    name = config.decoders[1].options["classifier"]
-    assert "/" not in name  # a bare name: each task writes it into a folder of its own
-    assert blobs == {name: (study / "model" / "trial.npz").read_bytes()}
+    classifier, checkpoint = config.decoders[1].options["classifier"], config.decoders[2].model
+    assert "/" not in classifier + checkpoint  # bare names: each task writes them in its folder
+    assert blobs == {classifier: (study / "model" / "trial.npz").read_bytes(),
+                     checkpoint: (study / "model" / "motor.pt").read_bytes()}
+    assert config.decoders[3].model == "demo:motor-gnn"  # installed with rtbci on every node
 
 
 def test_a_corrupt_file_is_one_line_and_the_rest_are_evaluated(study, local_ray, tmp_path,
