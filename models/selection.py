@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
+from functools import partial
 
 import numpy as np
 
+from rtbci.cluster import parallel_map
 from rtbci.errors import RtbciError
 from rtbci.models.families import Family, get_family
 from rtbci.models.training import (
@@ -124,16 +126,15 @@ def select(opts: TrainOptions, families: tuple[str, ...] = AUTO_FAMILIES, k: int
     quiet = replace(opts, progress=False)
     windows: dict[str, Windows] = {}
     candidates = _candidates(opts, families, windows)
-    rows, plan = [], []
+    plan = []
     for cand in candidates:
         win = _windows(windows, cand, quiet)
         task = _classes_task(win, replace(opts, val_fraction=0.0))
-        plan.append((cand, win, task, folds(win, task["target"], k, opts.seed)))
-    total = sum(len(p[3]) for p in plan)
+        plan.append((cand, _key(cand, opts), folds(win, task["target"], k, opts.seed)))
+    total = sum(len(p[2]) for p in plan)
     with tqdm(total=total, desc="train auto", unit="fit", disable=not opts.progress) as bar:
-        for cand, win, task, masks in plan:
-            bar.set_postfix_str(cand.name)
-            rows.append(_cross_validate(cand, win, task, masks, quiet, bar))
+        rows = parallel_map(partial(_cross_validate, windows=windows, opts=quiet), plan,
+                            done=lambda i, row: bar.update(len(plan[i][2])))
     scored = [r for r in rows if "accuracy" in r]
     if not scored:
         raise RtbciError("train auto: no candidate could be trained: "
@@ -191,10 +192,15 @@ def _windows(cache: dict, cand: Candidate, opts: TrainOptions) -> Windows:
     return cache[key]
 
 
-def _cross_validate(cand: Candidate, win: Windows, task: dict, masks: list[np.ndarray],
-                    opts: TrainOptions, bar) -> dict:
+def _cross_validate(planned: tuple[Candidate, str, list[np.ndarray]],
+                    windows: dict[str, Windows], opts: TrainOptions) -> dict:
+    """One row of the table: ``planned = (candidate, its windows' key, training masks)``,
+    fitted and scored fold by fold (a Ray task with ``--ray``)."""
     import torch
 
+    cand, key, masks = planned
+    win = windows[key]
+    task = _classes_task(win, replace(opts, val_fraction=0.0))
     family = get_family(cand.family)
     opts = cand.options(opts, family)
     row = {"family": cand.family, "preprocessing": cand.preprocessing}
@@ -207,9 +213,7 @@ def _cross_validate(cand: Candidate, win: Windows, task: dict, masks: list[np.nd
             out = predict(model, win.x[~mask], win.subject[~mask])
             y = task["target"][~mask]
             scores.append(class_metrics(out, y, task["n_outputs"])["accuracy"])
-            bar.update()
     except (RtbciError, ValueError, RuntimeError) as exc:  # e.g. a window too short for it
-        bar.update(len(masks) - len(scores))
         row["error"] = str(exc).splitlines()[0]
         return row
     row.update(accuracy=float(np.mean(scores)), sd=float(np.std(scores)), folds=len(scores),

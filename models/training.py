@@ -19,6 +19,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -130,59 +131,74 @@ def load_windows(files: list[Path], family: Family, opts: TrainOptions) -> Windo
     """Cut the windows of every event the patterns ``opts.events`` (or the family's prefix)
     select, labelled by :mod:`rtbci.events` (``word`` → ``word/w3`` is ``w3``), from each
     file; channels chosen by name (``opts.channels``, glob patterns); preprocessed by
-    :func:`train_preprocess`, minus ``opts.baseline`` if set."""
+    :func:`train_preprocess`, minus ``opts.baseline`` if set. Each file is read by
+    :func:`file_windows`, as a Ray task when ``--ray`` opened a session
+    (:func:`rtbci.cluster.parallel_map`)."""
+    from rtbci.cluster import parallel_map
+
+    parts = parallel_map(partial(file_windows, family=family, opts=opts), enumerate(files))
+    first, srate = files[0], parts[0][0].info.srate
+    for file, (part, names) in zip(files, parts):
+        if part.info.srate != srate:
+            raise RtbciError(f"{file.name}: {part.info.srate:g} Hz after preprocessing, "
+                             f"{first.name} {srate:g} Hz (--resample HZ makes them equal)")
+        if names != parts[0][1]:
+            raise RtbciError(f"{file.name}: channels differ from {first.name}'s")
+    info = parts[-1][0].info
+    x = np.concatenate([p.x for p, _ in parts])
+    baseline = window_baseline(opts, family, info.srate)
+    if baseline is not None:
+        x = subtract_baseline(x, baseline)
+    return Windows(x, [label for p, _ in parts for label in p.labels],
+                   np.concatenate([p.subject for p, _ in parts]), info,
+                   np.concatenate([p.file for p, _ in parts]))
+
+
+def file_windows(indexed: tuple[int, Path], family: Family,
+                 opts: TrainOptions) -> tuple[Windows, list[str]]:
+    """The windows of the ``k``-th file of ``--data`` (``indexed = (k, file)``), before the
+    baseline, and its chosen channels' names."""
     from rtbci.devices.recording import read_recording
 
+    k, file = indexed
     try:
         matcher = MarkerMatcher(opts.events or [family.events])
     except RtbciError as exc:
         raise RtbciError(f"--events: {exc}") from None
     start_s, end_s = opts.window or family.window
     config = train_preprocess(family, opts)
-    xs, labels, subjects, info, names, origin = [], [], [], None, None, []
-    for k, file in enumerate(files):
-        rec = read_recording(file, opts.stream)
-        stream = rec.streams[0]
-        if opts.stream is None and len(rec.streams) > 1:
-            log.warning("%s: %d signal streams, training on the first, %r (--stream NAME)",
-                        file.name, len(rec.streams), stream.info.name)
-        data, times = preprocess_offline(config, stream.info, stream.data, stream.times)
-        srate = config.resample_hz or stream.info.srate
-        if info is not None and srate != info.srate:
-            raise RtbciError(f"{file.name}: {srate:g} Hz after preprocessing, {files[0].name} "
-                             f"{info.srate:g} Hz (--resample HZ makes them equal)")
-        picks = _pick(stream.info, opts.channels, file)
-        file_names = [stream.info.ch_names[i] for i in picks]
-        if names is not None and file_names != names:
-            raise RtbciError(f"{file.name}: channels differ from {files[0].name}'s")
-        names = file_names
-        info = _picked_info(stream.info, picks, srate)
-        offset, length = round(start_s * srate), round((end_s - start_s) * srate)
-        n_before = len(xs)
-        joins = np.array(sorted(t for t, text in rec.markers if text in BOUNDARY_MARKERS))
-        for t, text in rec.markers:
-            label = matcher.label(text)
-            if label is None:
-                continue
-            onset = int(np.searchsorted(times, t - 0.5 / srate)) + offset
-            if onset < 0 or onset + length > len(data) or spans_join(
-                    joins, times[onset], times[onset + length - 1], 0.5 / srate):
-                continue
-            xs.append(data[onset:onset + length, picks])
-            labels.append(label)
-            subjects.append(k if opts.subject_per_file else 0)
-            origin.append(k)
-        if len(xs) == n_before:
-            missing = matcher.describe_missing(text for _, text in rec.markers)
-            raise RtbciError(f"{file.name}: --events: {missing}" if missing else
-                             f"{file.name}: no complete window around an event matching "
-                             f"{' or '.join(repr(p.pattern) for p in matcher.patterns)} "
-                             "(--events)")
-    x = np.stack(xs).astype(np.float32)
-    baseline = window_baseline(opts, family, info.srate)
-    if baseline is not None:
-        x = subtract_baseline(x, baseline)
-    return Windows(x, labels, np.array(subjects), info, np.array(origin))
+    rec = read_recording(file, opts.stream)
+    stream = rec.streams[0]
+    if opts.stream is None and len(rec.streams) > 1:
+        log.warning("%s: %d signal streams, training on the first, %r (--stream NAME)",
+                    file.name, len(rec.streams), stream.info.name)
+    data, times = preprocess_offline(config, stream.info, stream.data, stream.times)
+    srate = config.resample_hz or stream.info.srate
+    picks = _pick(stream.info, opts.channels, file)
+    offset, length = round(start_s * srate), round((end_s - start_s) * srate)
+    joins = np.array(sorted(t for t, text in rec.markers if text in BOUNDARY_MARKERS))
+    xs, labels = [], []
+    for t, text in rec.markers:
+        label = matcher.label(text)
+        if label is None:
+            continue
+        onset = int(np.searchsorted(times, t - 0.5 / srate)) + offset
+        if onset < 0 or onset + length > len(data) or spans_join(
+                joins, times[onset], times[onset + length - 1], 0.5 / srate):
+            continue
+        xs.append(data[onset:onset + length, picks])
+        labels.append(label)
+    if not xs:
+        missing = matcher.describe_missing(text for _, text in rec.markers)
+        raise RtbciError(f"{file.name}: --events: {missing}" if missing else
+                         f"{file.name}: no complete window around an event matching "
+                         f"{' or '.join(repr(p.pattern) for p in matcher.patterns)} "
+                         "(--events)")
+    n = len(xs)
+    windows = Windows(np.stack(xs).astype(np.float32), labels,
+                      np.full(n, k if opts.subject_per_file else 0), _picked_info(
+                          stream.info, picks, srate), np.full(n, k))
+    return windows, [stream.info.ch_names[i] for i in picks]
 
 
 def spans_join(joins: np.ndarray, first: float, last: float, half: float) -> bool:

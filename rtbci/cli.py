@@ -166,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline", nargs="+", metavar="START END|none",
                    help="subtract each channel's mean over START…END s (marker-relative, "
                         "inside --window) from every window, in training and live")
+    _add_ray_options(p, "off")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("check", help="validate a config file",
@@ -195,6 +196,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --replay: write per-decoder accuracy against the recording's "
                         "markers (JSON)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("evaluate", help="score a config's decoders on many recordings (Ray)",
+                       description="Run the offline engine of 'rtbci run CONFIG --replay FILE "
+                                   "--report' on each recording, one Ray task per file, and "
+                                   "write OUT/report.json, report.csv and report.png: per file "
+                                   "and decoder the score against the markers and the compute "
+                                   "time, per decoder the mean ± sd over files and the failed "
+                                   "files. Exit status 1 when a file failed. The config's "
+                                   "sinks are left out.")
+    p.add_argument("config", type=Path, metavar="CONFIG")
+    p.add_argument("--data", nargs="+", required=True, metavar="FILE|DIR|GLOB",
+                   help="recordings: files, session directories, directories of recordings, "
+                        "or glob patterns (quote them)")
+    p.add_argument("--out", type=Path, default=Path("."), metavar="DIR",
+                   help="folder for report.json, report.csv, report.png (default: here)")
+    _add_ray_options(p, "local")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("compile", help="build a decoder's compiled runtime and time it",
                        description="Build and cache a decoder's compiled form ahead of an "
@@ -320,6 +338,52 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="write stream and decoder statistics to PATH at exit")
 
 
+def _add_ray_options(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--ray", default=default, metavar="MODE",
+                   help=f"off (serial, in this process), local (a Ray on this machine's "
+                        f"cores), auto (the Ray cluster started here with 'ray start') or a "
+                        f"cluster ADDRESS (default {default}; needs pip install "
+                        f"'rtbci[cluster]'; docs/cluster.md)")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="with --ray: at most N tasks at a time (local: N CPUs; default: all)")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from rtbci.cluster import connect, disconnect
+    from rtbci.config import load_config
+    from rtbci.evaluate import evaluate, find_recordings, write_outputs
+
+    config = load_config(args.config)
+    files = find_recordings(args.data)
+    if args.out.exists() and not args.out.is_dir():
+        raise RtbciError(f"--out: {args.out} is a file; give a folder")
+    if not args.out.is_dir():
+        _check_output(args.out, "--out")  # its parent must exist
+    session = connect(args.ray, args.workers)
+    try:
+        args.out.mkdir(exist_ok=True)
+        _check_output(args.out / "report.json", "--out")
+        with tqdm(total=len(files), unit="file", desc="evaluate", disable=args.quiet) as bar:
+            report = evaluate(config, files, session, lambda i, entry: bar.update())
+    finally:
+        disconnect()
+    written = write_outputs(report, args.out)
+    for name, summary in report["decoders"].items():
+        scores = "  ".join(f"{key} {summary[key]['mean']:.3f} ± {summary[key]['sd']:.3f}"
+                           for key in ("accuracy", "top1", "top_k") if key in summary)
+        print(f"{name:<12} {summary['files']:>4} files  {scores or 'no scored events'}"
+              + (f"  failed {len(summary['failed'])}" if summary["failed"] else ""))
+    ex = report["executor"]
+    print(f"{len(files)} files in {ex['wall_s']:.1f} s on {ex['workers']} "
+          f"{'Ray workers' if ex['kind'] == 'ray' else 'process (serial)'} (serial estimate "
+          f"{ex['serial_s_estimate']:.1f} s); wrote {', '.join(str(p) for p in written)}")
+    for entry in report["failed"]:
+        print(f"rtbci: error: {entry['file']}: {entry['error']}", file=sys.stderr)
+    return 1 if report["failed"] else 0
+
+
 def cmd_streams(args: argparse.Namespace) -> int:
     import pylsl
 
@@ -430,9 +494,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         subject_per_file=args.subject_per_file, pretrain=args.pretrain,
         pretrain_epochs=args.pretrain_epochs, pool_bank=args.pool_bank, stream=args.stream,
         preprocess=preprocess_overrides(args), baseline=_seconds(args.baseline, "--baseline"))
-    if args.family == "auto":
-        return _train_auto(opts, args)
-    metrics = train(args.family, opts)
+    from rtbci.cluster import connect, disconnect
+
+    connect(args.ray, args.workers)  # Ray: each file's loading and each candidate a task
+    try:
+        if args.family == "auto":
+            return _train_auto(opts, args)
+        metrics = train(args.family, opts)
+    finally:
+        disconnect()
     print(f"wrote {args.out} ({metrics['parameters']:,} parameters; {metrics['n_train']} "
           f"training / {metrics['n_val']} validation windows)")
     for name in ("val", "linear"):
@@ -669,21 +739,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _run_offline(config, args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from rtbci.devices.recording import merge_recordings, read_recording
-    from rtbci.engine import Engine
-    from rtbci.export import expand_data
-    from rtbci.report import Scorer
+    from rtbci.report import read_replay, score_replay
 
-    recording = merge_recordings([read_recording(f) for f in expand_data(args.replay)])
-    scorer = Scorer()
-    engine = Engine(config, sinks=[scorer])
+    recording = read_replay(args.replay)
     duration = max(s.duration for s in recording.streams)
     started = time.perf_counter()
     files = " ".join(f.name for f in args.replay)
     with tqdm(total=round(duration, 1), unit="s", desc=f"replaying {files}",
               disable=args.quiet, bar_format="{l_bar}{bar}| {n:.1f}/{total} s "
                                              "[{elapsed}<{remaining}]") as bar:
-        stats = asyncio.run(engine.run_offline(recording, args.speed, bar.update))
+        engine, stats, scores = score_replay(config, recording, args.speed, bar.update)
     wall = time.perf_counter() - started
     stats["replay"] = {"file": " ".join(map(str, args.replay)), "duration_s": round(duration, 3),
                        "wall_s": round(wall, 3), "speed": round(duration / wall, 1)}
@@ -694,7 +759,7 @@ def _run_offline(config, args: argparse.Namespace) -> int:
                   f"{lat.get('p50') or 0:.2f} ms p99 {lat.get('p99') or 0:.2f} ms")
         print(f"replayed {duration:.1f} s in {wall:.2f} s ({duration / wall:.0f}× real time)")
     if args.report:
-        report = {"replay": stats["replay"], "decoders": scorer.report()}
+        report = {"replay": stats["replay"], "decoders": scores}
         args.report.write_text(json.dumps(report, indent=2) + "\n")
         for name, entry in report["decoders"].items():
             if "top1" in entry:

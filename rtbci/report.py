@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from rtbci.sinks.base import Sink
+
+if TYPE_CHECKING:
+    from rtbci.config import Config
+    from rtbci.devices.recording import Recording
+    from rtbci.engine import Engine
 
 
 def format_stream_line(name: str, stats: dict) -> str:
@@ -78,3 +87,26 @@ class Scorer(Sink):
                     "k": e["k"]}
         return {"n": e["n"], "accuracy": e["correct"] / e["n"], "chance": 1.0 / len(e["labels"]),
                 "labels": e["labels"], "confusion": e["confusion"]}
+
+
+def read_replay(files: list) -> Recording:
+    """The recordings ``files`` (paths, or ``bids:ROOT?ENTITIES``) read and merged into one,
+    as ``--replay`` takes them."""
+    from rtbci.devices.recording import merge_recordings, read_recording
+    from rtbci.export import expand_data
+
+    return merge_recordings([read_recording(f) for f in expand_data(files)])
+
+
+def score_replay(config: Config, recording: Recording, speed: float | None = None,
+                 progress: Callable[[float], None] | None = None) -> tuple[Engine, dict, dict]:
+    """Run the offline engine on ``recording`` and score its class decoders against the
+    markers: ``(engine, stats, scores)`` with the ``--stats-json`` document and
+    :meth:`Scorer.report`. The one function behind ``rtbci run --replay --report`` and
+    each file of ``rtbci evaluate``."""
+    from rtbci.engine import Engine
+
+    scorer = Scorer()
+    engine = Engine(config, sinks=[scorer])
+    stats = asyncio.run(engine.run_offline(recording, speed, progress))
+    return engine, stats, scorer.report()
