@@ -164,6 +164,10 @@ def test_bad_labels_roots_and_entities_are_named(tmp_path, capsys):
     with pytest.raises(RtbciError, match="not a BIDS dataset"):
         resolve_bids(tmp_path)
     assert main(["export", str(session), "--bids", str(tmp_path / "b"), "--subject", "01"]) == 0
+    from rtbci.evaluate import find_recordings  # rtbci evaluate --data bids:…
+
+    found = find_recordings([f"bids:{tmp_path / 'b'}?sub=01", str(session)])
+    assert [f.name for f in found] == ["sub-01_task-rtbci_eeg.set", session.name]
     with pytest.raises(RtbciError, match="no EEG/MEG/iEEG recording with sub=02; subjects "
                                          "there: 01"):
         resolve_bids(tmp_path / "b", {"sub": "02"})
