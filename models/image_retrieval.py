@@ -236,6 +236,11 @@ class ImageRetrievalNet(nn.Module):
         """x: (batch, n_samples, n_channels) → embedding (batch, n_outputs), not normalised."""
         return self.projector(self.features((x - self.input_mean) @ self.whiten))
 
+    def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """NICE's ``Proj_eeg(Enc_eeg(x))`` (``encoder="tsconv"``): the network without the
+        whitening, on ``(batch, n_samples, n_channels)`` → ``(batch, n_outputs)``."""
+        return self.projector(self.features(x))
+
     def inference_module(self, subject: int | None = None) -> nn.Module:
         """Eval-mode module for one window: ``(1, n_samples, n_channels)`` → ``(1, n_outputs)``
         embedding; BatchNorm folded into the convs, whitening mean folded into a bias, no

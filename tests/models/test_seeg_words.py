@@ -70,10 +70,10 @@ def test_shapes_and_tokens():
 
 
 def test_paper_size():
-    """4,388,109 parameters with the params file's 4000-sample window and 10 subjects."""
+    """4,390,157 parameters with the params file's 4000-sample window and 10 subjects."""
     model = DuIN(16, 4000, 61, srate=SRATE, n_subjects=10)
     count = sum(p.numel() for p in model.parameters())
-    assert count == 4_388_109
+    assert count == 4_390_157
     assert abs(count - PAPER_PARAMS) / PAPER_PARAMS < 0.005
     assert model.d_model == 160 and model.n_tokens == 40
     assert sum(p.numel() for p in small_model().parameters()) < 300_000
