@@ -520,10 +520,26 @@ def reference_outputs(family: str, model, fixture: Fixture) -> dict[str, np.ndar
     return out
 
 
+def check_fixture_family(family: str, fixture: Fixture) -> None:
+    """One line if ``fixture`` was made with another family's reference."""
+    repo = _args(fixture.config) is not fixture.config and fixture.config.get("reference_repo")
+    if repo and not REFERENCES[family].startswith(f"{repo} "):
+        raise RtbciError(f"--check: {fixture.path.name} was made with {repo}, not with "
+                         f"the {family} reference ({REFERENCES[family]})")
+
+
 def check_fixture(family: str, model, fixture: Fixture) -> float:
-    """Max |network − reference| over the fixture's outputs (inf on a shape mismatch)."""
+    """Max |network − reference| over the fixture's outputs; one line if the fixture is not
+    one of ``family``'s or its input does not fit the network."""
+    check_fixture_family(family, fixture)
+    try:
+        outputs = reference_outputs(family, model, fixture)
+    except RuntimeError as exc:  # the fixture's input does not fit the network
+        raise RtbciError(f"--check: {fixture.path.name}'s input {fixture.input.shape} does "
+                         f"not fit the imported network: {str(exc).splitlines()[0][:160]}"
+                         ) from None
     diffs = []
-    for name, got in reference_outputs(family, model, fixture).items():
+    for name, got in outputs.items():
         want = fixture.output if name == "output" else fixture.extras[name]
         if got.shape != want.shape:
             raise RtbciError(f"--check: the network gives {name} of shape {got.shape}, the "

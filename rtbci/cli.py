@@ -441,6 +441,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     from rtbci.models.checkpoint import load_checkpoint
 
     check = iw.read_fixture(args.check) if args.check else None
+    if check is not None:
+        iw.check_fixture_family(args.family, check)
     opts = iw.ImportOptions(
         config=iw.read_config(args.config) if args.config else None, channels=args.channels,
         ch_type=args.ch_type, positions=args.positions, targets=args.targets,

@@ -87,6 +87,8 @@ def test_a_state_dict_with_its_config_imports_like_the_fixture(tmp_path, capsys)
     (["speech", SPEECH, "--channels", ",".join("abcdefghijkl")],
      "--targets: speech retrieves among candidates"),
     (["seeg-words", DATA / "missing.pt"], "REF: no file"),
+    (["seeg-words", DUIN, *DUIN_ARGS, "--check", DATA / "nice_tsconv.npz"],
+     "--check: nice_tsconv.npz was made with eeyhsong/NICE-EEG, not with the seeg-words reference"),
     (["seeg-words", DUIN, "--config", "{not json"], "--config: '{not json' is neither"),
 ])
 def test_what_the_weights_lack_is_asked_for_in_one_line(tmp_path, capsys, args, words):
