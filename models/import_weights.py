@@ -37,9 +37,11 @@ import numpy as np
 
 from rtbci.errors import RtbciError
 
-__all__ = ["REFERENCES", "TOLERANCE", "Fixture", "Mapping", "ReferenceSpec", "Rule",
-           "build_network", "import_reference", "layout_rows", "load_mapped", "mapping_for",
-           "read_fixture", "read_reference", "reference_outputs", "reference_spec"]
+__all__ = ["REFERENCES", "TOLERANCE", "Fixture", "ImportOptions", "Mapping", "ReferenceSpec",
+           "Rule", "build_network", "check_fixture", "check_fixture_family",
+           "import_checkpoint", "import_reference", "layout_rows", "load_mapped", "mapping_for",
+           "network_hparams", "read_config", "read_fixture", "read_reference",
+           "reference_outputs", "reference_spec"]
 
 TOLERANCE = 1e-4  # max |rtbci − reference| an import must meet on a fixture
 INVALID_POSITION = -0.1  # brainmagick's PositionGetter.INVALID: a sensor without a position
@@ -500,10 +502,9 @@ def reference_outputs(family: str, model, fixture: Fixture) -> dict[str, np.ndar
     x = torch.as_tensor(fixture.input, dtype=torch.float32)
     subject = fixture.extras.get("subject")
     subject = None if subject is None else torch.as_tensor(subject, dtype=torch.long)
-    expected_n = fixture.input.shape[1 if family == "seeg-words" else -1]
-    if getattr(model, "n_samples", expected_n) != expected_n and family == "seeg-words":
-        raise RtbciError(f"--check: the fixture's windows have {expected_n} samples, the "
-                         f"network {model.n_samples}")
+    if family == "seeg-words" and fixture.input.shape[1] != model.n_samples:
+        raise RtbciError(f"--check: the fixture's windows have {fixture.input.shape[1]} "
+                         f"samples, the network {model.n_samples}")
     out = {}
     with torch.no_grad():
         if family == "speech":
