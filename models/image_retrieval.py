@@ -36,6 +36,14 @@ blur); rtbci cannot blur images at training time, so with ``uncertainty=True`` i
 instead (:func:`uncertainty_weights`): pairs the brain matches poorly count less, so detail the
 brain did not encode is not forced into alignment.
 
+Correspondence with NICE's code (eeyhsong/NICE-EEG @ a7709d8, ``nice_stand.Enc_eeg`` +
+``Proj_eeg``): with ``encoder="tsconv"`` at NICE's sizes, :meth:`ImageRetrievalNet.
+reference_forward` (TSConv stem and projector, without the whitening, which stands in for
+THINGS-EEG's noise normalisation) is NICE's forward; loaded with NICE's weights through
+:mod:`rtbci.models.import_weights` (whose only conversion is the order of the projector's
+input columns: NICE flattens time-major) the outputs agree to float precision
+(tests/models/test_parity.py).
+
 Deviations: the subject is ignored (the papers train one model per subject); ``positions``
 are unused (the spatial conv reads every electrode); UBP's per-sample similarity running
 average across epochs is dropped (the loss sees one batch); NICE's separate 1×1 projection
@@ -235,6 +243,11 @@ class ImageRetrievalNet(nn.Module):
     def forward(self, x: torch.Tensor, subject: torch.Tensor | None = None) -> torch.Tensor:
         """x: (batch, n_samples, n_channels) → embedding (batch, n_outputs), not normalised."""
         return self.projector(self.features((x - self.input_mean) @ self.whiten))
+
+    def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """NICE's ``Proj_eeg(Enc_eeg(x))`` (``encoder="tsconv"``): the network without the
+        whitening, on ``(batch, n_samples, n_channels)`` → ``(batch, n_outputs)``."""
+        return self.projector(self.features(x))
 
     def inference_module(self, subject: int | None = None) -> nn.Module:
         """Eval-mode module for one window: ``(1, n_samples, n_channels)`` → ``(1, n_outputs)``

@@ -7,27 +7,45 @@ intracranial brain signals" (NeurIPS 2024); public code liulab-repository/Du-IN
 Network (:class:`DuIN`), for one window ``(T samples, C channels)``:
 
 1. **Per-window z-score** per channel (compiled in; zero-padded channels stay zero).
-2. **Subject block**: one linear map ``C → C`` with bias per subject, into a space shared
-   by all subjects (``d_neural = 16`` in the paper, equal to its 16 padded channels).
+2. **Subject block**: one linear map ``C → d_neural`` with bias per subject, into a space
+   shared by all subjects (``d_neural = 16`` in the paper, equal to its 16 padded channels;
+   ``d_neural=None`` keeps ``C``).
 3. **Tokenizer** (region-level tokens): the window is cut into ``T / patch_len`` patches of
    100 samples (100 ms at 1 kHz). On each patch a Conv1d stack runs over time with the
-   channels as its input features: Conv1d(C → 128, kernel 19, stride 10) → 128 k3 → 16 k3,
-   each followed by BatchNorm and GELU; its ``(16 filters × 10 steps)`` output is flattened to
-   one 160-d token per patch. *Our reading of "channel fusion"*: the first convolution's
+   channels as its input features: Conv1d(d_neural → 128, kernel 19, stride 10, padding
+   (19 − 1)/2 = 9) → 128 k3 → 16 k3 (``same`` padding), each followed by BatchNorm and **no
+   activation** (the tokenizer is affine in eval mode, as in the public code); its
+   ``(16 filters × 10 steps)`` output is flattened position-major to one 160-d token per
+   patch. *Our reading of "channel fusion"*: the first convolution's
    input is all channels of the region (after the subject map), so each token fuses the
    whole region, which is what the public code does (``PatchTokenizer`` with
    ``d_neural`` input channels); there is no separate fusion layer, and the parameter count
    (below) matches the paper's only this way.
 4. **Encoder**: fixed sin-cos time embedding added to the tokens, then post-norm transformer
-   blocks (8 blocks, 8 heads × 64, so attention runs in 512-d inside a 160-d model; FFN
-   2 × d_model with GELU; attention dropout 0.2, FFN hidden dropout 0.2 as in the params
-   file). The block is written here because ``nn.TransformerEncoderLayer`` ties the head
-   size to ``d_model / n_heads`` (20, not the paper's 64).
+   blocks (8 blocks, 8 heads × 64, so attention runs in 512-d inside a 160-d model; queries
+   and keys LayerNorm-ed per head over its 64 dimensions (one affine pair per block, shared
+   by the heads) before the scaled dot product; FFN 2 × d_model with ReLU; attention dropout
+   0.2, FFN hidden dropout 0.2 as in the params file). The block is written here because
+   ``nn.TransformerEncoderLayer`` ties the head size to ``d_model / n_heads`` (20, not the
+   paper's 64).
 5. **Head**: flatten all tokens → Linear 128 → ReLU → Linear ``n_outputs`` (logits).
 
+Initialisation as the public code: Linear weights truncated normal (std 0.02), biases zero,
+then every Linear weight of transformer block ``b`` (0-based) divided by √(2(b+1)); the
+subject maps truncated normal (std 0.02).
+
+Correspondence with the reference (liulab-repository/Du-IN @ c2e289c, ``duin_cls``): steps
+2–5 are its ``forward`` up to the logits before its sigmoid
+(:meth:`DuIN.reference_forward`); step 1 stands in for its per-subject z-score in the data
+pipeline. Loaded with Du-IN's weights (``rtbci import seeg-words``,
+:mod:`rtbci.models.import_weights`) the logits agree to float precision
+(tests/models/test_parity.py). rtbci's output is the softmax of these logits (Du-IN's
+per-word sigmoid ranks the words the same way).
+
 Size: with the paper's 4,000-sample window (the params file's ``seq_len``; 40 tokens) and
-61 words this is 4,388,109 parameters at 10 subjects, the paper's 4.38 M. With the 3,000
-samples of the paper's text (30 tokens) the flatten head shrinks to 4,183,309.
+61 words this is 4,390,157 parameters at 10 subjects, the paper's 4.38 M (2,048 of them the
+per-head Q/K LayerNorms). With the 3,000 samples of the paper's text (30 tokens) the flatten
+head shrinks to 4,185,357.
 
 :func:`pretrain` gives the paper's two self-supervised stages, simplified:
 (1) a VQ-VAE whose encoder is the network's own subject block, tokenizer and transformer;
@@ -44,10 +62,10 @@ de-subject map back to the raw channels) is a per-token MLP here, and its codebo
 EMA updates and k-means init; here the codebook learns by gradient, starts from sampled
 encoder outputs, and codes unused in an epoch restart on random latents of the last batch
 (against codebook collapse). The MAE stage continues from the stage-1 weights (the paper may
-start it afresh). The subject maps start at identity (the paper's init is unstated).
-``positions`` are accepted and unused (Du-IN uses no electrode geometry). Window length must
-be a multiple of ``patch_len``; kernel sizes and strides are in samples (the paper's are at
-1 kHz: at 250 Hz use ``patch_len=25`` with a shorter first kernel and stride).
+start it afresh). ``positions`` are accepted and unused (Du-IN uses no electrode
+geometry). Window length must be a multiple of ``patch_len``; kernel sizes and strides are
+in samples (the paper's are at 1 kHz: at 250 Hz use ``patch_len=25`` with a shorter first
+kernel and stride).
 """
 
 from __future__ import annotations
@@ -66,12 +84,12 @@ __all__ = ["HPARAMS", "SMALL", "DuIN", "MaskedTokenHead", "VectorQuantizer", "pr
 
 HPARAMS: dict = dict(
     patch_len=100, conv_filters=(128, 128, 16), conv_kernels=(19, 3, 3), conv_stride=10,
-    n_blocks=8, n_heads=8, d_head=64, ff_mult=2, attn_dropout=0.2, ff_dropout=0.2,
+    d_neural=None, n_blocks=8, n_heads=8, d_head=64, ff_mult=2, attn_dropout=0.2, ff_dropout=0.2,
     d_hidden=128, codebook_size=2048, d_codex=64, mask_ratio=0.5,
 )
 SMALL: dict = dict(
     patch_len=100, conv_filters=(32, 32, 8), conv_kernels=(19, 3, 3), conv_stride=10,
-    n_blocks=2, n_heads=4, d_head=16, ff_mult=2, attn_dropout=0.2, ff_dropout=0.2,
+    d_neural=None, n_blocks=2, n_heads=4, d_head=16, ff_mult=2, attn_dropout=0.2, ff_dropout=0.2,
     d_hidden=128, codebook_size=64, d_codex=16, mask_ratio=0.5,
 )
 ZSCORE_EPS = 1e-20  # added to the variance: unit-agnostic (volts or µV), keeps zero channels 0
@@ -95,15 +113,20 @@ def sincos_embedding(n_positions: int, d_model: int) -> torch.Tensor:
 
 
 class SubjectBlock(nn.Module):
-    """Per-subject affine channel map ``x @ W_s.T + b_s``, ``(B, T, C) → (B, T, C)``."""
+    """Per-subject affine channel map ``x @ W_s.T + b_s``, ``(B, T, C) → (B, T, D)``;
+    weights ``(subjects, D, C)`` and biases ``(subjects, D)`` start truncated normal (std
+    0.02), as Du-IN's subject layer."""
 
-    def __init__(self, n_subjects: int, n_channels: int):
+    def __init__(self, n_subjects: int, n_channels: int, n_out: int | None = None):
         super().__init__()
-        self.weight = nn.Parameter(torch.eye(n_channels).repeat(n_subjects, 1, 1))
-        self.bias = nn.Parameter(torch.zeros(n_subjects, n_channels))
+        n_out = n_channels if n_out is None else n_out
+        self.weight = nn.Parameter(nn.init.trunc_normal_(
+            torch.empty(n_subjects, n_out, n_channels), std=0.02))
+        self.bias = nn.Parameter(nn.init.trunc_normal_(torch.empty(n_subjects, n_out),
+                                                       std=0.02))
 
     def matrix(self, subject: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(W (C, C), b (C,))`` of one subject; None → the mean over subjects."""
+        """``(W (D, C), b (D,))`` of one subject; None → the mean over subjects."""
         if subject is None:
             return self.weight.mean(0), self.bias.mean(0)
         return self.weight[subject], self.bias[subject]
@@ -118,8 +141,9 @@ class SubjectBlock(nn.Module):
 class PatchTokenizer(nn.Module):
     """Conv stack per time patch → one token per patch: ``(B, T, C) → (B, T/P, d_model)``.
 
-    The first conv has stride ``stride``, the others 1; every conv is followed by BatchNorm
-    and GELU; padding keeps ``P / stride`` steps, so ``d_model = filters[-1] * P / stride``.
+    The first conv has stride ``stride`` and padding ``(kernel − 1) // 2``, the others stride
+    1 and ``same`` padding; every conv is followed by BatchNorm (no activation, as Du-IN);
+    ``P / stride`` steps, so ``d_model = filters[-1] * P / stride``.
     """
 
     def __init__(self, n_channels: int, patch_len: int, filters: tuple[int, ...],
@@ -131,13 +155,16 @@ class PatchTokenizer(nn.Module):
         self.patch_len, self.n_steps = patch_len, patch_len // stride
         layers, c_in, length = [], n_channels, patch_len
         for i, (n_filters, kernel) in enumerate(zip(filters, kernels)):
-            step = stride if i == 0 else 1
-            pad = ((self.n_steps - 1) * step + kernel - length + 1) // 2
-            if (length + 2 * pad - kernel) // step + 1 != self.n_steps:
-                raise ValueError(f"seeg-words: kernel {kernel} cannot keep {self.n_steps} steps")
-            layers += [nn.Conv1d(c_in, n_filters, kernel, stride=step, padding=pad),
-                       nn.BatchNorm1d(n_filters), nn.GELU()]
-            c_in, length = n_filters, self.n_steps
+            if i == 0:
+                pad = (kernel - 1) // 2
+                if (length + 2 * pad - kernel) // stride + 1 != self.n_steps:
+                    raise ValueError(f"seeg-words: first kernel {kernel} with padding {pad} "
+                                     f"does not give {self.n_steps} steps")
+                conv = nn.Conv1d(c_in, n_filters, kernel, stride=stride, padding=pad)
+            else:
+                conv = nn.Conv1d(c_in, n_filters, kernel, padding="same")
+            layers += [conv, nn.BatchNorm1d(n_filters)]
+            c_in = n_filters
         self.convs = nn.Sequential(*layers)
         self.d_model = filters[-1] * self.n_steps
 
@@ -150,7 +177,9 @@ class PatchTokenizer(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    """Post-norm block: ``x = LN(x + MHA(x)); x = LN(x + FFN(x))``, head size independent."""
+    """Post-norm block: ``x = LN(x + MHA(x)); x = LN(x + FFN(x))``, head size independent;
+    queries and keys LayerNorm-ed per head (``norm_q``, ``norm_k`` over ``d_head``); FFN
+    Linear → ReLU → Linear."""
 
     def __init__(self, d_model: int, n_heads: int, d_head: int, d_ff: int,
                  attn_dropout: float, ff_dropout: float):
@@ -159,14 +188,16 @@ class TransformerBlock(nn.Module):
         self.qkv = nn.Linear(d_model, 3 * n_heads * d_head)
         self.proj = nn.Linear(n_heads * d_head, d_model)
         self.attn_dropout = nn.Dropout(attn_dropout)
+        self.norm_q, self.norm_k = nn.LayerNorm(d_head), nn.LayerNorm(d_head)
         self.norm1, self.norm2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
-        self.ffn = nn.Sequential(nn.Linear(d_model, d_ff), nn.GELU(), nn.Dropout(ff_dropout),
+        self.ffn = nn.Sequential(nn.Linear(d_model, d_ff), nn.ReLU(), nn.Dropout(ff_dropout),
                                  nn.Linear(d_ff, d_model))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, n_tokens, _ = x.shape
         q, k, v = (self.qkv(x).reshape(batch, n_tokens, 3, self.n_heads, self.d_head)
                    .permute(2, 0, 3, 1, 4))
+        q, k = self.norm_q(q), self.norm_k(k)
         attn = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(self.d_head), dim=-1)
         out = (self.attn_dropout(attn) @ v).transpose(1, 2).reshape(batch, n_tokens, -1)
         x = self.norm1(x + self.proj(out))
@@ -221,8 +252,9 @@ class DuIN(nn.Module):
         self.hparams, self.srate = hp, float(srate)
         self.n_channels, self.n_samples, self.n_outputs = n_channels, n_samples, n_outputs
         self.n_tokens = n_samples // hp["patch_len"]
-        self.subject_block = SubjectBlock(n_subjects, n_channels)
-        self.tokenizer = PatchTokenizer(n_channels, hp["patch_len"], tuple(hp["conv_filters"]),
+        d_neural = hp["d_neural"] or n_channels
+        self.subject_block = SubjectBlock(n_subjects, n_channels, d_neural)
+        self.tokenizer = PatchTokenizer(d_neural, hp["patch_len"], tuple(hp["conv_filters"]),
                                         tuple(hp["conv_kernels"]), hp["conv_stride"])
         self.d_model = self.tokenizer.d_model
         self.encoder = TokenEncoder(
@@ -233,6 +265,16 @@ class DuIN(nn.Module):
                                                           hp["d_hidden"]),
                                   nn.ReLU(), nn.Linear(hp["d_hidden"], n_outputs))
         self.apply(_init_linear)
+        with torch.no_grad():  # Du-IN: block b's Linear weights / √(2(b+1))
+            for b, block in enumerate(self.encoder.blocks):
+                for layer in block.modules():
+                    if isinstance(layer, nn.Linear):
+                        layer.weight.div_(math.sqrt(2 * (b + 1)))
+
+    def reference_forward(self, x: torch.Tensor, subject: torch.Tensor | None) -> torch.Tensor:
+        """Du-IN's ``duin_cls`` forward up to its pre-sigmoid logits: normalised windows
+        ``(B, T, C)`` → ``(B, n_outputs)`` (steps 2–5, without this module's z-score)."""
+        return self.head(self.encoder(self.tokenizer(self.subject_block(x, subject))))
 
     def tokens(self, x: torch.Tensor, subject: torch.Tensor | None = None) -> torch.Tensor:
         """Z-score, subject map and tokenizer: ``(B, T, C) → (B, N, d_model)``."""

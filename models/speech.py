@@ -19,11 +19,13 @@ rtbci's own implementation of that brain module, in this order:
    ``n_merger × n_merger`` matrix per subject, ``randn / √n_merger`` init); ``subject=None``
    uses the mean matrix (rtbci's choice for an unseen subject).
 4. **Conv stack** of ``depth`` layers, ``hidden`` channels, kernel 3, dilation
-   ``2 ** (k % 5)``, length-preserving padding. Reading of the paper: layer ``k`` is
-   conv → BatchNorm → GELU (no GELU on the last layer), then a residual add when input and
-   output shapes match (all but the first layer, whose input has ``n_merger`` channels), then
-   after every 2nd layer (k = 1, 3, …, the last included) a GLU block:
-   Conv1d(hidden → 2·hidden, kernel 3, padding 1) + GLU over channels.
+   ``dilation_growth ** (k % dilation_period)`` (2, 5), length-preserving padding. As
+   brainmagick's ``ConvSequence`` with the paper's ``complex_out``: layer ``k`` is
+   conv → BatchNorm → GELU (the last layer included), then a residual add when input and
+   output shapes match (all but the first layer when ``n_merger ≠ hidden``), then after
+   every 2nd layer (k = 1, 3, …, the last included) a GLU block:
+   Conv1d(hidden → 2·hidden, kernel ``2 glu_context + 1``, padding ``glu_context``) + GLU
+   over channels.
 5. **Head**: Conv1d 1×1 (hidden → 2·hidden) → GELU → ConvTranspose1d kernel 1
    (2·hidden → ``n_outputs``); the time axis is kept: output ``(batch, n_outputs, n_samples)``.
 
@@ -39,11 +41,21 @@ subject matrix fold exactly into one constant ``(n_merger × n_channels)`` matmu
 1024-d bank; since the last layer is linear the mean is taken before it (exact, and it skips
 the largest matmul of the head).
 
-Deviations and choices: the paper uses MNE layout positions; rtbci projects 3-D head
-coordinates to 2-D itself (azimuthal equidistant about the mean sensor direction seen from
-the head-coordinate origin, each axis then scaled to [0, 1]). With ``positions=None`` (or no
-finite position) the Fourier embedding is replaced by one-hot sensor identities, i.e. the
-heads become free ``(n_merger, n_channels)`` scores, and spatial dropout is off. The
+Correspondence with the reference (facebookresearch/brainmagick @ 1aa77d2,
+``bm.models.simpleconv.SimpleConv``, ``clip_conv`` configuration): steps 2–5 are its
+``forward`` (:meth:`SpeechNet.reference_forward`, on ``(batch, channels, time)``); step 1 is
+its data pipeline (baseline, ``RobustScaler``, clamp), done here per window. Loaded with
+brainmagick's weights (``rtbci import speech``, :mod:`rtbci.models.import_weights`) the two
+agree to float precision (tests/models/test_parity.py).
+
+Deviations and choices: brainmagick takes MNE layout positions (2-D, each axis min-max
+scaled to [0, 1]); with 3-D ``positions`` rtbci projects head coordinates to 2-D itself
+(azimuthal equidistant about the mean sensor direction seen from the head-coordinate origin,
+each axis then scaled to [0, 1]); ``layout`` (``(n_channels, 2)`` in [0, 1], None rows =
+no position) takes the reference's 2-D positions as they are instead. With
+``positions=None`` and no ``layout`` the Fourier embedding is replaced by one-hot sensor
+identities, i.e. the heads become free ``(n_merger, n_channels)`` scores, and spatial dropout
+is off. brainmagick's ``initial_linear`` width is ``n_merger`` here. The
 learnable ``logit_scale`` is rtbci's (shared with the other retrieval families). The 150 ms
 brain–speech shift and the standard scaling of the targets belong to data preparation,
 not here.
@@ -67,7 +79,7 @@ __all__ = ["HPARAMS", "SMALL", "ConvStack", "PooledSpeechInference", "SpeechInfe
 
 HPARAMS = {"n_merger": 270, "fourier_dim": 2048, "dropout_radius": 0.2, "hidden": 320,
            "depth": 10, "kernel_size": 3, "dilation_period": 5, "glu_every": 2,
-           "baseline_s": 0.3, "clamp": 20.0}
+           "dilation_growth": 2, "glu_context": 1, "baseline_s": 0.3, "clamp": 20.0}
 SMALL = {**HPARAMS, "n_merger": 32, "fourier_dim": 128, "hidden": 32}  # depth 10: the
 # receptive field (~1 s) must reach the brain response 150–500 ms after the speech it tracks
 
@@ -150,31 +162,51 @@ def prepare(x: torch.Tensor, center: torch.Tensor, scale: torch.Tensor, n_baseli
     return ((x - center) / scale).clamp(-clamp, clamp)
 
 
+def _merger_inputs(n_channels: int, positions: np.ndarray | None, fourier_dim: int,
+                   layout: list | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(xy (C, 2), embedding (C, E), score offset (C,))`` of the channel merger: from the
+    2-D ``layout`` as it is, else from 3-D ``positions`` projected, else one-hot identities."""
+    if layout is not None:
+        xy = np.array([[np.nan] * 2 if p is None else p for p in layout], dtype=np.float64)
+        if xy.shape != (n_channels, 2):
+            raise ValueError(f"layout must have shape ({n_channels}, 2), got {xy.shape}")
+        valid = np.isfinite(xy).all(axis=1)
+    else:
+        valid = (np.zeros(n_channels, bool) if positions is None
+                 else np.isfinite(np.asarray(positions, dtype=np.float64)).all(axis=1))
+        xy = project_positions(positions) if valid.any() else None
+    if valid.any():
+        embedding = fourier_features(xy, fourier_dim)
+    else:  # no geometry: one-hot sensor identities, free scores per sensor
+        xy, embedding, valid = np.full((n_channels, 2), np.nan), np.eye(n_channels), ~valid
+    return xy, embedding, np.where(valid, 0.0, -np.inf)
+
+
 class ConvStack(nn.Module):
     """The dilated residual conv stack with GLU blocks: ``(batch, in, T)`` → ``(batch, hidden, T)``.
 
-    Layer ``k``: conv (dilation ``2 ** (k % dilation_period)``) → BatchNorm → GELU (not on the
-    last layer) → ``+ input`` when shapes match → GLU block after every ``glu_every``-th layer.
+    Layer ``k``: conv (dilation ``dilation_growth ** (k % dilation_period)``) → BatchNorm →
+    GELU → ``+ input`` when shapes match → GLU block (kernel ``2 glu_context + 1``) after
+    every ``glu_every``-th layer.
     """
 
     def __init__(self, in_channels: int, hidden: int, depth: int, kernel_size: int,
-                 dilation_period: int, glu_every: int):
+                 dilation_period: int, glu_every: int, dilation_growth: int = 2,
+                 glu_context: int = 1):
         super().__init__()
         self.convs, self.norms, self.glus = nn.ModuleList(), nn.ModuleList(), nn.ModuleDict()
         for k in range(depth):
-            dilation = 2 ** (k % dilation_period)
+            dilation = dilation_growth ** (k % dilation_period)
             self.convs.append(nn.Conv1d(in_channels if k == 0 else hidden, hidden, kernel_size,
                                         padding=kernel_size // 2 * dilation, dilation=dilation))
             self.norms.append(nn.BatchNorm1d(hidden))
             if (k + 1) % glu_every == 0:
-                self.glus[str(k)] = nn.Conv1d(hidden, 2 * hidden, 3, padding=1)
+                self.glus[str(k)] = nn.Conv1d(hidden, 2 * hidden, 2 * glu_context + 1,
+                                              padding=glu_context)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        last = len(self.convs) - 1
         for k, (conv, norm) in enumerate(zip(self.convs, self.norms)):
-            y = norm(conv(x))
-            if k < last:
-                y = F.gelu(y)
+            y = F.gelu(norm(conv(x)))
             x = y + x if y.shape == x.shape else y
             if str(k) in self.glus:
                 x = F.glu(self.glus[str(k)](x), dim=1)
@@ -208,16 +240,20 @@ class SpeechNet(nn.Module):
     n_subjects : int
         Number of subject matrices.
     n_merger, fourier_dim, dropout_radius, hidden, depth, kernel_size, dilation_period,
-    glu_every, baseline_s, clamp
+    glu_every, dilation_growth, glu_context, baseline_s, clamp
         See :data:`HPARAMS` and the module docstring.
+    layout : list of (x, y) | None
+        2-D sensor layout in [0, 1]² used as it is (brainmagick's MNE-layout positions; a
+        None row = no position); it replaces the projection of ``positions``.
     """
 
     def __init__(self, n_channels: int, n_samples: int, n_outputs: int, *, srate: float,
                  positions: np.ndarray | None = None, n_subjects: int = 1,
                  n_merger: int = 270, fourier_dim: int = 2048, dropout_radius: float = 0.2,
                  hidden: int = 320, depth: int = 10, kernel_size: int = 3,
-                 dilation_period: int = 5, glu_every: int = 2, baseline_s: float = 0.3,
-                 clamp: float = 20.0):
+                 dilation_period: int = 5, glu_every: int = 2, dilation_growth: int = 2,
+                 glu_context: int = 1, baseline_s: float = 0.3, clamp: float = 20.0,
+                 layout: list | None = None):
         super().__init__()
         self.n_baseline = max(1, round(baseline_s * srate))
         if self.n_baseline > n_samples:
@@ -226,36 +262,38 @@ class SpeechNet(nn.Module):
         self.clamp, self.dropout_radius = float(clamp), float(dropout_radius)
         self.register_buffer("center", torch.zeros(n_channels, 1))
         self.register_buffer("scale", torch.ones(n_channels, 1))
-        self._init_merger(n_channels, positions, fourier_dim, n_merger)
+        self._init_merger(n_channels, positions, fourier_dim, n_merger, layout)
         self.initial = nn.Conv1d(n_merger, n_merger, 1)
         self.subject_weights = nn.Parameter(
             torch.randn(n_subjects, n_merger, n_merger) / math.sqrt(n_merger))
         self.encoder = ConvStack(n_merger, hidden, depth, kernel_size, dilation_period,
-                                 glu_every)
+                                 glu_every, dilation_growth, glu_context)
         self.head_in = nn.Conv1d(hidden, 2 * hidden, 1)
         self.head_out = nn.ConvTranspose1d(2 * hidden, n_outputs, 1)
         self.logit_scale = nn.Parameter(torch.tensor(LOGIT_SCALE_INIT))
 
     def _init_merger(self, n_channels: int, positions: np.ndarray | None, fourier_dim: int,
-                     n_merger: int) -> None:
+                     n_merger: int, layout: list | None = None) -> None:
         """Buffers ``embedding`` (C, E), ``positions_2d`` (C, 2), ``score_offset`` (C,) and
         the learned ``heads`` (n_merger, E)."""
         if positions is not None and np.shape(positions) != (n_channels, 3):
             raise ValueError(f"positions must have shape ({n_channels}, 3), got "
                              f"{np.shape(positions)}")
-        valid = (np.zeros(n_channels, bool) if positions is None
-                 else np.isfinite(np.asarray(positions, dtype=np.float64)).all(axis=1))
-        if valid.any():
-            xy = project_positions(positions)
-            embedding = fourier_features(xy, fourier_dim)
-        else:  # no geometry: one-hot sensor identities, free scores per sensor
-            xy, embedding, valid = np.full((n_channels, 2), np.nan), np.eye(n_channels), ~valid
+        xy, embedding, offset = _merger_inputs(n_channels, positions, fourier_dim, layout)
         self.register_buffer("embedding", torch.tensor(embedding, dtype=torch.float32))
         self.register_buffer("positions_2d", torch.tensor(xy, dtype=torch.float32))
-        self.register_buffer("score_offset", torch.tensor(np.where(valid, 0.0, -np.inf),
-                                                          dtype=torch.float32))
+        self.register_buffer("score_offset", torch.tensor(offset, dtype=torch.float32))
         self.heads = nn.Parameter(torch.randn(n_merger, embedding.shape[1])
                                   / math.sqrt(embedding.shape[1]))
+
+    def set_layout(self, layout: list) -> None:
+        """Replace the sensors' 2-D layout (``(n_channels, 2)`` in [0, 1], None rows = no
+        position), as brainmagick takes positions with each batch; the heads stay."""
+        xy, embedding, offset = _merger_inputs(len(self.score_offset), None,
+                                               self.embedding.shape[1], layout)
+        for name, value in (("positions_2d", xy), ("embedding", embedding),
+                            ("score_offset", offset)):
+            getattr(self, name).copy_(torch.tensor(value, dtype=torch.float32))
 
     def merger_weights(self, drop_center: torch.Tensor | None = None) -> torch.Tensor:
         """Spatial-attention matrix ``(n_merger, n_channels)``, rows summing to 1.
@@ -291,11 +329,21 @@ class SpeechNet(nn.Module):
 
     def features(self, x: torch.Tensor, subject: torch.Tensor | None = None) -> torch.Tensor:
         """The map before the last (linear) layer: (batch, 2·hidden, n_samples)."""
-        h = prepare(x, self.center, self.scale, self.n_baseline, self.clamp)
-        center = torch.rand(2, device=x.device) if self.training else None
+        return self.prepared_features(
+            prepare(x, self.center, self.scale, self.n_baseline, self.clamp), subject)
+
+    def prepared_features(self, h: torch.Tensor, subject: torch.Tensor | None) -> torch.Tensor:
+        """Steps 2–5 up to the last layer: prepared ``(batch, channels, time)`` →
+        ``(batch, 2·hidden, time)``."""
+        center = torch.rand(2, device=h.device) if self.training else None
         h = self.initial(torch.matmul(self.merger_weights(center), h))
         h = torch.matmul(self.subject_matrix(subject), h)
         return F.gelu(self.head_in(self.encoder(h)))
+
+    def reference_forward(self, h: torch.Tensor, subject: torch.Tensor | None) -> torch.Tensor:
+        """brainmagick's ``SimpleConv.forward``: steps 2–5 on a prepared (baseline-corrected,
+        scaled, clamped) ``(batch, channels, time)`` → ``(batch, n_outputs, time)``."""
+        return self.head_out(self.prepared_features(h, subject))
 
     def forward(self, x: torch.Tensor, subject: torch.Tensor | None = None) -> torch.Tensor:
         """x: (batch, n_samples, n_channels); subject: (batch,) long or None.

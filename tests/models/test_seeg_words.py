@@ -29,13 +29,16 @@ def small_model(n_subjects: int = 3, n_outputs: int = N_WORDS, seed: int = 0) ->
 
 
 def words(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Toy 4-word task: word k is a 40 Hz burst on channels 4k…4k+3 over white noise (µV)."""
+    """Toy 4-word task: word k is a 40 Hz burst on channels 4k…4k+3 over white noise (µV),
+    phase-locked to the window (within 0.5 rad): Du-IN's tokenizer is affine, so its words
+    are evoked responses, not bursts of random phase."""
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, N_WORDS, n)
     t = np.arange(T) / SRATE
     x = rng.standard_normal((n, T, C)) * 20.0
     for i, k in enumerate(labels):
-        x[i, :, 4 * k:4 * k + 4] += 40.0 * np.sin(2 * np.pi * 40.0 * t + rng.uniform(0, 6))[:, None]
+        phase = rng.uniform(0, 0.5)
+        x[i, :, 4 * k:4 * k + 4] += 40.0 * np.sin(2 * np.pi * 40.0 * t + phase)[:, None]
     return x.astype(np.float32), labels
 
 
@@ -70,10 +73,10 @@ def test_shapes_and_tokens():
 
 
 def test_paper_size():
-    """4,388,109 parameters with the params file's 4000-sample window and 10 subjects."""
+    """4,390,157 parameters with the params file's 4000-sample window and 10 subjects."""
     model = DuIN(16, 4000, 61, srate=SRATE, n_subjects=10)
     count = sum(p.numel() for p in model.parameters())
-    assert count == 4_388_109
+    assert count == 4_390_157
     assert abs(count - PAPER_PARAMS) / PAPER_PARAMS < 0.005
     assert model.d_model == 160 and model.n_tokens == 40
     assert sum(p.numel() for p in small_model().parameters()) < 300_000
@@ -187,7 +190,7 @@ def test_learns_toy_words():
     test_x, test_labels = words(64, seed=2)
     with torch.no_grad():
         predicted = model.eval()(torch.from_numpy(test_x)).argmax(-1).numpy()
-    assert np.mean(predicted == test_labels) > 0.7  # chance 0.25; seen 0.86-1.0 over seeds
+    assert np.mean(predicted == test_labels) > 0.7  # chance 0.25; seen 0.95-1.0 over seeds 0-4
 
 
 def test_paper_hparams_are_the_papers():
