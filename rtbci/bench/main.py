@@ -157,7 +157,7 @@ def bench(out: Path, quick: bool = False, peers: str | None = None,
         doc["gpu"] = gpu.status_line() or "CUDA available"
         doc["gpu_rows"] = run_gpu(duration, Path(tmp))
         if not quick:
-            doc["sweeps"] = sweeps.run_all(min(duration, 8.0), Path(tmp))
+            doc["sweeps"] = sweeps.run_all(min(duration, 6.0), Path(tmp))
     print(doc["gpu"], flush=True)
     doc["elapsed_s"] = round(time.monotonic() - started, 1)
     report.write(out, doc, raw, stage)

@@ -164,11 +164,10 @@ def run_segment(row: str, sender: Sender, duration: float, decoders: int = 1,
 
 
 def stop(proc: subprocess.Popen, receiver: subprocess.Popen) -> None:
-    """Stop the processor (its whole process group) and the receiver; kill after 20 s."""
+    """Stop the receiver, then the processor and its child processes; kill after 20 s."""
     children = psutil.Process(proc.pid).children(recursive=True) if proc.poll() is None else []
-    proc.terminate()
-    receiver.terminate()
-    for p in (proc, receiver):
+    for p in (receiver, proc):  # the receiver first: its inlets would log the broken link
+        p.terminate()
         try:
             p.wait(timeout=20)
         except subprocess.TimeoutExpired:
