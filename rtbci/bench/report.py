@@ -59,7 +59,8 @@ def sweep_tables(sweeps: dict) -> str:
     parts = []
     for sweep, s in sweeps.items():
         parts += [f"### {sweep}", "",
-                  "| point | p50 / p99 (ms) | engine overhead p99 (ms) | CPU | lost / expected |",
+                  "| point | p50 / p99 (ms) | engine overhead p99, first decoder (ms) | CPU "
+                  "| lost / expected |",
                   "|---|---:|---:|---:|---:|"]
         for p in s["points"]:
             parts.append(f"| {p['label']} | {_fmt(p['p50_ms'])} / {_fmt(p['p99_ms'])} | "
