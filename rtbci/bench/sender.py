@@ -21,9 +21,20 @@ import pylsl
 def outlets(name: str, n: int, channels: int, rate: float) -> list[pylsl.StreamOutlet]:
     """``n`` EEG outlets ``NAME`` (n = 1) or ``NAME-0 … NAME-(n-1)``."""
     names = [name] if n == 1 else [f"{name}-{i}" for i in range(n)]
-    return [pylsl.StreamOutlet(pylsl.StreamInfo(s, "EEG", channels, rate, pylsl.cf_float32, s),
-                               chunk_size=0, max_buffered=10)
+    return [pylsl.StreamOutlet(stream_info(s, channels, rate), chunk_size=0, max_buffered=10)
             for s in names]
+
+
+def stream_info(name: str, channels: int, rate: float) -> pylsl.StreamInfo:
+    """EEG stream metadata with channel labels (``index``, ``EEG001`` …) in microvolts."""
+    info = pylsl.StreamInfo(name, "EEG", channels, rate, pylsl.cf_float32, name)
+    chans = info.desc().append_child("channels")
+    for i in range(channels):
+        ch = chans.append_child("channel")
+        ch.append_child_value("label", "index" if i == 0 else f"EEG{i:03d}")
+        ch.append_child_value("type", "EEG")
+        ch.append_child_value("unit", "microvolts")
+    return info
 
 
 def send(name: str, channels: int = 64, rate: float = 1000.0, chunk: int = 10,
