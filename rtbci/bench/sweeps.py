@@ -12,8 +12,8 @@ from rtbci.bench.run import Sender, latencies, run_segment
 # sweep → [(label, sender settings, decoders per stream, slow decoder ms)]
 POINTS: dict[str, list[tuple[str, dict, int, float]]] = {
     "channels": [(f"{c} ch", {"channels": c}, 1, 0.0) for c in (64, 306, 1024, 4096)],
-    "streams": [(f"{s} streams", {"streams": s}, 1, 0.0) for s in (1, 4, 16)],
-    "decoders": [(f"{d} decoders", {}, d, 0.0) for d in (1, 8, 32)]
+    "streams": [(f"{s} stream{'s' * (s > 1)}", {"streams": s}, 1, 0.0) for s in (1, 4, 16)],
+    "decoders": [(f"{d} decoder{'s' * (d > 1)}", {}, d, 0.0) for d in (1, 8, 32)]
     + [("306 ch × 3 decoders", {"channels": 306}, 3, 0.0)],
     "rates": [(f"{r // 1000} kHz", {"rate": float(r), "chunk": r // 100}, 1, 0.0)
               for r in (1000, 2000, 10000, 30000)],
