@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 
 FAMILIES = ("motor-gnn", "seeg-words", "image-retrieval", "speech")
+EVERY_S = 0.1  # one result per 100 ms
 
 
 def cuda_available() -> bool:
@@ -43,6 +44,6 @@ def config(family: str, runtime: str, out: str) -> dict:
     return {"engine": {"session": "bench"},
             "sources": [{"name": "s0", "kind": "simulate", "task": family}],
             "decoders": [{"name": "bp0x0", "model": f"demo:{family}", "source": "s0",
-                          "every_ms": 100, "budget_ms": 50, "runtime": runtime,
+                          "every_ms": EVERY_S * 1e3, "budget_ms": 50, "runtime": runtime,
                           "device": "cuda"}],
             "sinks": [{"kind": "lsl", "prefix": out}]}

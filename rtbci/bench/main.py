@@ -137,7 +137,7 @@ def run_gpu(duration: float, workdir: Path) -> list[dict]:
             name = f"rtbci-{runtime}:{family}"
             print(f"{name}: {duration:g} s …", flush=True)
             seg = sweeps.run_config(gpu.config(family, runtime, "{out}"), duration, workdir)
-            rows.append(row_figures(name, run.latencies([seg])))
+            rows.append(row_figures(name, run.latencies([seg], every_s=gpu.EVERY_S)))
     return rows
 
 

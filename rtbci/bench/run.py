@@ -183,9 +183,11 @@ def stop(proc: subprocess.Popen, receiver: subprocess.Popen) -> None:
             child.kill()
 
 
-def latencies(segments: list[Segment], outlets: list[int] | None = None) -> dict:
+def latencies(segments: list[Segment], outlets: list[int] | None = None,
+              every_s: float = EVERY_S) -> dict:
     """Pooled figures of ``segments``: latencies (ms) of results whose window ended in the
-    measured span, results/s, expected and lost results, CPU %."""
+    measured span, results/s, expected (one per ``every_s`` per outlet) and lost results,
+    CPU %."""
     lat, received, expected, cpu = [], 0, 0, []
     for seg in segments:
         rows = seg.rows
@@ -195,7 +197,7 @@ def latencies(segments: list[Segment], outlets: list[int] | None = None) -> dict
         unique = np.unique(rows[keep][:, 1:3], axis=0)  # one result per (timestamp, outlet)
         lat.append((rows[keep, 0] - rows[keep, 1]) * 1e3)
         received += len(unique)
-        expected += len(counted) * int((seg.t1 - seg.t0) / EVERY_S)
+        expected += len(counted) * int((seg.t1 - seg.t0) / every_s)
         cpu.append(seg.cpu_percent)
     ms = np.concatenate(lat) if lat else np.zeros(0)
     span = sum(s.t1 - s.t0 for s in segments)
