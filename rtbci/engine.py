@@ -223,8 +223,12 @@ class Engine:
 
     # --- running --------------------------------------------------------------------------
 
-    def _publish(self, result: Result) -> None:
+    def _publish(self, result: Result, worker_safe: bool | None = None) -> None:
+        """Hand ``result`` to every sink (``worker_safe`` True / False: only those that are /
+        are not ``worker_safe``; the former on the decoder's worker thread)."""
         for sink in self.sinks:
+            if worker_safe is not None and sink.worker_safe != worker_safe:
+                continue
             try:
                 sink.publish(result)
             except Exception as exc:  # a broken sink must not stop the others
@@ -242,7 +246,9 @@ class Engine:
         ``on_tick(engine)`` is called every ``engine.stats_interval_s`` (live stats).
         """
         self._loop = asyncio.get_running_loop()
-        self.scheduler = Scheduler(self._loop, self.clock, self._publish)
+        self.scheduler = Scheduler(self._loop, self.clock, self._publish,
+                                   direct=(partial(self._publish, worker_safe=True),
+                                           partial(self._publish, worker_safe=False)))
         stop = stop or asyncio.Event()
         for sink in self.sinks:
             await sink.start(self.status())
