@@ -109,9 +109,13 @@ def test_missing_timeflux_is_a_not_installed_row(monkeypatch, tmp_path):
     (["--peers", "rtbci,bogus"], "rtbci: error: --peers: unknown row 'bogus' (known: rtbci, "
                                  "rtbci-mqtt, pylsl-naive, mne-lsl, timeflux, null)"),
     (["--duration", "-1"], "rtbci: error: --duration: give a number of seconds > 0"),
+    (["--out", "{file}"], "rtbci: error: --out: {file} is a file; give a folder"),
 ])
-def test_bad_options_are_one_line_errors(args, message):
-    proc = rtbci("bench", *args, timeout=60)
+def test_bad_options_are_one_line_errors(args, message, tmp_path):
+    file = tmp_path / "taken"
+    file.write_text("")
+    proc = rtbci("bench", *[a.format(file=file) for a in args], timeout=60)
+    message = message.format(file=file)
     assert proc.returncode == 2
     assert proc.stderr.strip() == message
 

@@ -193,6 +193,8 @@ def run_args(args: argparse.Namespace) -> int:
     """Run what the parsed ``rtbci bench`` arguments ask for."""
     if args.duration is not None and args.duration <= 0:
         raise RtbciError("--duration: give a number of seconds > 0")
+    if args.out.exists() and not args.out.is_dir():
+        raise RtbciError(f"--out: {args.out} is a file; give a folder")
     if args.setup_timeflux:
         try:
             timeflux.setup()
