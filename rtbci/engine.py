@@ -104,21 +104,18 @@ class Engine:
             acq.start()
 
     def _on_stream(self, name: str, stream: Stream) -> None:
-        """Acquisition thread: a source's stream exists; attach its decoders on the loop."""
+        """Acquisition thread: a source's stream exists; attach its decoders on the loop; its
+        chunks fire the decoders' triggers from this thread."""
         self._streams[name] = stream
         for sink in self.sinks:
             sink.stream_added(name, stream)
         self._loop.call_soon_threadsafe(self._attach_decoders, name, stream)
-        pending = [False]
 
-        def wake() -> None:  # coalesce wake-ups: one scheduled call at a time
-            if not pending[0]:
-                pending[0] = True
-                self._loop.call_soon_threadsafe(run)
-
-        def run() -> None:
-            pending[0] = False
-            self.scheduler.on_data(stream)
+        def wake() -> None:  # on this acquisition thread: due windows go to their workers now
+            try:
+                self.scheduler.on_data(stream)
+            except Exception:  # keep acquiring; the decoders' counters show the damage
+                log.exception("source %r: scheduling failed", name)
 
         stream.add_listener(wake)
 

@@ -74,7 +74,8 @@ class Job:
 
 
 class DecoderTask:
-    """One decoder's scheduling state and counters (all touched on the event loop only)."""
+    """One decoder's scheduling state and counters (touched under the scheduler's lock: on
+    a source's acquisition thread or the event loop; ``busy`` is cleared on the loop)."""
 
     def __init__(self, name: str, decoder: Decoder, stream: Stream, trigger: TriggerSpec,
                  budget_ms: float, timeout_ms: float, session: str = ""):
@@ -179,8 +180,11 @@ class Worker:
 class Scheduler:
     """Fires decoder jobs from stream data and markers; hands results to ``publish``.
 
-    All methods except the workers' callbacks run on the event loop's thread. With
-    ``inline`` (offline replay) each job runs at once in the calling thread.
+    :meth:`on_data` may run on a source's acquisition thread, right after a chunk lands (no
+    trip through the event loop before a decoder's worker wakes); :meth:`add`,
+    :meth:`on_data` and :meth:`on_marker` hold the scheduler's lock, so they may run on
+    different threads. Everything else runs on the event loop's thread. With ``inline``
+    (offline replay) each job runs at once in the calling thread.
 
     Parameters
     ----------
@@ -204,29 +208,34 @@ class Scheduler:
         self.workers: dict[str, Worker] = {}  # by decoder name
         self._by_stream: dict[int, list[DecoderTask]] = {}
         self._order = itertools.count()
+        self._lock = threading.RLock()  # trigger and marker state: acquisition threads, loop
 
     def add(self, task: DecoderTask, device: str = "cpu") -> None:
         """Schedule ``task``; it gets its own worker thread (named after it and ``device``)."""
-        self.tasks[task.name] = task
-        self._by_stream.setdefault(id(task.stream), []).append(task)
-        if not self.inline:
-            self.workers[task.name] = Worker(f"{task.name}@{device}", self.clock, self._work)
+        with self._lock:
+            if not self.inline:
+                self.workers[task.name] = Worker(f"{task.name}@{device}", self.clock,
+                                                 self._work)
+            self.tasks[task.name] = task
+            self._by_stream.setdefault(id(task.stream), []).append(task)
 
     def on_data(self, stream: Stream) -> None:
         """New samples in ``stream``: fire every trigger whose window is complete."""
-        for task in self._by_stream.get(id(stream), ()):
-            if task.trigger.every:
-                self._fire_sliding(task)
-            if task.pending:
-                self._fire_markers(task)
+        with self._lock:
+            for task in self._by_stream.get(id(stream), ()):
+                if task.trigger.every:
+                    self._fire_sliding(task)
+                if task.pending:
+                    self._fire_markers(task)
 
     def on_marker(self, stream: Stream, timestamp: float, text: str) -> None:
         """A marker on ``stream``'s marker stream: queue its window for matching decoders."""
-        for task in self._by_stream.get(id(stream), ()):
-            label = task.trigger.label(text)
-            if label is not None and self._plausible(task, timestamp, text):
-                heapq.heappush(task.pending, (timestamp, next(self._order), text, label))
-                self._fire_markers(task)
+        with self._lock:
+            for task in self._by_stream.get(id(stream), ()):
+                label = task.trigger.label(text)
+                if label is not None and self._plausible(task, timestamp, text):
+                    heapq.heappush(task.pending, (timestamp, next(self._order), text, label))
+                    self._fire_markers(task)
 
     def _plausible(self, task: DecoderTask, timestamp: float, text: str) -> bool:
         """False (and counted) for a marker stamped more than the buffer's length after the

@@ -446,3 +446,35 @@ def test_worker_safe_sinks_get_the_result_on_the_worker_then_the_loop_counts_it(
             b.scheduler.close()
 
     asyncio.run(main())
+
+
+def test_triggers_fire_from_an_acquisition_thread_while_markers_arrive_on_the_loop():
+    """The engine calls ``on_data`` on the source's own thread (no event-loop hop before the
+    worker wakes) while markers come in on the loop: every window is decoded exactly once."""
+
+    async def body(b):
+        b.decoder("sliding", TriggerSpec(length=10, every=10))
+        b.decoder("erp", TriggerSpec(length=10, marker="stim"))
+
+        def acquire():
+            for _ in range(20):
+                b.feed(10)
+                time.sleep(0.005)
+
+        thread = threading.Thread(target=acquire)
+        thread.start()
+        for sample in range(5, 150, 15):  # markers while the thread feeds
+            b.marker(sample)
+            await asyncio.sleep(0.003)
+        await asyncio.to_thread(thread.join)
+        tasks = b.scheduler.tasks
+        assert await wait_for(lambda: len(b.results) + sum(t.skipped for t in tasks.values())
+                              == 20 + 10 and not any(t.busy for t in tasks.values()))
+        sliding = sorted(r.embedding[0] for r in b.results if r.decoder == "sliding")
+        erp = sorted(r.embedding[0] for r in b.results if r.decoder == "erp")
+        assert len(sliding) + tasks["sliding"].skipped == 20
+        assert sliding == sorted(set(sliding)) and all(v % 10 == 0 for v in sliding)
+        assert len(erp) + tasks["erp"].skipped == 10
+        assert set(erp) <= set(range(5, 150, 15))
+
+    run_threaded(body)
