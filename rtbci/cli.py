@@ -375,7 +375,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the demo config (a starting point for your own) and exit")
     _add_run_options(p)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("bench", help="measure rtbci against its peers (latency, CPU, loss)")
+    _add_bench_options(p)
     return parser
+
+
+def _add_bench_options(p: argparse.ArgumentParser) -> None:
+    from rtbci.bench.main import build_parser
+
+    build_parser(p)
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from rtbci.bench.main import run_args
+
+    return run_args(args)
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:

@@ -105,21 +105,18 @@ class Engine:
             acq.start()
 
     def _on_stream(self, name: str, stream: Stream) -> None:
-        """Acquisition thread: a source's stream exists; attach its decoders on the loop."""
+        """Acquisition thread: a source's stream exists; attach its decoders on the loop; its
+        chunks fire the decoders' triggers from this thread."""
         self._streams[name] = stream
         for sink in self.sinks:
             sink.stream_added(name, stream)
         self._loop.call_soon_threadsafe(self._attach_decoders, name, stream)
-        pending = [False]
 
-        def wake() -> None:  # coalesce wake-ups: one scheduled call at a time
-            if not pending[0]:
-                pending[0] = True
-                self._loop.call_soon_threadsafe(run)
-
-        def run() -> None:
-            pending[0] = False
-            self.scheduler.on_data(stream)
+        def wake() -> None:  # on this acquisition thread: due windows go to their workers now
+            try:
+                self.scheduler.on_data(stream)
+            except Exception:  # keep acquiring; the decoders' counters show the damage
+                log.exception("source %r: scheduling failed", name)
 
         stream.add_listener(wake)
 
@@ -224,8 +221,12 @@ class Engine:
 
     # --- running --------------------------------------------------------------------------
 
-    def _publish(self, result: Result) -> None:
+    def _publish(self, result: Result, worker_safe: bool | None = None) -> None:
+        """Hand ``result`` to every sink (``worker_safe`` True / False: only those that are /
+        are not ``worker_safe``; the former on the decoder's worker thread)."""
         for sink in self.sinks:
+            if worker_safe is not None and sink.worker_safe != worker_safe:
+                continue
             try:
                 sink.publish(result)
             except Exception as exc:  # a broken sink must not stop the others
@@ -243,7 +244,9 @@ class Engine:
         ``on_tick(engine)`` is called every ``engine.stats_interval_s`` (live stats).
         """
         self._loop = asyncio.get_running_loop()
-        self.scheduler = Scheduler(self._loop, self.clock, self._publish)
+        self.scheduler = Scheduler(self._loop, self.clock, self._publish,
+                                   direct=(partial(self._publish, worker_safe=True),
+                                           partial(self._publish, worker_safe=False)))
         stop = stop or asyncio.Event()
         for sink in self.sinks:
             await sink.start(self.status())

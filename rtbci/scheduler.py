@@ -74,7 +74,8 @@ class Job:
 
 
 class DecoderTask:
-    """One decoder's scheduling state and counters (all touched on the event loop only)."""
+    """One decoder's scheduling state and counters (touched under the scheduler's lock: on
+    a source's acquisition thread or the event loop; ``busy`` is cleared on the loop)."""
 
     def __init__(self, name: str, decoder: Decoder, stream: Stream, trigger: TriggerSpec,
                  budget_ms: float, timeout_ms: float, session: str = ""):
@@ -179,8 +180,11 @@ class Worker:
 class Scheduler:
     """Fires decoder jobs from stream data and markers; hands results to ``publish``.
 
-    All methods except the workers' callbacks run on the event loop's thread. With
-    ``inline`` (offline replay) each job runs at once in the calling thread.
+    :meth:`on_data` may run on a source's acquisition thread, right after a chunk lands (no
+    trip through the event loop before a decoder's worker wakes); :meth:`add`,
+    :meth:`on_data` and :meth:`on_marker` hold the scheduler's lock, so they may run on
+    different threads. Everything else runs on the event loop's thread. With ``inline``
+    (offline replay) each job runs at once in the calling thread.
 
     Parameters
     ----------
@@ -188,38 +192,50 @@ class Scheduler:
     clock : callable, seconds on the LSL clock
     publish : callable(Result)
         Called on the loop thread with each finished result (``t_published`` set).
+    direct : (callable(Result), callable(Result)) | None
+        ``(on_worker, on_loop)``: hand each result of a decoder without importance to
+        ``on_worker`` on its worker thread as soon as it is complete (sinks that may publish
+        from any thread: no event-loop hop), then to ``on_loop`` (instead of ``publish``) on
+        the loop thread with the bookkeeping.
     """
 
     def __init__(self, loop, clock: Callable[[], float], publish: Callable[[Result], None],
-                 inline: bool = False):
+                 inline: bool = False,
+                 direct: tuple[Callable[[Result], None], Callable[[Result], None]] | None = None):
         self.loop, self.clock, self.publish, self.inline = loop, clock, publish, inline
+        self.direct = None if inline else direct
         self.tasks: dict[str, DecoderTask] = {}
         self.workers: dict[str, Worker] = {}  # by decoder name
         self._by_stream: dict[int, list[DecoderTask]] = {}
         self._order = itertools.count()
+        self._lock = threading.RLock()  # trigger and marker state: acquisition threads, loop
 
     def add(self, task: DecoderTask, device: str = "cpu") -> None:
         """Schedule ``task``; it gets its own worker thread (named after it and ``device``)."""
-        self.tasks[task.name] = task
-        self._by_stream.setdefault(id(task.stream), []).append(task)
-        if not self.inline:
-            self.workers[task.name] = Worker(f"{task.name}@{device}", self.clock, self._work)
+        with self._lock:
+            if not self.inline:
+                self.workers[task.name] = Worker(f"{task.name}@{device}", self.clock,
+                                                 self._work)
+            self.tasks[task.name] = task
+            self._by_stream.setdefault(id(task.stream), []).append(task)
 
     def on_data(self, stream: Stream) -> None:
         """New samples in ``stream``: fire every trigger whose window is complete."""
-        for task in self._by_stream.get(id(stream), ()):
-            if task.trigger.every:
-                self._fire_sliding(task)
-            if task.pending:
-                self._fire_markers(task)
+        with self._lock:
+            for task in self._by_stream.get(id(stream), ()):
+                if task.trigger.every:
+                    self._fire_sliding(task)
+                if task.pending:
+                    self._fire_markers(task)
 
     def on_marker(self, stream: Stream, timestamp: float, text: str) -> None:
         """A marker on ``stream``'s marker stream: queue its window for matching decoders."""
-        for task in self._by_stream.get(id(stream), ()):
-            label = task.trigger.label(text)
-            if label is not None and self._plausible(task, timestamp, text):
-                heapq.heappush(task.pending, (timestamp, next(self._order), text, label))
-                self._fire_markers(task)
+        with self._lock:
+            for task in self._by_stream.get(id(stream), ()):
+                label = task.trigger.label(text)
+                if label is not None and self._plausible(task, timestamp, text):
+                    heapq.heappush(task.pending, (timestamp, next(self._order), text, label))
+                    self._fire_markers(task)
 
     def _plausible(self, task: DecoderTask, timestamp: float, text: str) -> bool:
         """False (and counted) for a marker stamped more than the buffer's length after the
@@ -327,32 +343,33 @@ class Scheduler:
         """On the decoder's worker: decode, hand the result over, then its importance."""
         output, error = run_job(job, self.clock)
         explain = error is None and job.task.explains
-        self._call(self._done, job, output, error, not explain)
+        sent = error is None and not explain and self.direct is not None
+        if sent:  # complete the result here and hand it to the thread-safe sinks at once
+            _fill(job.result, output, job.task.budget_ms, self.clock())
+            self.direct[0](job.result)
+        self._call(self._done, job, output, error, not explain, sent)
         if explain:
             self._call(self._explained, job, *run_explain(job))
 
     def _done(self, job: Job, output: DecoderOutput | None, error: str | None,
-              free: bool) -> None:
+              free: bool, sent: bool = False) -> None:
+        """On the loop: count the result and publish it (``sent``: the worker completed it and
+        handed it to the direct sinks already; the others get it now)."""
         task, result = job.task, job.result
         if free:
             task.busy = False
         if error is not None:
             self._error(task, result.seq, error)
             return
-        result.labels = output.labels
-        result.probabilities, result.ids = output.probabilities, output.ids
-        result.scores, result.embedding = output.scores, output.embedding
-        if output.importance is not None:  # computed with the output
-            result.importance, result.importance_seq = output.importance, result.seq
-        elif task.importance is not None:  # computed after the previous result
-            result.importance_seq, result.importance = task.importance
-            task.importance = None
-        result.t_published = self.clock()
-        result.late = result.t_published - result.t_arrived > task.budget_ms * 1e-3
+        if not sent:
+            pending = None
+            if output.importance is None:  # the importance computed after the previous result
+                pending, task.importance = task.importance, None
+            _fill(result, output, task.budget_ms, self.clock(), pending)
         task.results += 1
         task.late += result.late
         task.latency.record(result.t_published - result.t_arrived)
-        self.publish(result)
+        (self.direct[1] if sent else self.publish)(result)
 
     def _explained(self, job: Job, importance: np.ndarray | None, error: str | None) -> None:
         task = job.task
@@ -390,6 +407,21 @@ class Scheduler:
     def close(self) -> None:
         for worker in self.workers.values():
             worker.close()
+
+
+def _fill(result: Result, output: DecoderOutput, budget_ms: float, now: float,
+          pending: tuple[int, np.ndarray] | None = None) -> None:
+    """Complete ``result`` from the decoder's ``output``, published at ``now``; ``pending``:
+    the importance computed after the previous result, ``(seq, importance)``."""
+    result.labels = output.labels
+    result.probabilities, result.ids = output.probabilities, output.ids
+    result.scores, result.embedding = output.scores, output.embedding
+    if output.importance is not None:  # computed with the output
+        result.importance, result.importance_seq = output.importance, result.seq
+    elif pending is not None:  # computed after the previous result
+        result.importance_seq, result.importance = pending
+    result.t_published = now
+    result.late = result.t_published - result.t_arrived > budget_ms * 1e-3
 
 
 def _log_drop(task: DecoderTask, n: int, why: str, text: str, timestamp: float,

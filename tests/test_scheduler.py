@@ -418,3 +418,63 @@ def test_latency_percentiles_cover_the_last_results_only():
         task.latency.record(seconds)
     assert task.stats()["latency_ms"] == {"p50": pytest.approx(2.0), "p99": pytest.approx(2.0),
                                           "max": pytest.approx(2.0)}
+
+
+def test_worker_safe_sinks_get_the_result_on_the_worker_then_the_loop_counts_it():
+    """``direct``: the complete result goes to the thread-safe sinks from the decoder's
+    worker (no event-loop hop), then to the other sinks on the loop; a decoder with
+    importance keeps the loop path (its importance is loop state)."""
+    on_worker, on_loop = [], []
+
+    async def main():
+        loop_thread = threading.get_ident()
+        b = Bench(inline=False, loop=asyncio.get_running_loop())
+        b.scheduler.direct = (lambda r: on_worker.append((r, threading.get_ident())),
+                              lambda r: on_loop.append((r, threading.get_ident())))
+        fast = b.decoder("fast", TriggerSpec(length=10, every=10))
+        b.decoder("gnn", TriggerSpec(length=10, every=10), explains=True)
+        try:
+            b.feed(10)
+            assert await wait_for(lambda: len(on_loop) == 1 and len(b.results) == 1)
+            [(sent, worker)] = on_worker
+            assert sent.decoder == "fast" and worker != loop_thread
+            assert list(sent.embedding) == list(range(10)) and sent.t_published >= T0
+            assert on_loop == [(sent, loop_thread)]  # the same result, then on the loop
+            assert b.results[0].decoder == "gnn"  # the plain loop path
+            assert fast.results == 1 and not fast.busy
+        finally:
+            b.scheduler.close()
+
+    asyncio.run(main())
+
+
+def test_triggers_fire_from_an_acquisition_thread_while_markers_arrive_on_the_loop():
+    """The engine calls ``on_data`` on the source's own thread (no event-loop hop before the
+    worker wakes) while markers come in on the loop: every window is decoded exactly once."""
+
+    async def body(b):
+        b.decoder("sliding", TriggerSpec(length=10, every=10))
+        b.decoder("erp", TriggerSpec(length=10, marker="stim"))
+
+        def acquire():
+            for _ in range(20):
+                b.feed(10)
+                time.sleep(0.005)
+
+        thread = threading.Thread(target=acquire)
+        thread.start()
+        for sample in range(5, 150, 15):  # markers while the thread feeds
+            b.marker(sample)
+            await asyncio.sleep(0.003)
+        await asyncio.to_thread(thread.join)
+        tasks = b.scheduler.tasks
+        assert await wait_for(lambda: len(b.results) + sum(t.skipped for t in tasks.values())
+                              == 20 + 10 and not any(t.busy for t in tasks.values()))
+        sliding = sorted(r.embedding[0] for r in b.results if r.decoder == "sliding")
+        erp = sorted(r.embedding[0] for r in b.results if r.decoder == "erp")
+        assert len(sliding) + tasks["sliding"].skipped == 20
+        assert sliding == sorted(set(sliding)) and all(v % 10 == 0 for v in sliding)
+        assert len(erp) + tasks["erp"].skipped == 10
+        assert set(erp) <= set(range(5, 150, 15))
+
+    run_threaded(body)

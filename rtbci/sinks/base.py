@@ -15,7 +15,7 @@ class Sink(ABC):
     - on the engine's event loop thread, one call at a time: :meth:`start`, :meth:`publish`,
       :meth:`status_changed`, :meth:`stats_tick`, :meth:`stats` and :meth:`close`. These
       need no lock among themselves. Never on a decoder's worker thread: results reach the
-      loop first.
+      loop first (except for ``worker_safe`` sinks' :meth:`publish`, below).
     - from other threads, concurrently with the loop: :meth:`stream_added` (a source's
       acquisition thread, once per stream, before that stream's first result) and
       :meth:`marker` (a marker reader thread, one per source). State they share with the
@@ -26,9 +26,14 @@ class Sink(ABC):
 
     ``publish`` must return at once (no I/O wait): a sink that talks to the network queues
     the message and sends it from its own task, so a slow consumer never delays a decoder.
+
+    A sink with ``worker_safe = True`` instead gets :meth:`publish` on the decoder's worker
+    thread, as soon as the result is complete (no trip through the event loop), concurrently
+    for different decoders: it must be thread-safe (the LSL sink: one outlet per decoder).
     """
 
     kind: str = "sink"
+    worker_safe: bool = False
 
     async def start(self, status: dict) -> None:
         """Connect / open; ``status`` is the engine status (session, streams, decoders)."""

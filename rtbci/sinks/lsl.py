@@ -45,11 +45,12 @@ class LSLSink(Sink):
     """
 
     kind = "lsl"
+    worker_safe = True  # each decoder's worker pushes to its own outlet (liblsl is thread-safe)
 
     def __init__(self, config: LSLSinkConfig, session: str):
         self.config, self.session = config, session
         self.outlets: dict[str, tuple[pylsl.StreamOutlet, np.ndarray]] = {}
-        self.sent = 0
+        self.sent: dict[str, int] = {}  # per decoder: one writer thread each
 
     async def start(self, status: dict) -> None:
         self.status_changed(status)
@@ -86,10 +87,10 @@ class LSLSink(Sink):
         sample[:n] = values[:n]
         sample[n], sample[n + 1] = result.seq, result.latency_ms
         outlet.push_sample(sample, result.window_end)
-        self.sent += 1
+        self.sent[result.decoder] = self.sent.get(result.decoder, 0) + 1
 
     async def close(self) -> None:
         self.outlets.clear()
 
     def stats(self) -> dict:
-        return {"sent": self.sent}
+        return {"sent": sum(list(self.sent.values()))}  # a snapshot: workers may add keys
