@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -69,6 +70,10 @@ class Engine:
         self.unmatched: dict[str, str] = {}  # offline: source → why no recorded stream
         self._loop: asyncio.AbstractEventLoop | None = None
         self._attaching: set[asyncio.Future] = set()
+        # one decoder build at a time, whichever source it is for: torch.export (the ONNX
+        # export) traces with process-wide state, and a module built or run by another build
+        # meanwhile ended up in its graph ("Unexpected key _export_root.features")
+        self._build_lock = threading.Lock()
         self.preprocess = {cfg.name: source_preprocess(cfg, config) for cfg in config.sources}
 
     def __repr__(self) -> str:
@@ -148,10 +153,11 @@ class Engine:
 
     def _build(self, cfg: DecoderConfig, stream: Stream, where: str):
         """Load and warm up a decoder, and work out its trigger in samples (any thread)."""
-        decoder = load_decoder(cfg, stream.info, where, self.config.base_dir,
-                               self.preprocess[cfg.source])
-        start, length = decoder.window_start, decoder.n_samples
-        decoder(np.zeros((length, stream.info.n_channels), np.float32))  # warm-up, off the clock
+        with self._build_lock:
+            decoder = load_decoder(cfg, stream.info, where, self.config.base_dir,
+                                   self.preprocess[cfg.source])
+            start, length = decoder.window_start, decoder.n_samples
+            decoder(np.zeros((length, stream.info.n_channels), np.float32))  # warm-up
         every = round(cfg.every_ms * 1e-3 * stream.info.srate) if cfg.every_ms else 0
         if cfg.every_ms and every < 1:
             raise RtbciError(f"{where}.every_ms: {cfg.every_ms} ms is under one sample")
