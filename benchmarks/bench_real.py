@@ -167,11 +167,6 @@ def logreg_score(c: float, train: Windows, test: Windows) -> float:
     return float(clf.score(test.x.reshape(len(test.x), -1), test.labels))
 
 
-class _Quiet:
-    def update(self, n: int = 1) -> None:
-        pass
-
-
 def auto_score(candidates: list[Candidate], train: dict, test: dict, opts: TrainOptions,
                inner_folds: int) -> tuple[float, dict]:
     """``rtbci train auto`` on the training windows only: each candidate cross-validated
@@ -182,7 +177,7 @@ def auto_score(candidates: list[Candidate], train: dict, test: dict, opts: Train
         win = train[cand]
         task = _classes_task(win, replace(opts, val_fraction=0.0))
         masks = folds(win, task["target"], inner_folds, opts.seed)
-        rows.append((cand, _cross_validate(cand, win, task, masks, opts, _Quiet())))
+        rows.append((cand, _cross_validate((cand, "train", masks), {"train": win}, opts)))
     scored = [(c, r) for c, r in rows if "accuracy" in r]
     if not scored:
         raise RtbciError("auto: no candidate could be trained")
