@@ -68,8 +68,11 @@ def connect(mode: str, workers: int | None = None) -> Session | None:
             else:
                 ray.init(address=mode, **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as exc:
+            hint = "" if mode == "local" or os.environ.get("RAY_AUTH_MODE") else (
+                " (a cluster with token authentication, Ray's default for `ray start` since "
+                "2.59, needs RAY_AUTH_MODE=token and its token: docs/cluster.md)")
             raise RtbciError(f"--ray {mode}: cannot connect to a Ray cluster: "
-                             f"{str(exc).splitlines()[0]}") from None
+                             f"{str(exc).splitlines()[0]}{hint}") from None
     cpus = int(ray.cluster_resources().get("CPU", 1))
     address = "local" if mode == "local" else _address(ray, mode)
     _session = Session(address, min(cpus, workers or cpus), started)
