@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import shutil
 import socket
 import subprocess
 import sys
@@ -23,6 +22,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from rtbci.bench.run import free_port, start_mosquitto  # loopback, TCP_NODELAY
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -46,27 +47,6 @@ kind = "mqtt"
 url = "mqtt://127.0.0.1:{port}"
 qos = 0
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_mosquitto(workdir: Path, port: int) -> subprocess.Popen:
-    conf = workdir / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                    "log_dest none\nset_tcp_nodelay true\n")
-    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    proc = subprocess.Popen([binary, "-c", str(conf)])
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.1).close()
-            return proc
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("mosquitto did not start")
 
 
 async def subscribe(port: int, duration: float, out: Path) -> None:
