@@ -273,3 +273,18 @@ def test_unreadable_inputs_are_named(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(RtbciError, match="not an rtbci session directory"):
         read_recording(tmp_path / "empty")
+
+
+@pytest.mark.parametrize("suffix", ["_raw.fif", ".edf"])
+def test_recordings_read_block_by_block_equal_one_read(tmp_path, suffix):
+    """A file read in blocks (MNE's float64 copies one block at a time) gives the samples of
+    reading it whole, bit for bit, blocks ending mid-file included."""
+    from rtbci.devices.recording import _float32_samples, info_from_mne
+
+    path = tmp_path / f"blocks{suffix}"
+    write(make_raw(seconds=6.0), path)  # 1,500 samples
+    raw = mne.io.read_raw(path, preload=False, verbose="error")
+    _, factors = info_from_mne(raw.info, "blocks", "blocks")
+    whole = (raw.get_data().T * factors).astype(np.float32)
+    np.testing.assert_array_equal(_float32_samples(raw, factors, block=256), whole)
+    np.testing.assert_array_equal(read_recording(path).streams[0].data, whole)
