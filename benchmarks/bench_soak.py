@@ -29,7 +29,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bench_engine_latency import free_port, start_mosquitto
+
+from rtbci.bench.run import free_port, start_mosquitto  # loopback, TCP_NODELAY
 
 RESULTS = Path(__file__).parent / "results"
 RSS_PERIOD_S = 5.0

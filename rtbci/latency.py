@@ -22,6 +22,18 @@ def percentiles(values, qs: Sequence[float] = (50, 99)) -> tuple[float, ...]:
     return tuple(float(p) for p in np.percentile(v, qs))
 
 
+def summary(values, digits: int = 3) -> dict[str, float | None]:
+    """``{"p50", "p99", "max"}`` of ``values`` (in the unit wanted, e.g. ms), rounded to
+    ``digits``; None for each if there are none. For a finished run's array (benchmarks);
+    live figures use :class:`LatencyWindow`."""
+    v = np.asarray(values, dtype=np.float64)
+    if not v.size:
+        return {"p50": None, "p99": None, "max": None}
+    p50, p99 = percentiles(v)
+    return {"p50": round(p50, digits), "p99": round(p99, digits),
+            "max": round(float(v.max()), digits)}
+
+
 class LatencyWindow:
     """The last ``size`` latencies, in seconds, and their p50 / p99 / max.
 

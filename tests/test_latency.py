@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from rtbci.latency import LatencyWindow, percentiles
+from rtbci.latency import LatencyWindow, percentiles, summary
 
 
 def test_the_window_keeps_the_last_values_only():
@@ -23,3 +23,9 @@ def test_the_window_keeps_the_last_values_only():
 def test_percentiles_of_a_sequence():
     assert percentiles([1.0, 2.0, 3.0]) == (2.0, pytest.approx(2.98))
     assert all(np.isnan(v) for v in percentiles([], (50, 90, 99)))
+
+
+def test_summary_of_a_finished_run_rounds_and_says_none_when_empty():
+    assert summary([]) == {"p50": None, "p99": None, "max": None}
+    ms = np.arange(1, 101, dtype=float) / 3  # 0.333 … 33.333
+    assert summary(ms) == {"p50": 16.833, "p99": 33.003, "max": 33.333}

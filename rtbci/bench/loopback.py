@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import pylsl
 
+from rtbci.latency import summary
+
 RATE, CHUNK, CHANNELS = 1000.0, 10, 64
 
 
@@ -87,10 +89,7 @@ def analyse(data: dict) -> dict:
             software.append((t_recv - window_end) * 1e3)
 
     def pct(x):
-        x = np.asarray(x)
-        return {"p50": round(float(np.percentile(x, 50)), 3),
-                "p99": round(float(np.percentile(x, 99)), 3),
-                "max": round(float(x.max()), 3), "n": int(x.size)} if x.size else None
+        return {**summary(x), "n": len(x)} if len(x) else None
 
     return {"loop_in_samples_ms": pct(loop), "result_received_ms": pct(software),
             "results": int(len(results)), "ttl_pulses": len(where),

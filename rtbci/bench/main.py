@@ -16,6 +16,7 @@ import numpy as np
 
 from rtbci.bench import gpu, report, run, sweeps, timeflux
 from rtbci.errors import RtbciError
+from rtbci.latency import summary
 
 ROWS = ("rtbci", "rtbci-mqtt", "pylsl-naive", "mne-lsl", "timeflux")
 EXTRA_ROWS = ("null",)  # on request only: reads the stream, sends nothing
@@ -80,12 +81,9 @@ def machine() -> dict:
 
 
 def row_figures(system: str, figures: dict) -> dict:
-    ms = figures["latencies"]
-    pct = (lambda q: round(float(np.percentile(ms, q)), 3)) if ms.size else (lambda q: None)
     return {"system": system, "settings": SETTINGS.get(system, system),
             "results_per_s": round(figures["results_per_s"], 2),
-            "latency_ms": {"p50": pct(50), "p99": pct(99),
-                           "max": round(float(ms.max()), 3) if ms.size else None},
+            "latency_ms": summary(figures["latencies"]),
             "cpu_percent": round(figures["cpu_percent"], 1), "lost": figures["lost"],
             "expected": figures["expected"], "received": figures["received"]}
 

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 
 from rtbci.bench.run import STAGES
+from rtbci.latency import summary
 
 
 def stage_summary(stage: dict[str, np.ndarray]) -> dict:
     """``{stage: {"p50", "p99"}}`` in ms, plus the result count."""
-    out = {name: {"p50": round(float(np.percentile(v, 50)), 3),
-                  "p99": round(float(np.percentile(v, 99)), 3)} for name, v in stage.items()}
+    out = {name: {k: summary(v)[k] for k in ("p50", "p99")} for name, v in stage.items()}
     out["n"] = int(len(next(iter(stage.values()))))
     return out
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rtbci.bench.run import Sender, latencies, run_segment
+from rtbci.latency import summary
 
 # sweep → [(label, sender settings, decoders per stream, slow decoder ms)]
 POINTS: dict[str, list[tuple[str, dict, int, float]]] = {
@@ -37,11 +38,8 @@ def run_point(settings: dict, decoders: int, slow_ms: float, duration: float) ->
 
 
 def figures(f: dict, seg) -> dict:
-    import numpy as np
-
-    ms = f["latencies"]
-    p = (lambda q: round(float(np.percentile(ms, q)), 3)) if ms.size else (lambda q: None)
-    return {"p50_ms": p(50), "p99_ms": p(99), "cpu_percent": round(f["cpu_percent"], 1),
+    ms = summary(f["latencies"])
+    return {"p50_ms": ms["p50"], "p99_ms": ms["p99"], "cpu_percent": round(f["cpu_percent"], 1),
             "lost": f["lost"], "expected": f["expected"],
             "loss_fraction": round(f["lost"] / f["expected"], 4) if f["expected"] else None,
             "overhead_p99_ms": overhead_p99(seg)}
@@ -49,15 +47,13 @@ def figures(f: dict, seg) -> dict:
 
 def overhead_p99(seg) -> float | None:
     """p99 of (end-to-end − inference) over the first decoder's results: the engine's share."""
-    import numpy as np
-
     from rtbci.bench.run import stages
 
     s = stages([seg])
     if s is None:
         return None
     total = sum(s.values()) - s["inference"]
-    return round(float(np.percentile(total, 99)), 3)
+    return summary(total)["p99"]
 
 
 def run_config(config: dict, duration: float, workdir: Path):
