@@ -154,3 +154,10 @@ def test_loopback_measures_in_amplifier_samples():
     assert out["loop_in_samples_ms"]["max"] == pytest.approx(12.0)
     assert out["result_received_ms"]["max"] == pytest.approx(11.5)
     assert out["ttl_pulses"] == 10 and out["results"] == 10
+
+
+def test_setup_timeflux_builds_only_what_is_missing(monkeypatch, tmp_path):
+    assert not timeflux.built(tmp_path / "none") and not timeflux.built(tmp_path)
+    monkeypatch.setattr(timeflux, "built", lambda path: True)
+    monkeypatch.setattr(timeflux.subprocess, "run", lambda *a, **k: pytest.fail("rebuilt"))
+    assert timeflux.setup(tmp_path) == tmp_path / "bin" / "python"

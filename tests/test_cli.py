@@ -206,6 +206,15 @@ def test_the_two_readme_installs_get_one_torch():
     assert "rtbci[neural,gui]" in extras["test"]
 
 
+def test_ci_runs_the_readme_test_command_verbatim():
+    root = Path(__file__).parents[1]
+    readme = [line for line in (root / "README.md").read_text().splitlines()
+              if line.startswith("pip install -e '.[test]'")]
+    ci = [line for line in (root / ".ci" / "run").read_text().splitlines()
+          if line.startswith("pip install")]
+    assert len(readme) == 1 and ci == readme
+
+
 @pytest.mark.slow
 def test_ctrl_c_in_a_terminal_stops_the_demo_and_its_broker_cleanly(tmp_path):
     """Ctrl-C reaches the terminal's whole process group: the demo must close its MQTT sink

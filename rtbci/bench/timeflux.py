@@ -93,9 +93,20 @@ def python() -> Path | None:
     return exe if exe.exists() else None
 
 
+def built(path: Path) -> bool:
+    """Whether the virtualenv at ``path`` imports Timeflux's LSL nodes already."""
+    exe = path / "bin" / "python"
+    return exe.exists() and subprocess.run(
+        [str(exe), "-c", "import timeflux.nodes.lsl"], capture_output=True).returncode == 0
+
+
 def setup(path: Path | None = None) -> Path:
-    """Build the Timeflux virtualenv at ``path``; returns its python."""
+    """Build the Timeflux virtualenv at ``path`` (nothing to do if it works already: delete
+    the folder to rebuild it); returns its python."""
     path = path or venv()
+    if built(path):
+        print(f"timeflux ready: {path / 'bin' / 'python'} (built before)", flush=True)
+        return path / "bin" / "python"
     print(f"creating {path} …", flush=True)
     subprocess.run([sys.executable, "-m", "venv", "--clear", str(path)], check=True)
     exe = path / "bin" / "python"
