@@ -262,3 +262,31 @@ def test_command_mistakes_are_one_line_before_anything_runs(study, monkeypatch, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"rtbci: error: {message}"), err
     assert not (study / "nothing").exists()
+
+
+def test_a_classifier_that_knows_nothing_scores_chance(study, tmp_path):
+    """The per-file accuracy can fail: the demo classifier with its weights zeroed (a
+    constant output) names one class every time and scores no more than that class's share
+    of the trials, where the trained one is well above it."""
+    import numpy as np
+
+    shutil.copytree(study, tmp_path / "study")
+    path = tmp_path / "study" / "model" / "trial.npz"
+    with np.load(path) as f:
+        trained = dict(f)
+    np.savez(path, **{**trained, "coef": np.zeros_like(trained["coef"]),
+                      "intercept": np.zeros_like(trained["intercept"])})
+    runs = {}
+    for name, weights in (("zeroed", None), ("trained", trained)):
+        if weights is not None:
+            np.savez(path, **weights)
+        assert main(["-q", "evaluate", str(tmp_path / "study" / "study.toml"), "--data",
+                     str(tmp_path / "study" / "data"), "--ray", "off", "--out",
+                     str(tmp_path / name)]) == 0
+        runs[name] = json.loads((tmp_path / name / "report.json").read_text())
+    for entry in runs["zeroed"]["files"]:
+        trial = entry["decoders"]["trial"]  # confusion: true label → {predicted: count}
+        predicted = {p for row in trial["confusion"].values() for p in row}
+        majority = max(sum(row.values()) for row in trial["confusion"].values()) / trial["n"]
+        assert trial["n"] >= 10 and len(predicted) == 1 and trial["accuracy"] <= majority
+    assert runs["trained"]["decoders"]["trial"]["accuracy"]["mean"] >= 0.7
