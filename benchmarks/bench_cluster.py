@@ -109,6 +109,8 @@ def main() -> None:
     plot(args.out / "cluster.png", result)
     for key, value in result.items():
         print(f"{key:<26} {value}")
+    if not result["identical_reports"] or result["failed"]:
+        raise SystemExit("bench_cluster: the serial and Ray reports differ or files failed")
 
 
 def plot(path: Path, result: dict) -> None:
