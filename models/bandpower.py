@@ -20,10 +20,18 @@ from rtbci.errors import RtbciError
 from rtbci.models.base import Decoder, DecoderOutput
 
 DEFAULT_BANDS = ((4.0, 8.0), (8.0, 13.0), (13.0, 30.0))
+DFT_MAX_COLUMNS = 64  # bands' bins × 2 (cos, sin) up to which one matmul beats the full rfft
 
 
 class BandPower(Decoder):
     """log10 power in frequency bands per channel: ``log10 Σ_band |rfft(hann · (x − mean))|²``.
+
+    When the bands hold few bins (``2 · n_bins ≤ DFT_MAX_COLUMNS``, e.g. 13 bins for
+    4–30 Hz over 500 ms), the DFT at those bins is one float32 matmul with a precomputed
+    ``[hann·cos | hann·sin]`` matrix whose column means are removed (that is the mean removal:
+    ``Σ_t (x_t − x̄) d_t = Σ_t x_t (d_t − d̄)``; the first sample is subtracted before, so no
+    large DC offset cancels in float32): ~5× faster than the full rfft, equal to it within
+    float32 rounding (~1e-6 in log10 power). Otherwise the rfft runs, in float64.
 
     Parameters
     ----------
@@ -50,6 +58,17 @@ class BandPower(Decoder):
                              f"{n_samples}-sample window at {srate:g} Hz")
         self._taper = signal.get_window("hann", n_samples)[:, None]  # periodic Hann
         self._work = np.empty((n_samples, n_channels))
+        self._dft = self._band_sums = None
+        bins = np.flatnonzero(self._band_matrix.any(axis=0))
+        if 2 * len(bins) <= DFT_MAX_COLUMNS:
+            angle = 2 * np.pi * np.outer(np.arange(n_samples), bins) / n_samples
+            dft = np.hstack([self._taper * np.cos(angle), self._taper * np.sin(angle)])
+            dft -= dft.mean(axis=0)  # the mean removal, folded in
+            self._dft = np.ascontiguousarray(dft.T, dtype=np.float32)  # (2 n_bins, n_samples)
+            sums = self._band_matrix[:, bins]  # (n_bands, n_bins)
+            self._band_sums = np.hstack([sums, sums]).astype(np.float32)  # (n_bands, 2 n_bins)
+            self._spectrum = np.empty((2 * len(bins), n_channels), np.float32)
+            self._offset_free = np.empty((n_samples, n_channels), np.float32)
         self.n_features = n_channels * len(self.bands)
         self.kind, self.output_size = "embedding", self.n_features
         self.coef = self.intercept = None
@@ -72,6 +91,13 @@ class BandPower(Decoder):
 
     def features(self, window: np.ndarray) -> np.ndarray:
         """Log band power, shape ``(n_channels * n_bands,)``, channel-major."""
+        if self._dft is not None:
+            # minus the first sample: no large DC offset left to cancel in float32 sums
+            x = np.subtract(window, window[:1], out=self._offset_free, casting="same_kind")
+            spectrum = np.matmul(self._dft, x, out=self._spectrum)  # (2 n_bins, n_ch)
+            spectrum *= spectrum
+            bands = self._band_sums @ spectrum  # (n_bands, n_channels)
+            return np.log10(bands.T.ravel() + 1e-20)
         work = self._work
         np.subtract(window, window.mean(axis=0, dtype=np.float64), out=work)  # DC offsets
         work *= self._taper

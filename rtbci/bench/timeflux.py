@@ -43,13 +43,18 @@ class LogBandPower(Node):
         if not self.i.ready():
             return
         x = self.i.data.values
-        if self._n != len(x):
-            self._n = len(x)
-            f = np.fft.rfftfreq(len(x), 1.0 / self._rate)
-            self._bands = np.array([(f >= lo) & (f < hi) for lo, hi in BANDS], float)
-            self._taper = np.hanning(len(x) + 1)[:-1, None]
-        power = np.abs(np.fft.rfft((x - x.mean(0)) * self._taper, axis=0)) ** 2
-        values = np.log10(self._bands @ power + 1e-30).T.reshape(1, -1)
+        if self._n != len(x):  # rtbci's BandPower: the DFT at the bands' bins as one matmul
+            n = self._n = len(x)
+            f = np.fft.rfftfreq(n, 1.0 / self._rate)
+            bands = np.array([(f >= lo) & (f < hi) for lo, hi in BANDS], float)
+            bins = np.flatnonzero(bands.any(axis=0))
+            angle = 2 * np.pi * np.outer(np.arange(n), bins) / n
+            taper = np.hanning(n + 1)[:-1, None]
+            dft = np.hstack([taper * np.cos(angle), taper * np.sin(angle)])
+            self._dft = (dft - dft.mean(axis=0)).T  # mean removal folded in
+            self._sums = np.hstack([bands[:, bins], bands[:, bins]])
+        spectrum = self._dft @ (x - x[:1])
+        values = np.log10(self._sums @ (spectrum * spectrum) + 1e-20).T.reshape(1, -1)
         self.o.data = pd.DataFrame(values, index=self.i.data.index[-1:])
 '''
 

@@ -9,21 +9,28 @@ from rtbci.errors import RtbciError
 from rtbci.models.bandpower import BandPower, fit_lda
 
 
-def test_band_power_matches_scipy_periodogram():
+@pytest.mark.parametrize("bands, matmul", [
+    ([(4, 8), (8, 13), (13, 30)], False),  # 52 bins of 0.5 Hz: the rfft
+    ([(8, 13), (18, 24)], True),  # 22 bins: one matmul at the bins
+])
+def test_band_power_matches_scipy_periodogram(bands, matmul):
     fs, n = 250.0, 500
     t = np.arange(n) / fs
     rng = np.random.default_rng(0)
     x = rng.standard_normal((n, 3)).astype(np.float32)
     x[:, 1] += 5 * np.sin(2 * np.pi * 10 * t)  # alpha on channel 1
-    bp = BandPower(n, 3, fs, bands=[(4, 8), (8, 13), (13, 30)])
-    feats = bp(x).embedding.reshape(3, 3)  # (channel, band)
+    x += np.float32(300.0)  # a DC offset: removed before the taper
+    bp = BandPower(n, 3, fs, bands=bands)
+    assert (bp._dft is not None) == matmul
+    feats = bp(x).embedding.reshape(3, len(bands))  # (channel, band)
     freqs, pxx = signal.periodogram(x, fs=fs, window="hann", detrend="constant", axis=0,
                                     scaling="spectrum", return_onesided=False)
     for band, (lo, hi) in enumerate(bp.bands):
         sel = (freqs >= lo) & (freqs < hi)
         ref = np.log10(pxx[sel].sum(axis=0) * signal.get_window("hann", n).sum() ** 2)
         np.testing.assert_allclose(feats[:, band], ref, rtol=1e-4)
-    assert feats[1, 1] > feats[0, 1] + 1  # 10 Hz power shows up in channel 1's alpha band
+    alpha = bp.bands.index((8.0, 13.0))
+    assert feats[1, alpha] > feats[0, alpha] + 1  # 10 Hz power shows up in channel 1's alpha
 
 
 def test_classifier_gives_probabilities_for_its_labels(tmp_path):
