@@ -7,7 +7,8 @@ values (about 0.1 ms for 4096) however long the run.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -79,3 +80,20 @@ class LatencyWindow:
         values = self._values[:n]
         p50, p99 = percentiles(values)
         return {"p50": p50 * 1e3, "p99": p99 * 1e3, "max": float(values.max()) * 1e3}
+
+
+def local_clock() -> Callable[[], float]:
+    """The LSL clock (seconds) as the cheapest function that reads it.
+
+    liblsl's clock is the C++ steady clock, which is ``CLOCK_MONOTONIC`` on Linux (and the
+    mach clock on macOS), the clock :func:`time.monotonic` reads: a ~1 µs call that keeps
+    the GIL, where ``pylsl.local_clock`` is a ctypes call that releases and retakes it. Returns
+    :func:`time.monotonic` when both read the same (checked here), else
+    ``pylsl.local_clock``.
+    """
+    import pylsl
+
+    before, mono, after = pylsl.local_clock(), time.monotonic(), pylsl.local_clock()
+    if before - 1e-4 <= mono <= after + 1e-4:
+        return time.monotonic
+    return pylsl.local_clock

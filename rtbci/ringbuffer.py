@@ -45,7 +45,8 @@ class RingBuffer:
         Samples written (and published) since creation; sample ``k`` (0-based) lives at
         ``k % capacity``.
     gaps : int
-        Timestamp jumps larger than 1.5 sample periods (between or within chunks).
+        Timestamp jumps larger than 1.5 sample periods (between or within chunks; a chunk
+        whose span matches its sample count within half a period is not scanned inside).
     gap_seconds : float
         Total time missing across those jumps, in seconds.
     overflows : int
@@ -67,6 +68,7 @@ class RingBuffer:
         self._arrivals = np.full(self.capacity, np.nan)  # arrival time per sample, seconds
         self._dt = np.empty(self.capacity, dtype=np.float64)  # scratch for gap detection
         self._max_step = self.GAP_FACTOR / self.srate if self.srate > 0 else np.inf
+        self._period = 1.0 / self.srate if self.srate > 0 else 0.0
         self._claimed = 0  # counters below this are written or being written
         self.count = 0
         self.gaps = 0
@@ -143,6 +145,9 @@ class RingBuffer:
         if self.count:
             self._note_step(timestamps[0] - self.last_timestamp)
         if n > 1:
+            span = float(timestamps[n - 1] - timestamps[0])
+            if abs(span - (n - 1) * self._period) <= 0.5 * self._period:
+                return  # spans its sample count: no sample missing (no scan, ~µs)
             if n - 1 > len(self._dt):  # oversized chunk (rare): grow the scratch once
                 self._dt = np.empty(n - 1, dtype=np.float64)
             dt = self._dt[: n - 1]

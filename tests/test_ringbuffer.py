@@ -80,6 +80,19 @@ def test_gap_detection_between_and_within_chunks():
     assert ring.gap_seconds == pytest.approx(0.7, abs=1e-9)
 
 
+def test_a_chunk_spanning_its_sample_count_is_not_scanned_for_gaps():
+    """Jitter inside a chunk whose stamps span its sample count is not a gap (no sample is
+    missing); a chunk one sample longer is scanned and its jump counted."""
+    ring = RingBuffer(100, 1, srate=100.0)
+    jittered = np.array([0, 1, 3, 3.2, 4, 5, 6, 7, 8, 9]) / 100.0  # a 2-period step, 9 in all
+    ring.write(np.zeros((10, 1), np.float32), jittered)
+    assert ring.gaps == 0
+    missing = (10 + np.r_[0:5, 6:11]) / 100.0  # sample 15 never came
+    ring.write(np.zeros((10, 1), np.float32), missing)
+    assert ring.gaps == 1
+    assert ring.gap_seconds == pytest.approx(0.01)
+
+
 def test_write_allocates_nothing():
     import tracemalloc
 

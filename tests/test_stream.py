@@ -3,6 +3,7 @@
 import asyncio
 import sys
 import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from rtbci.config import parse_config
 from rtbci.devices.recording import RecordedStream, Recording
 from rtbci.engine import Engine
 from rtbci.preprocess import PreprocessConfig, Preprocessor
-from rtbci.stream import Stream, StreamInfo
+from rtbci.stream import NonFinite, Stream, StreamInfo, find_nonfinite
 
 INFO = StreamInfo("s", "EEG", "sid", 1000.0, ("a", "b", "c"), ("eeg",) * 3, ("uV",) * 3)
 
@@ -216,3 +217,14 @@ def test_ingest_of_finite_chunks_allocates_nothing():
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert peak < 2_000  # bytes: small Python objects only, never a per-chunk array
+
+
+def test_find_nonfinite_tells_huge_finite_values_from_nan_and_inf():
+    x = np.full((10, 4), 1e30, np.float32)  # x · x overflows float32: the mask decides
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # numpy may warn of the overflow
+        assert find_nonfinite(x) is None
+        x[3, 1] = np.inf
+        assert find_nonfinite(x) == NonFinite(1, 3, 4)
+        x[3, 1], x[5, 2], x[7, 0] = 0.0, np.nan, -np.inf
+        assert find_nonfinite(x) == NonFinite(2, 5, 8)
