@@ -176,6 +176,10 @@ class DecoderConfig(_Strict):
     device: str = "cpu"
     precision: Literal["fp32", "tf32", "fp16", "bf16"] = "fp32"
     threads: int | None = Field(None, ge=1, description="inference threads (default: 1 on CPU)")
+    thread: Literal["own", "source"] = Field(
+        "own", description="own: the decoder's own worker thread; source: its source's "
+        "acquisition thread, right after the chunk that completes its window (no wake-up, no "
+        "window copy; for decoders far faster than a chunk period)")
     options: dict[str, Any] = {}
 
     @model_validator(mode="after")

@@ -12,7 +12,6 @@ from collections.abc import Callable
 from functools import partial
 
 import numpy as np
-import pylsl
 
 from rtbci import __version__
 from rtbci.acquisition import Acquisition
@@ -23,6 +22,7 @@ from rtbci.devices.recording import Recording
 from rtbci.devices.replay import schedule
 from rtbci.errors import RtbciError
 from rtbci.events import summarize_markers
+from rtbci.latency import local_clock
 from rtbci.messages import Result
 from rtbci.models import checkpoint_path, is_checkpoint, load_decoder
 from rtbci.models.checkpoint import load_checkpoint
@@ -44,15 +44,16 @@ class Engine:
     ----------
     config : Config
     clock : callable
-        Seconds on the LSL clock; stamps arrivals and every timing field.
+        Seconds on the LSL clock; stamps arrivals and every timing field (default:
+        :func:`rtbci.latency.local_clock`).
     sinks : list of Sink | None
         Extra sinks besides the configured ones (e.g. a test's collector).
     """
 
-    def __init__(self, config: Config, clock: Callable[[], float] = pylsl.local_clock,
+    def __init__(self, config: Config, clock: Callable[[], float] | None = None,
                  sinks: list[Sink] | None = None):
         self.config = config
-        self.clock = clock
+        self.clock = clock or local_clock()
         self.session = config.engine.session
         self.acquisitions: dict[str, Acquisition] = {}
         self.markers: dict[str, deque[tuple[float, str]]] = {}  # per source: (timestamp, text)
@@ -170,7 +171,7 @@ class Engine:
                           stream: Stream) -> None:
         start, length, every = trigger.start, trigger.length, trigger.every
         task = DecoderTask(cfg.name, decoder, stream, trigger, cfg.budget_ms, cfg.timeout_ms,
-                           self.session)
+                           self.session, cfg.thread)
         self.scheduler.add(task, cfg.device)
         self.decoder_states[cfg.name] = "running"
         self.decoder_status[cfg.name] = {
@@ -238,6 +239,15 @@ class Engine:
             except Exception as exc:  # a broken sink must not stop the others
                 log.error("sink %s failed: %s", sink.kind, exc)
 
+    def _limit_blas(self) -> None:
+        """Cap numpy's BLAS pool (process-wide) at the most ``threads`` a CPU decoder asks for
+        (default 1): idle OpenBLAS threads spin and would take the cores the sources, the
+        sinks and the other decoders need."""
+        from threadpoolctl import threadpool_limits
+
+        cpu = [d.threads or 1 for d in self.config.decoders if d.device == "cpu"]
+        threadpool_limits(max(cpu, default=1), user_api="blas")
+
     async def _watchdog(self) -> None:
         while True:
             await asyncio.sleep(WATCHDOG_S)
@@ -250,9 +260,11 @@ class Engine:
         ``on_tick(engine)`` is called every ``engine.stats_interval_s`` (live stats).
         """
         self._loop = asyncio.get_running_loop()
+        on_loop = (partial(self._publish, worker_safe=False)
+                   if any(not sink.worker_safe for sink in self.sinks) else None)
         self.scheduler = Scheduler(self._loop, self.clock, self._publish,
-                                   direct=(partial(self._publish, worker_safe=True),
-                                           partial(self._publish, worker_safe=False)))
+                                   direct=(partial(self._publish, worker_safe=True), on_loop))
+        self._limit_blas()
         stop = stop or asyncio.Event()
         for sink in self.sinks:
             await sink.start(self.status())
@@ -302,6 +314,7 @@ class Engine:
         clock = VirtualClock()
         self.clock = clock
         self.scheduler = Scheduler(self._loop, clock, self._publish, inline=True)
+        self._limit_blas()
         for sink in self.sinks:
             await sink.start(self.status())
         streams, routes = await self._offline_streams(recording)

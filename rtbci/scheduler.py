@@ -6,6 +6,13 @@ fires. A decoder still busy when its next trigger fires skips that trigger (coun
 worker thread, so a slow decoder never delays another; one that raises is isolated; one that
 runs past its ``timeout_ms`` is reported (the others keep running on their own threads).
 
+A decoder with ``thread = "source"`` runs instead on its source's acquisition thread, right
+after the chunk that completes its window landed, on a zero-copy view of the ring buffer: no
+thread wake-up and no window copy. It delays that source's next chunk while it runs, so one
+that takes longer than ``SOURCE_THREAD_MAX_MS`` for ``SOURCE_THREAD_STRIKES`` windows in a
+row moves to its own worker for the rest of the run (logged). A window that a marker
+completes (the marker arriving after its samples) runs on the worker too.
+
 A decoder with per-channel importance (``options.importance``) computes it on its own worker
 *after* its result was handed to the sinks; the importance travels with the decoder's next
 result, with ``importance_seq`` naming the result it belongs to (docs/messages.md).
@@ -24,6 +31,7 @@ import heapq
 import itertools
 import logging
 import threading
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +48,8 @@ log = logging.getLogger("rtbci.scheduler")
 
 LATENCY_WINDOW = 4096  # results per decoder that the latency percentiles cover
 MAX_PENDING_MARKERS = 4096  # markers waiting for their window, per decoder
+SOURCE_THREAD_MAX_MS = 2.0  # a decoder on its source's thread taking longer …
+SOURCE_THREAD_STRIKES = 3  # … for this many windows in a row moves to its own worker
 
 
 @dataclass
@@ -69,8 +79,17 @@ class TriggerSpec:
 
 @dataclass
 class Job:
+    """A window to decode: ``window`` is the task's copy, or (on the source's thread) a view
+    of the ring buffer, shape ``(n_samples, n_channels)``."""
+
     task: DecoderTask
     result: Result
+    window: np.ndarray
+
+    @property
+    def on_source(self) -> bool:
+        """Whether it runs on its source's thread (on a view of the ring buffer)."""
+        return self.window is not self.task.window
 
 
 class DecoderTask:
@@ -78,9 +97,15 @@ class DecoderTask:
     a source's acquisition thread or the event loop; ``busy`` is cleared on the loop)."""
 
     def __init__(self, name: str, decoder: Decoder, stream: Stream, trigger: TriggerSpec,
-                 budget_ms: float, timeout_ms: float, session: str = ""):
+                 budget_ms: float, timeout_ms: float, session: str = "", thread: str = "own"):
         self.name, self.decoder, self.stream, self.trigger = name, decoder, stream, trigger
         self.budget_ms, self.timeout_ms, self.session = budget_ms, timeout_ms, session
+        self.explains = bool(getattr(decoder, "explains", False))
+        if thread == "source" and self.explains:
+            log.warning("decoder %r: its importance runs after each result, on its own thread; "
+                        "thread = 'source' ignored", name)
+        self.thread = "own" if self.explains else thread  # "own" | "source"
+        self.strikes = 0  # windows in a row over SOURCE_THREAD_MAX_MS on the source's thread
         self.window = np.zeros((trigger.length, stream.info.n_channels), dtype=np.float32)
         # Sliding windows end at counters length + k * every; start at the first one still to
         # come (a decoder attached to a running stream has missed nothing it could have seen).
@@ -90,7 +115,6 @@ class DecoderTask:
         self.next_end = trigger.length + k * trigger.every  # counter after its last sample
         self.seq = k
         self.busy = False
-        self.explains = bool(getattr(decoder, "explains", False))
         self.importance: tuple[int, np.ndarray] | None = None  # (seq, importance) to send
         # markers waiting for their window: a heap of (timestamp, arrival order, text, label)
         self.pending: list[tuple[float, int, str, str]] = []
@@ -101,7 +125,8 @@ class DecoderTask:
         self.latency = LatencyWindow(LATENCY_WINDOW)
 
     def stats(self) -> dict:
-        out = {"results": self.results, "late": self.late, "skipped": self.skipped,
+        out = {"thread": self.thread, "results": self.results, "late": self.late,
+               "skipped": self.skipped,
                "errors": self.errors, "timeouts": self.timeouts,
                "invalid_windows": self.invalid_windows,
                "latency_ms": self.latency.summary_ms()}
@@ -118,7 +143,7 @@ def run_job(job: Job, clock: Callable[[], float]) -> tuple[DecoderOutput | None,
     job.result.t_started = clock()
     output = error = None
     try:
-        output = job.task.decoder(job.task.window)
+        output = job.task.decoder(job.window)
     except Exception as exc:  # isolate the decoder; report, keep running
         error = f"{type(exc).__name__}: {exc}"
         log.debug("decoder %r raised:\n%s", job.task.name, traceback.format_exc())
@@ -158,6 +183,13 @@ class Worker:
             self._job = job
             self._cond.notify()
 
+    def run_here(self, job: Job) -> None:
+        """Run ``job`` in the calling thread, seen by the watchdog as this worker's."""
+        self.reported = False
+        self.running = (job, self.clock())
+        self.work(job)
+        self.running = None
+
     def close(self) -> None:
         with self._cond:
             self._closed = True
@@ -183,8 +215,9 @@ class Scheduler:
     :meth:`on_data` may run on a source's acquisition thread, right after a chunk lands (no
     trip through the event loop before a decoder's worker wakes); :meth:`add`,
     :meth:`on_data` and :meth:`on_marker` hold the scheduler's lock, so they may run on
-    different threads. Everything else runs on the event loop's thread. With ``inline``
-    (offline replay) each job runs at once in the calling thread.
+    different threads. Everything else runs on the event loop's thread, except a result's
+    bookkeeping when no sink needs the loop (``direct``). With ``inline`` (offline replay)
+    each job runs at once in the calling thread.
 
     Parameters
     ----------
@@ -192,16 +225,18 @@ class Scheduler:
     clock : callable, seconds on the LSL clock
     publish : callable(Result)
         Called on the loop thread with each finished result (``t_published`` set).
-    direct : (callable(Result), callable(Result)) | None
+    direct : (callable(Result), callable(Result) | None) | None
         ``(on_worker, on_loop)``: hand each result of a decoder without importance to
         ``on_worker`` on its worker thread as soon as it is complete (sinks that may publish
         from any thread: no event-loop hop), then to ``on_loop`` (instead of ``publish``) on
-        the loop thread with the bookkeeping.
+        the loop thread with the bookkeeping. ``on_loop`` None (no sink needs the loop):
+        the bookkeeping is done on the worker too, and the loop is not woken at all.
     """
 
     def __init__(self, loop, clock: Callable[[], float], publish: Callable[[Result], None],
                  inline: bool = False,
-                 direct: tuple[Callable[[Result], None], Callable[[Result], None]] | None = None):
+                 direct: tuple[Callable[[Result], None], Callable[[Result], None] | None]
+                 | None = None):
         self.loop, self.clock, self.publish, self.inline = loop, clock, publish, inline
         self.direct = None if inline else direct
         self.tasks: dict[str, DecoderTask] = {}
@@ -220,13 +255,17 @@ class Scheduler:
             self._by_stream.setdefault(id(task.stream), []).append(task)
 
     def on_data(self, stream: Stream) -> None:
-        """New samples in ``stream``: fire every trigger whose window is complete."""
+        """New samples in ``stream`` (on its producer's thread): fire every trigger whose
+        window is complete; decoders with ``thread = "source"`` run here, after the lock."""
+        here: list[Job] = []
         with self._lock:
             for task in self._by_stream.get(id(stream), ()):
                 if task.trigger.every:
-                    self._fire_sliding(task)
+                    self._fire_sliding(task, here)
                 if task.pending:
-                    self._fire_markers(task)
+                    self._fire_markers(task, here)
+        for job in here:
+            self._run_on_source(job)
 
     def on_marker(self, stream: Stream, timestamp: float, text: str) -> None:
         """A marker on ``stream``'s marker stream: queue its window for matching decoders."""
@@ -256,7 +295,7 @@ class Scheduler:
             return False
         return True
 
-    def _fire_sliding(self, task: DecoderTask) -> None:
+    def _fire_sliding(self, task: DecoderTask, here: list[Job] | None = None) -> None:
         count, trig = task.stream.buffer.count, task.trigger
         if count < task.next_end:
             return
@@ -269,10 +308,10 @@ class Scheduler:
         if task.busy:
             task.seq += 1
             return
-        self._submit(task, end - trig.length, end, "every", None, None)
+        self._submit(task, end - trig.length, end, "every", None, None, here)
         task.seq += 1
 
-    def _fire_markers(self, task: DecoderTask) -> None:
+    def _fire_markers(self, task: DecoderTask, here: list[Job] | None = None) -> None:
         """Fire the earliest waiting markers whose windows are complete; drop stale ones.
 
         Markers are placed by looking their timestamp up among the samples' timestamps only
@@ -306,14 +345,18 @@ class Scheduler:
             if task.busy:
                 task.skipped += 1
             else:
-                self._submit(task, start, start + trig.length, "marker", text, label)
+                self._submit(task, start, start + trig.length, "marker", text, label, here)
             task.seq += 1
 
     def _submit(self, task: DecoderTask, start: int, end: int, trigger: str,
-                marker: str | None, label: str | None) -> None:
+                marker: str | None, label: str | None, here: list[Job] | None = None) -> None:
+        """Queue the window ``[start, end)``: to ``here`` (run on the source's thread, on a
+        view: its writer waits for it) when the task runs there, else to its worker."""
         stream = task.stream
         data, times = stream.buffer.window(start, end)
-        np.copyto(task.window, data)
+        on_source = here is not None and task.thread == "source" and not self.inline
+        if not on_source:
+            np.copyto(task.window, data)
         result = Result(decoder=task.name, seq=task.seq, trigger=trigger, marker=marker,
                         label=label, window_start=float(times[0]),
                         window_end=float(times[-1]), kind=task.decoder.kind,
@@ -323,11 +366,27 @@ class Scheduler:
             task.invalid_windows += 1
             return
         task.busy = True
-        job = Job(task, result)
+        job = Job(task, result, data if on_source else task.window)
         if self.inline:  # offline: decode now, in this thread
             self._work(job)
+        elif on_source:
+            here.append(job)
         else:
             self.workers[task.name].submit(job)
+
+    def _run_on_source(self, job: Job) -> None:
+        """Decode ``job`` on the source's thread; a decoder over ``SOURCE_THREAD_MAX_MS`` for
+        ``SOURCE_THREAD_STRIKES`` windows in a row moves to its own worker."""
+        task, started = job.task, time.perf_counter()
+        self.workers[task.name].run_here(job)
+        task.busy = False
+        took_ms = (time.perf_counter() - started) * 1e3
+        task.strikes = task.strikes + 1 if took_ms > SOURCE_THREAD_MAX_MS else 0
+        if task.strikes >= SOURCE_THREAD_STRIKES:
+            task.thread = "own"
+            log.warning("decoder %r took over %g ms on source %r's thread for %d windows in a "
+                        "row (last %.1f ms): it runs on its own thread from now on", task.name,
+                        SOURCE_THREAD_MAX_MS, task.stream.info.name, task.strikes, took_ms)
 
     def _call(self, method, *args) -> None:
         """Run ``method(*args)`` on the loop thread (at once when inline)."""
@@ -340,21 +399,28 @@ class Scheduler:
             log.debug("decoder %r returned after the engine stopped", args[0].task.name)
 
     def _work(self, job: Job) -> None:
-        """On the decoder's worker: decode, hand the result over, then its importance."""
+        """On the decoder's worker (or source thread): decode, hand the result over, then its
+        importance."""
         output, error = run_job(job, self.clock)
         explain = error is None and job.task.explains
         sent = error is None and not explain and self.direct is not None
         if sent:  # complete the result here and hand it to the thread-safe sinks at once
             _fill(job.result, output, job.task.budget_ms, self.clock())
             self.direct[0](job.result)
-        self._call(self._done, job, output, error, not explain, sent)
+        free = not explain and not job.on_source  # on the source: freed there
+        if sent and self.direct[1] is None:  # no sink left for the loop: count it here
+            self._done(job, output, error, free, sent)
+        else:
+            self._call(self._done, job, output, error, free, sent)
         if explain:
             self._call(self._explained, job, *run_explain(job))
 
     def _done(self, job: Job, output: DecoderOutput | None, error: str | None,
               free: bool, sent: bool = False) -> None:
         """On the loop: count the result and publish it (``sent``: the worker completed it and
-        handed it to the direct sinks already; the others get it now)."""
+        handed it to the direct sinks already; the others get it now). On the worker when
+        ``sent`` and no sink needs the loop (the counters have one writer at a time: the
+        decoder's worker or source thread)."""
         task, result = job.task, job.result
         if free:
             task.busy = False
@@ -369,7 +435,10 @@ class Scheduler:
         task.results += 1
         task.late += result.late
         task.latency.record(result.t_published - result.t_arrived)
-        (self.direct[1] if sent else self.publish)(result)
+        if not sent:
+            self.publish(result)
+        elif self.direct[1] is not None:
+            self.direct[1](result)
 
     def _explained(self, job: Job, importance: np.ndarray | None, error: str | None) -> None:
         task = job.task

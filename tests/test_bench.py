@@ -55,6 +55,7 @@ def test_quick_run_schema_and_plausible_figures(quick):
         assert row["lost"] <= 0.2 * row["expected"]
     for name in ("rtbci", "pylsl-naive"):  # always installed
         assert "status" not in rows[name]
+    assert "thread = source" in rows["rtbci"]["settings"]  # the decoder on the source's thread
 
 
 @pytest.mark.slow

@@ -16,7 +16,14 @@ from rtbci.devices.simulate import SimulatedAmplifier
 from rtbci.engine import Engine
 from rtbci.models import Decoder, DecoderOutput
 from rtbci.report import Scorer
-from rtbci.scheduler import MAX_PENDING_MARKERS, DecoderTask, Scheduler, TriggerSpec
+from rtbci.scheduler import (
+    MAX_PENDING_MARKERS,
+    SOURCE_THREAD_MAX_MS,
+    SOURCE_THREAD_STRIKES,
+    DecoderTask,
+    Scheduler,
+    TriggerSpec,
+)
 from rtbci.stream import Stream, StreamInfo
 
 TEST_DECODERS = textwrap.dedent('''
@@ -214,13 +221,17 @@ class Echo(Decoder):
 
     kind = "embedding"
 
-    def __init__(self, n_samples, gate=None, explains=False, explain_gate=None):
+    def __init__(self, n_samples, gate=None, explains=False, explain_gate=None, sleep_s=0.0):
         self.n_samples, self.n_channels, self.output_size = n_samples, 2, n_samples
         self.gate, self.explains, self.explain_gate = gate, explains, explain_gate
+        self.sleep_s = sleep_s
+        self.calls: list[tuple[int, np.ndarray]] = []  # (thread id, window as received)
 
     def __call__(self, window):
+        self.calls.append((threading.get_ident(), window))
         if self.gate is not None:
             assert self.gate.wait(10)
+        time.sleep(self.sleep_s)
         return DecoderOutput(embedding=window[:, 0].copy())
 
     def importance(self, window):
@@ -239,8 +250,9 @@ class Bench:
         self.scheduler = Scheduler(loop, self.clock, self.results.append, inline=inline)
         self.stream.add_listener(partial(self.scheduler.on_data, self.stream))
 
-    def decoder(self, name, trigger, **kw):
-        task = DecoderTask(name, Echo(trigger.length, **kw), self.stream, trigger, 50, 2000)
+    def decoder(self, name, trigger, thread="own", **kw):
+        task = DecoderTask(name, Echo(trigger.length, **kw), self.stream, trigger, 50, 2000,
+                           thread=thread)
         self.scheduler.add(task)
         return task
 
@@ -478,3 +490,100 @@ def test_triggers_fire_from_an_acquisition_thread_while_markers_arrive_on_the_lo
         assert set(erp) <= set(range(5, 150, 15))
 
     run_threaded(body)
+
+
+def feed_from_a_thread(b, chunks: int, n: int = 10) -> int:
+    """Feed ``chunks`` chunks of ``n`` samples from a new thread (an acquisition thread);
+    return its thread id."""
+    thread = threading.Thread(target=lambda: [b.feed(n) for _ in range(chunks)])
+    thread.start()
+    thread.join()
+    return thread.ident
+
+
+def test_a_source_thread_decoder_runs_in_the_acquisition_thread_on_the_ring_itself():
+    """``thread = "source"``: each sliding window is decoded in the thread that fed the chunk
+    completing it, on a view of the ring buffer (no copy), before ``ingest`` returns; a window
+    a late marker completes runs on the worker, never on the loop."""
+    on_worker = []
+
+    async def body(b):
+        b.scheduler.direct = (on_worker.append, b.results.append)
+        fast = b.decoder("fast", TriggerSpec(length=10, every=10), thread="source")
+        erp = b.decoder("erp", TriggerSpec(length=10, marker="stim"), thread="source")
+        acquisition = feed_from_a_thread(b, 5)
+        assert len(on_worker) == 5  # published before the feeding thread went on
+        assert [list(r.embedding) for r in on_worker] == [
+            list(range(k, k + 10)) for k in range(0, 50, 10)]
+        assert {ident for ident, _ in fast.decoder.calls} == {acquisition}
+        assert all(np.shares_memory(w, b.stream.buffer._data) for _, w in fast.decoder.calls)
+        assert not fast.busy and fast.stats()["thread"] == "source"
+        b.marker(20)  # its samples are in: the window runs now, on erp's worker
+        assert await wait_for(lambda: any(r.decoder == "erp" for r in on_worker))
+        [(ident, window)] = erp.decoder.calls
+        assert ident not in (acquisition, threading.get_ident())
+        assert not np.shares_memory(window, b.stream.buffer._data)  # its own copy
+        assert await wait_for(lambda: fast.results == 5 and erp.results == 1)
+
+    run_threaded(body)
+
+
+def test_a_slow_source_thread_decoder_moves_to_its_own_worker(caplog):
+    """Over SOURCE_THREAD_MAX_MS for SOURCE_THREAD_STRIKES windows in a row: the decoder
+    leaves the source's thread (logged once); a fast one next to it stays."""
+
+    async def body(b):
+        slow = b.decoder("slow", TriggerSpec(length=10, every=10), thread="source",
+                         sleep_s=2 * SOURCE_THREAD_MAX_MS * 1e-3)
+        fast = b.decoder("fast", TriggerSpec(length=10, every=10), thread="source")
+        acquisition = feed_from_a_thread(b, SOURCE_THREAD_STRIKES)
+        assert slow.thread == "own" and fast.thread == "source"
+        assert [m for m in caplog.messages if "runs on its own thread" in m] == [
+            caplog.messages[-1]]
+        assert "'slow'" in caplog.messages[-1]
+        feed_from_a_thread(b, 1)
+        assert await wait_for(lambda: slow.results == SOURCE_THREAD_STRIKES + 1)
+        threads = [ident for ident, _ in slow.decoder.calls]
+        assert threads[:-1] == [acquisition] * SOURCE_THREAD_STRIKES
+        assert threads[-1] not in (acquisition, threading.get_ident())
+        assert slow.stats()["thread"] == "own" and fast.results == SOURCE_THREAD_STRIKES + 1
+
+    run_threaded(body)
+
+
+def test_a_decoder_with_importance_stays_on_its_own_thread(caplog):
+    b = Bench()
+    task = b.decoder("gnn", TriggerSpec(length=10, every=10), thread="source", explains=True)
+    assert task.thread == "own" and "thread = 'source' ignored" in caplog.text
+
+
+def test_source_and_own_thread_decode_the_same_windows_live(run):
+    """The same band-power decoder on the source's thread and on its own: equal outputs for
+    every window both decoded, in a live run."""
+    _, stats, results = run([sliding("here", "builtin:bandpower", thread="source"),
+                             sliding("worker", "builtin:bandpower")], 2.0)
+    assert stats["decoders"]["here"]["thread"] == "source"
+    assert stats["decoders"]["worker"]["thread"] == "own"
+    by = {name: {r.seq: r.embedding for r in results if r.decoder == name}
+          for name in ("here", "worker")}
+    common = sorted(set(by["here"]) & set(by["worker"]))
+    assert len(common) >= 20
+    for seq in common:
+        np.testing.assert_array_equal(by["here"][seq], by["worker"][seq])
+
+
+def test_the_engine_caps_numpys_blas_threads_at_its_decoders_threads(run):
+    """Idle OpenBLAS threads spin: a running engine keeps numpy's BLAS pool at the most
+    ``threads`` a CPU decoder asks for (default 1)."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    def blas_threads() -> set[int]:
+        return {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"}
+
+    threadpool_limits(2, user_api="blas")
+    if blas_threads() != {2}:
+        pytest.skip("numpy's BLAS here has no thread pool to cap")
+    run([sliding("bp", "builtin:bandpower")], 0.3)
+    assert blas_threads() == {1}
+    run([sliding("bp", "builtin:bandpower", threads=2)], 0.3)
+    assert blas_threads() == {2}

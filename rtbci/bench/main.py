@@ -21,8 +21,9 @@ from rtbci.latency import summary
 ROWS = ("rtbci", "rtbci-mqtt", "pylsl-naive", "mne-lsl", "timeflux")
 EXTRA_ROWS = ("null",)  # on request only: reads the stream, sends nothing
 SETTINGS = {
-    "rtbci": "rtbci engine, LSL source (clocksync), builtin:bandpower (numpy), LSL result sink",
-    "rtbci-mqtt": "rtbci engine, same decoder, MQTT sink (QoS 0) → mosquitto "
+    "rtbci": "rtbci engine, LSL source (clocksync), builtin:bandpower (numpy, thread = "
+             "{thread}), LSL result sink",
+    "rtbci-mqtt": "rtbci engine, same decoder (thread = {thread}), MQTT sink (QoS 0) → mosquitto "
                   "(set_tcp_nodelay) → paho subscriber",
     "pylsl-naive": "pylsl pull_chunk(timeout=0.2, min_samples=1) + the same numpy band power, "
                    "LSL outlet",
@@ -80,15 +81,16 @@ def machine() -> dict:
             "date": time.strftime("%Y-%m-%d %H:%M")}
 
 
-def row_figures(system: str, figures: dict) -> dict:
-    return {"system": system, "settings": SETTINGS.get(system, system),
+def row_figures(system: str, figures: dict, thread: str = "source") -> dict:
+    return {"system": system, "settings": SETTINGS.get(system, system).format(thread=thread),
             "results_per_s": round(figures["results_per_s"], 2),
             "latency_ms": summary(figures["latencies"]),
             "cpu_percent": round(figures["cpu_percent"], 1), "lost": figures["lost"],
             "expected": figures["expected"], "received": figures["received"]}
 
 
-def compare(rows: list[str], duration: float, repeats: int, workdir: Path) -> tuple:
+def compare(rows: list[str], duration: float, repeats: int, workdir: Path,
+            thread: str = "source") -> tuple:
     """Every row, interleaved, ``repeats`` times, against one sender; rows and raw data."""
     sender = run.Sender()
     runnable = [r for r in rows if missing(r) is None]
@@ -104,7 +106,8 @@ def compare(rows: list[str], duration: float, repeats: int, workdir: Path) -> tu
             for row in runnable:
                 print(f"[{rep + 1}/{repeats}] {row}: {duration:g} s …", flush=True)
                 segments[row].append(run.run_segment(row, sender, duration,
-                                                 mqtt_port=port if row == "rtbci-mqtt" else None))
+                                                 mqtt_port=port if row == "rtbci-mqtt" else None,
+                                                 thread=thread))
     finally:
         for proc in (sender_proc, broker):
             if proc is not None:
@@ -114,12 +117,12 @@ def compare(rows: list[str], duration: float, repeats: int, workdir: Path) -> tu
     for row in rows:
         why = missing(row)
         if why:
-            out.append({"system": row, "settings": SETTINGS[row], "status": why,
-                        "results_per_s": None, "latency_ms": None, "cpu_percent": None,
-                        "lost": None})
+            out.append({"system": row, "settings": SETTINGS[row].format(thread=thread),
+                        "status": why, "results_per_s": None, "latency_ms": None,
+                        "cpu_percent": None, "lost": None})
             continue
         figures = run.latencies(segments[row])
-        out.append(row_figures(row, figures))
+        out.append(row_figures(row, figures, thread))
         raw[row] = figures["latencies"]
     stage = {r: run.stages(segments[r]) for r in ("rtbci", "rtbci-mqtt") if r in segments}
     return out, raw, {r: s for r, s in stage.items() if s is not None}
@@ -140,7 +143,7 @@ def run_gpu(duration: float, workdir: Path) -> list[dict]:
 
 
 def bench(out: Path, quick: bool = False, peers: str | None = None,
-          duration: float | None = None) -> dict:
+          duration: float | None = None, thread: str = "source") -> dict:
     """Run the bench; write ``out``/bench.json, bench.md and the PNGs; return the document."""
     rows = parse_peers(peers)
     mode = QUICK if quick else FULL
@@ -150,7 +153,7 @@ def bench(out: Path, quick: bool = False, peers: str | None = None,
     doc = {"mode": "quick" if quick else "full", "duration_s": duration,
            "repeats": mode["repeats"], "machine": machine()}
     with tempfile.TemporaryDirectory(prefix="rtbci-bench-") as tmp:
-        doc["rows"], raw, stage = compare(rows, duration, mode["repeats"], Path(tmp))
+        doc["rows"], raw, stage = compare(rows, duration, mode["repeats"], Path(tmp), thread)
         doc["stages_ms"] = {r: report.stage_summary(s) for r, s in stage.items()}
         doc["gpu"] = gpu.status_line() or "CUDA available"
         doc["gpu_rows"] = run_gpu(duration, Path(tmp))
@@ -178,6 +181,10 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                                    "also 'null', a processor that sends nothing)")
     p.add_argument("--duration", type=float,
                    help="seconds measured per row and repeat (default 12; --quick 4)")
+    p.add_argument("--thread", choices=["source", "own"], default="source",
+                   help="where the rtbci rows' decoder runs: its source's acquisition thread "
+                        "(default) or its own worker thread (the engine's default for a "
+                        "config; docs/latency.md)")
     p.add_argument("--loopback", action="store_true",
                    help="instead: measure the software part of a hardware loopback (a second "
                         "process plays the amplifier and writes a TTL back; docs/latency.md)")
@@ -204,7 +211,7 @@ def run_args(args: argparse.Namespace) -> int:
 
         loopback.run(args.out, args.duration or (5.0 if args.quick else 30.0))
         return 0
-    doc = bench(args.out, args.quick, args.peers, args.duration)
+    doc = bench(args.out, args.quick, args.peers, args.duration, args.thread)
     print(report.table(doc))
     print(f"wrote {args.out / 'bench.json'}, bench.md and PNGs ({doc['elapsed_s']:g} s)")
     return 0

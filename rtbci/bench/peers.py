@@ -56,8 +56,9 @@ def job(n_channels: int, srate: float):
 # --- rtbci ---------------------------------------------------------------------------------
 
 def rtbci_config(streams: list[str], decoders: int, out: str, mqtt_port: int | None,
-                 slow_ms: float = 0.0) -> dict:
-    """The engine config of a row: a source per stream, ``decoders`` band-power decoders each.
+                 slow_ms: float = 0.0, thread: str = "source") -> dict:
+    """The engine config of a row: a source per stream, ``decoders`` band-power decoders each,
+    on the source's thread (``thread = "source"``) or each on its own (``"own"``).
 
     ``slow_ms`` > 0 adds a decoder that takes that long per window on the first stream (the
     fast-next-to-slow check)."""
@@ -68,7 +69,8 @@ def rtbci_config(streams: list[str], decoders: int, out: str, mqtt_port: int | N
         for d in range(decoders):
             decs.append({"name": f"bp{i}x{d}", "model": "builtin:bandpower", "source": f"s{i}",
                          "window_ms": WINDOW_S * 1e3, "every_ms": EVERY_S * 1e3,
-                         "budget_ms": 50, "runtime": "numpy"})
+                         "budget_ms": 50, "runtime": "numpy",
+                         "thread": thread})
     if slow_ms:
         decs.append({"name": "slow", "model": "python:rtbci.bench.peers:slow_decoder",
                      "source": "s0", "window_ms": 500, "every_ms": 47, "budget_ms": 200,
@@ -106,7 +108,7 @@ def slow_decoder(n_samples: int, n_channels: int, srate: float, ms: float = 30.0
 
 def run_rtbci(streams: list[str], out: str, duration: float, decoders: int = 1,
               mqtt_port: int | None = None, timing: Path | None = None,
-              slow_ms: float = 0.0, config: dict | None = None) -> None:
+              slow_ms: float = 0.0, config: dict | None = None, thread: str = "source") -> None:
     """The engine with an LSL (or MQTT) sink; ``timing`` gets every result's ``t_*`` fields.
 
     ``config`` replaces the generated engine config (the GPU rows)."""
@@ -118,6 +120,7 @@ def run_rtbci(streams: list[str], out: str, duration: float, decoders: int = 1,
         """Keeps (decoder, seq, window_end, t_arrived … t_published) of each result."""
 
         kind = "bench-timing"
+        worker_safe = True  # list.append is atomic: no loop hop that the LSL sink doesn't need
 
         def __init__(self):
             self.rows: list[tuple] = []
@@ -127,7 +130,8 @@ def run_rtbci(streams: list[str], out: str, duration: float, decoders: int = 1,
                               r.t_started, r.t_finished, r.t_published))
 
     keep = Timing()
-    config = parse_config(config or rtbci_config(streams, decoders, out, mqtt_port, slow_ms))
+    config = parse_config(config or rtbci_config(streams, decoders, out, mqtt_port, slow_ms,
+                                                 thread))
     engine = Engine(config, sinks=[keep])
 
     async def main() -> None:
@@ -231,12 +235,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--timing", type=Path)
     p.add_argument("--slow-ms", type=float, default=0.0)
     p.add_argument("--config", type=Path, help="an engine config (JSON) for the rtbci row")
+    p.add_argument("--thread", choices=["source", "own"], default="source",
+                   help="where the rtbci row's band-power decoders run")
     a = p.parse_args(argv)
     streams = a.streams.split(",")
     if a.row.startswith("rtbci"):
         config = json.loads(a.config.read_text()) if a.config else None
         run_rtbci(streams, a.out, a.duration, a.decoders, a.mqtt_port, a.timing, a.slow_ms,
-                  config)
+                  config, a.thread)
     elif a.row == "pylsl-naive":
         run_pylsl(streams[0], a.out, a.duration)
     elif a.row == "null":

@@ -94,7 +94,7 @@ def start_mosquitto(workdir: Path, port: int) -> subprocess.Popen:
 def processor_command(row: str, sender: Sender, out: str, workdir: Path, duration: float,
                       decoders: int = 1, mqtt_port: int | None = None,
                       slow_ms: float = 0.0, config: dict | None = None,
-                      ) -> tuple[list[str], dict | None]:
+                      thread: str = "source") -> tuple[list[str], dict | None]:
     """The command line (and environment) of ``row``'s processor process; ``config``: an
     engine config for the rtbci row (its LSL sink's prefix is set to ``out``)."""
     if row == "timeflux":
@@ -102,7 +102,8 @@ def processor_command(row: str, sender: Sender, out: str, workdir: Path, duratio
     cmd = [sys.executable, "-m", "rtbci.bench.peers", row, "--streams", ",".join(sender.names()),
            "--out", out, "--duration", str(duration), "--decoders", str(decoders)]
     if row.startswith("rtbci"):
-        cmd += ["--timing", str(workdir / "timing.json"), "--slow-ms", str(slow_ms)]
+        cmd += ["--timing", str(workdir / "timing.json"), "--slow-ms", str(slow_ms),
+                "--thread", thread]
     if mqtt_port:
         cmd += ["--mqtt-port", str(mqtt_port)]
     if config is not None:
@@ -128,9 +129,10 @@ def cpu_seconds(proc: psutil.Process) -> float:
 
 def run_segment(row: str, sender: Sender, duration: float, decoders: int = 1,
                 mqtt_port: int | None = None, slow_ms: float = 0.0,
-                config: dict | None = None) -> Segment:
+                config: dict | None = None, thread: str = "source") -> Segment:
     """Run ``row`` against the running ``sender`` for ``duration`` s of measurement
-    (``config``: an engine config with one decoder, which brings its own source)."""
+    (``config``: an engine config with one decoder, which brings its own source; ``thread``:
+    where the rtbci rows' band-power decoders run)."""
     import json
 
     outlets = 1 if config else sender.streams * decoders + (1 if slow_ms else 0)
@@ -139,7 +141,7 @@ def run_segment(row: str, sender: Sender, duration: float, decoders: int = 1,
         out = f"r{uuid.uuid4().hex[:6]}"
         lifetime = duration + WARMUP_S + 60
         cmd, env = processor_command(row, sender, out, workdir, lifetime, decoders, mqtt_port,
-                                     slow_ms, config)
+                                     slow_ms, config, thread)
         # its own session: Timeflux runs its graph in child processes, stopped with it
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, start_new_session=True)
         listen = ["--mqtt", str(mqtt_port)] if mqtt_port else ["--lsl", out, "--outlets",

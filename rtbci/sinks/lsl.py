@@ -86,7 +86,7 @@ class LSLSink(Sink):
         n = len(sample) - 2
         sample[:n] = values[:n]
         sample[n], sample[n + 1] = result.seq, result.latency_ms
-        outlet.push_sample(sample, result.window_end)
+        outlet.push_chunk(sample, result.window_end)  # one sample, zero copy
         self.sent[result.decoder] = self.sent.get(result.decoder, 0) + 1
 
     async def close(self) -> None:
