@@ -51,11 +51,17 @@ def no_op(item: int) -> int:
 
 
 def warm_up(item: int) -> int:
-    """Import what a file's evaluation imports, as the serial run's process already has."""
+    """Import what a file's evaluation imports (the engine, MNE's reader and, where it is
+    installed, torch for the decoders' compiled runtime): a one-off per process, done before
+    the timing both in this process (serial) and in each Ray worker."""
+    import importlib.util
+
     import rtbci.devices.recording
     import rtbci.engine
     import rtbci.report  # noqa: F401
 
+    if importlib.util.find_spec("torch") is not None:
+        import torch  # noqa: F401
     return item
 
 
@@ -74,6 +80,7 @@ def main() -> None:
             files.append(save_recording(Path(folder) / f"s{k:02d}_raw.fif", "eeg64",
                                         args.minutes * 60, seed=k + 1, snr=0.5))
             print(f"wrote {files[-1].name} ({k + 1}/{args.files})", flush=True)
+        warm_up(0)
         serial = evaluate(config, files, None)
         print(f"serial: {serial['executor']['wall_s']:.1f} s", flush=True)
         started = time.perf_counter()
