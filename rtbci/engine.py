@@ -239,6 +239,10 @@ class Engine:
             except Exception as exc:  # a broken sink must not stop the others
                 log.error("sink %s failed: %s", sink.kind, exc)
 
+    def _loop_sinks(self) -> bool:
+        """Whether a sink needs results on the event loop (not every sink is worker-safe)."""
+        return not all(sink.worker_safe for sink in self.sinks)
+
     def _limit_blas(self) -> None:
         """Cap numpy's BLAS pool (process-wide) at the most ``threads`` a CPU decoder asks for
         (default 1): idle OpenBLAS threads spin and would take the cores the sources, the
@@ -260,10 +264,10 @@ class Engine:
         ``on_tick(engine)`` is called every ``engine.stats_interval_s`` (live stats).
         """
         self._loop = asyncio.get_running_loop()
-        on_loop = (partial(self._publish, worker_safe=False)
-                   if any(not sink.worker_safe for sink in self.sinks) else None)
         self.scheduler = Scheduler(self._loop, self.clock, self._publish,
-                                   direct=(partial(self._publish, worker_safe=True), on_loop))
+                                   direct=(partial(self._publish, worker_safe=True),
+                                           partial(self._publish, worker_safe=False),
+                                           self._loop_sinks))
         self._limit_blas()
         stop = stop or asyncio.Event()
         for sink in self.sinks:

@@ -225,18 +225,19 @@ class Scheduler:
     clock : callable, seconds on the LSL clock
     publish : callable(Result)
         Called on the loop thread with each finished result (``t_published`` set).
-    direct : (callable(Result), callable(Result) | None) | None
-        ``(on_worker, on_loop)``: hand each result of a decoder without importance to
-        ``on_worker`` on its worker thread as soon as it is complete (sinks that may publish
-        from any thread: no event-loop hop), then to ``on_loop`` (instead of ``publish``) on
-        the loop thread with the bookkeeping. ``on_loop`` None (no sink needs the loop):
-        the bookkeeping is done on the worker too, and the loop is not woken at all.
+    direct : (callable(Result), callable(Result), callable() -> bool) | None
+        ``(on_worker, on_loop, loop_needed)``: hand each result of a decoder without
+        importance to ``on_worker`` on its worker thread as soon as it is complete (sinks that
+        may publish from any thread: no event-loop hop), then to ``on_loop`` (instead of
+        ``publish``) on the loop thread with the bookkeeping — unless ``loop_needed()`` says
+        no sink needs the loop: then the bookkeeping is done on the worker too, and the loop
+        is not woken at all.
     """
 
     def __init__(self, loop, clock: Callable[[], float], publish: Callable[[Result], None],
                  inline: bool = False,
-                 direct: tuple[Callable[[Result], None], Callable[[Result], None] | None]
-                 | None = None):
+                 direct: tuple[Callable[[Result], None], Callable[[Result], None],
+                               Callable[[], bool]] | None = None):
         self.loop, self.clock, self.publish, self.inline = loop, clock, publish, inline
         self.direct = None if inline else direct
         self.tasks: dict[str, DecoderTask] = {}
@@ -408,15 +409,15 @@ class Scheduler:
             _fill(job.result, output, job.task.budget_ms, self.clock())
             self.direct[0](job.result)
         free = not explain and not job.on_source  # on the source: freed there
-        if sent and self.direct[1] is None:  # no sink left for the loop: count it here
-            self._done(job, output, error, free, sent)
+        if sent and not self.direct[2]():  # no sink needs the loop: count it here
+            self._done(job, output, error, free, sent, on_loop=False)
         else:
             self._call(self._done, job, output, error, free, sent)
         if explain:
             self._call(self._explained, job, *run_explain(job))
 
     def _done(self, job: Job, output: DecoderOutput | None, error: str | None,
-              free: bool, sent: bool = False) -> None:
+              free: bool, sent: bool = False, on_loop: bool = True) -> None:
         """On the loop: count the result and publish it (``sent``: the worker completed it and
         handed it to the direct sinks already; the others get it now). On the worker when
         ``sent`` and no sink needs the loop (the counters have one writer at a time: the
@@ -437,7 +438,7 @@ class Scheduler:
         task.latency.record(result.t_published - result.t_arrived)
         if not sent:
             self.publish(result)
-        elif self.direct[1] is not None:
+        elif on_loop:
             self.direct[1](result)
 
     def _explained(self, job: Job, importance: np.ndarray | None, error: str | None) -> None:

@@ -162,3 +162,19 @@ def test_setup_timeflux_builds_only_what_is_missing(monkeypatch, tmp_path):
     monkeypatch.setattr(timeflux, "built", lambda path: True)
     monkeypatch.setattr(timeflux.subprocess, "run", lambda *a, **k: pytest.fail("rebuilt"))
     assert timeflux.setup(tmp_path) == tmp_path / "bin" / "python"
+
+
+def test_engines_share_leaves_out_inference_lsl_and_the_slow_decoder():
+    """``engine_p99``: t_arrived → t_published minus inference, over every fast decoder's
+    results in the measured span; the slow decoder and windows outside the span left out."""
+    from rtbci.bench.run import Segment
+    from rtbci.bench.sweeps import engine_p99
+
+    # (decoder, seq, window_end, arrived, queued, started, finished, published), seconds
+    timing = [("bp0x0", 0, 10.0, 10.001, 10.0011, 10.0012, 10.0052, 10.0053),  # share 0.3 ms
+              ("bp0x1", 0, 10.0, 10.001, 10.0011, 10.0052, 10.0062, 10.0063),  # 5.3 − 1 ms
+              ("slow", 0, 10.0, 10.001, 10.001, 10.001, 10.040, 10.090),
+              ("bp0x0", 1, 99.0, 99.0, 99.0, 99.0, 99.0, 99.1)]  # outside the span
+    seg = Segment(np.zeros((0, 4)), 9.0, 11.0, 1.0, 2, timing)
+    assert engine_p99(seg) == pytest.approx(0.3 + 0.99 * (4.3 - 0.3), abs=1e-3)  # p99 of 0.3, 4.3
+    assert engine_p99(Segment(np.zeros((0, 4)), 9.0, 11.0, 1.0, 1, None)) is None

@@ -442,7 +442,8 @@ def test_worker_safe_sinks_get_the_result_on_the_worker_then_the_loop_counts_it(
         loop_thread = threading.get_ident()
         b = Bench(inline=False, loop=asyncio.get_running_loop())
         b.scheduler.direct = (lambda r: on_worker.append((r, threading.get_ident())),
-                              lambda r: on_loop.append((r, threading.get_ident())))
+                              lambda r: on_loop.append((r, threading.get_ident())),
+                              lambda: True)
         fast = b.decoder("fast", TriggerSpec(length=10, every=10))
         b.decoder("gnn", TriggerSpec(length=10, every=10), explains=True)
         try:
@@ -508,7 +509,7 @@ def test_a_source_thread_decoder_runs_in_the_acquisition_thread_on_the_ring_itse
     on_worker = []
 
     async def body(b):
-        b.scheduler.direct = (on_worker.append, b.results.append)
+        b.scheduler.direct = (on_worker.append, b.results.append, lambda: True)
         fast = b.decoder("fast", TriggerSpec(length=10, every=10), thread="source")
         erp = b.decoder("erp", TriggerSpec(length=10, marker="stim"), thread="source")
         acquisition = feed_from_a_thread(b, 5)
@@ -524,6 +525,26 @@ def test_a_source_thread_decoder_runs_in_the_acquisition_thread_on_the_ring_itse
         assert ident not in (acquisition, threading.get_ident())
         assert not np.shares_memory(window, b.stream.buffer._data)  # its own copy
         assert await wait_for(lambda: fast.results == 5 and erp.results == 1)
+
+    run_threaded(body)
+
+
+def test_without_a_sink_on_the_loop_the_worker_counts_the_result_and_the_loop_sleeps():
+    """Every sink worker-safe (``loop_needed()`` False): the decoder's thread publishes and
+    counts each result; nothing is scheduled on the event loop."""
+    on_worker, on_loop = [], []
+
+    async def body(b):
+        b.scheduler.direct = (on_worker.append, on_loop.append, lambda: False)
+        b.scheduler._call = lambda *args: on_loop.append(args)  # any trip to the loop
+        fast = b.decoder("fast", TriggerSpec(length=10, every=10))
+        here = b.decoder("here", TriggerSpec(length=10, every=10), thread="source")
+        for _ in range(4):
+            feed_from_a_thread(b, 1)
+            assert await wait_for(lambda: not fast.busy)
+        assert fast.results == here.results == 4 and len(on_worker) == 8
+        assert fast.latency.total == here.latency.total == 4
+        assert on_loop == [] and b.results == []
 
     run_threaded(body)
 
