@@ -47,9 +47,13 @@ def open_inlet(name: str, flags: int = pylsl.proc_clocksync) -> pylsl.StreamInle
 
 
 def job(n_channels: int, srate: float):
-    """The band-power decoder of the job: ``window (n_samples, n_channels) → (3 n_channels,)``."""
+    """The band-power decoder of the job: ``window (n_samples, n_channels) → (3 n_channels,)``,
+    with numpy's BLAS at one thread, as the rtbci engine runs it (idle OpenBLAS threads spin)."""
+    from threadpoolctl import threadpool_limits
+
     from rtbci.models.bandpower import BandPower
 
+    threadpool_limits(1, user_api="blas")
     return BandPower(round(WINDOW_S * srate), n_channels, srate)
 
 
@@ -179,14 +183,15 @@ class Windows:
         return self.data[stop - self.length:stop], float(self.times[stop - 1])
 
 
-def run_pylsl(stream: str, out: str, duration: float, send: bool = True) -> None:
-    """Blocking ``pull_chunk(timeout=0.2, min_samples=1)`` + numpy band power."""
+def run_pylsl(stream: str, out: str, duration: float, send: bool = True,
+              decoders: int = 1) -> None:
+    """Blocking ``pull_chunk(timeout=0.2, min_samples=1)`` + numpy band power; ``decoders``
+    band powers of each window, one after the other, each pushed to its own outlet."""
     inlet = open_inlet(stream)
     info = inlet.info()
     n, srate = info.channel_count(), info.nominal_srate()
-    decoder = job(n, srate)
-    outlet = result_outlet(f"{out}-bp", 3 * n)
-    windows = Windows(n, decoder.n_samples, round(EVERY_S * srate))
+    jobs = [(job(n, srate), result_outlet(f"{out}-bp{d}", 3 * n)) for d in range(decoders)]
+    windows = Windows(n, jobs[0][0].n_samples, round(EVERY_S * srate))
     end = time.monotonic() + duration
     while time.monotonic() < end:
         data, ts = inlet.pull_chunk(timeout=0.2, max_samples=4096, min_samples=1,
@@ -194,7 +199,9 @@ def run_pylsl(stream: str, out: str, duration: float, send: bool = True) -> None
         if not len(ts):
             continue
         due = windows.add(data, ts)
-        if due is not None:
+        if due is None:
+            continue
+        for decoder, outlet in jobs:
             values = decoder(due[0]).embedding
             if send:
                 outlet.push_sample(values, due[1])
@@ -244,7 +251,7 @@ def main(argv: list[str] | None = None) -> None:
         run_rtbci(streams, a.out, a.duration, a.decoders, a.mqtt_port, a.timing, a.slow_ms,
                   config, a.thread)
     elif a.row == "pylsl-naive":
-        run_pylsl(streams[0], a.out, a.duration)
+        run_pylsl(streams[0], a.out, a.duration, decoders=a.decoders)
     elif a.row == "null":
         run_pylsl(streams[0], a.out, a.duration, send=False)
     else:

@@ -13,7 +13,8 @@ import numpy as np
 from rtbci.bench.run import Sender, latencies, run_segment
 from rtbci.latency import summary
 
-# sweep → [(label, sender settings, decoders per stream, slow decoder ms[, thread])]
+# sweep → [(label, sender settings, decoders per stream, slow decoder ms[, variant])];
+# variant: the rtbci row's thread ("source", the default, or "own"), or "pylsl-naive"
 POINTS: dict[str, list[tuple]] = {
     "channels": [(f"{c} ch", {"channels": c}, 1, 0.0) for c in (64, 306, 1024, 4096)],
     "streams": [(f"{s} stream{'s' * (s > 1)}", {"streams": s}, 1, 0.0) for s in (1, 4, 16)],
@@ -26,18 +27,21 @@ POINTS: dict[str, list[tuple]] = {
     "thread": [("64 ch, thread = source", {}, 1, 0.0, "source"),
                ("64 ch, thread = own", {}, 1, 0.0, "own"),
                ("306 ch × 3 decoders, thread = source", {"channels": 306}, 3, 0.0, "source"),
-               ("306 ch × 3 decoders, thread = own", {"channels": 306}, 3, 0.0, "own")],
+               ("306 ch × 3 decoders, thread = own", {"channels": 306}, 3, 0.0, "own"),
+               ("306 ch × 3 band powers, pylsl-naive (LSL + compute only)", {"channels": 306},
+                3, 0.0, "pylsl-naive")],
 }
 LOSS_AT = 0.01  # a point saturates when more than 1 % of its results are lost
 
 
 def run_point(settings: dict, decoders: int, slow_ms: float, duration: float,
-              thread: str = "source") -> dict:
+              variant: str = "source") -> dict:
     """One sweep point: figures of the fast decoders (all but the slow one)."""
     sender = Sender(**settings)
     proc = sender.start(duration + 90)
+    row, thread = ("pylsl-naive", "source") if variant == "pylsl-naive" else ("rtbci", variant)
     try:
-        seg = run_segment("rtbci", sender, duration, decoders=decoders, slow_ms=slow_ms,
+        seg = run_segment(row, sender, duration, decoders=decoders, slow_ms=slow_ms,
                           thread=thread)
     finally:
         proc.terminate()
