@@ -175,8 +175,9 @@ class DecoderConfig(_Strict):
     runtime: Runtime = "auto"
     device: str = "cpu"
     precision: Literal["fp32", "tf32", "fp16", "bf16"] = "fp32"
-    threads: int | None = Field(None, ge=1, description="inference threads (default: 1 on CPU); numpy's BLAS gets the most any "
-        "CPU decoder asks, process-wide")
+    threads: int | None = Field(
+        None, ge=1, description="inference threads (default: 1 on CPU); numpy's BLAS gets "
+        "the most any CPU decoder asks, process-wide")
     thread: Literal["own", "source"] = Field(
         "own", description="own: the decoder's own worker thread; source: its source's "
         "acquisition thread, right after the chunk that completes its window (no wake-up, no "
