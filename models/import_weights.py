@@ -603,6 +603,17 @@ def _layout(family: str, opts: ImportOptions, fixture: Fixture | None) -> list |
                      "trained with (LAYOUT.npy, (channels, 2) in [0, 1])")
 
 
+def _check_names(option: str, names: list[str] | None, n: int, carried: str, given: str,
+                 counted: str, order: str) -> None:
+    """``option`` must give the reference's ``n`` names (it carries none), in ``order``."""
+    if not names:
+        raise RtbciError(f"{option}: the reference weights carry no {carried}; give its {n} "
+                         f"{given} in {order} order, comma-separated")
+    if len(names) != n:
+        raise RtbciError(f"{option}: {len(names)} {given.split()[-1]} for the reference's {n} "
+                         f"{counted}")
+
+
 def _output(family: str, spec: ReferenceSpec, opts: ImportOptions, n_samples: int):
     """``(OutputContract, bank or None)`` from --labels or --targets."""
     from rtbci.models.checkpoint import OutputContract
@@ -610,12 +621,8 @@ def _output(family: str, spec: ReferenceSpec, opts: ImportOptions, n_samples: in
     from rtbci.models.training import load_targets
 
     if get_family(family).kind == "classes":
-        if not opts.labels:
-            raise RtbciError(f"--labels: the reference weights carry no class names; give its "
-                             f"{spec.n_outputs} labels in output order, comma-separated")
-        if len(opts.labels) != spec.n_outputs:
-            raise RtbciError(f"--labels: {len(opts.labels)} labels for the reference's "
-                             f"{spec.n_outputs} outputs")
+        _check_names("--labels", opts.labels, spec.n_outputs, "class names", "labels",
+                     "outputs", "output")
         return OutputContract(kind="classes", labels=list(opts.labels)), None
     if opts.targets is None:
         raise RtbciError(f"--targets: {family} retrieves among candidates; give their bank "
@@ -653,12 +660,8 @@ def import_checkpoint(family: str, ref: Path, out: Path, opts: ImportOptions):
     layout = _layout(family, opts, fixture)
     model, spec = import_reference(family, state, config, n_samples, srate, layout)
     n_samples = spec.n_samples or n_samples
-    if not opts.channels:
-        raise RtbciError(f"--channels: the reference weights carry no channel names; give "
-                         f"its {spec.n_channels} channel names in input order, comma-separated")
-    if len(opts.channels) != spec.n_channels:
-        raise RtbciError(f"--channels: {len(opts.channels)} names for the reference's "
-                         f"{spec.n_channels} channels")
+    _check_names("--channels", opts.channels, spec.n_channels, "channel names",
+                 "channel names", "channels", "input")
     output, bank = _output(family, spec, opts, n_samples)
     preprocess = fam.preprocess_config(resample_hz=srate, **opts.preprocess)
     contract = Contract(

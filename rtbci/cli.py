@@ -33,6 +33,11 @@ def _positive(text: str) -> float:
     return value
 
 
+def _names(text: str) -> list[str]:
+    """A comma-separated list, empty items left out."""
+    return [name for name in text.split(",") if name]
+
+
 def _speed(text: str) -> float | None:
     if text == "max":
         return None
@@ -135,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of split, init and batches")
     p.add_argument("--val-fraction", type=float, default=0.2,
                    help="share of trials (classes) or items (retrieval) held out (default 0.2)")
-    p.add_argument("--channels", type=lambda s: [c for c in s.split(",") if c],
+    p.add_argument("--channels", type=_names,
                    metavar="NAMES", help="comma-separated channel names or globs (e.g. 'A*')")
     p.add_argument("--window", type=float, nargs=2, metavar=("START", "END"),
                    help="seconds around the event (default: the family's)")
@@ -188,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="JSON",
                    help="the reference's constructor arguments: a JSON file or object")
     p.add_argument("--out", type=Path, required=True, metavar="CKPT", help="checkpoint to write")
-    p.add_argument("--channels", type=lambda s: [c for c in s.split(",") if c],
+    p.add_argument("--channels", type=_names,
                    metavar="NAMES", help="the network's input channels, in order, "
                                          "comma-separated (required)")
     p.add_argument("--ch-type", metavar="TYPE",
@@ -198,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "[0, 1]; (-0.1, -0.1) or NaN rows = no position")
     p.add_argument("--targets", type=Path, metavar="BANK.npy",
                    help="retrieval: candidate bank (n, dim[, time]); row labels in BANK.json")
-    p.add_argument("--labels", type=lambda s: [c for c in s.split(",") if c], metavar="NAMES",
+    p.add_argument("--labels", type=_names, metavar="NAMES",
                    help="seeg-words: the class names in output order, comma-separated")
     p.add_argument("--srate", type=_positive, metavar="HZ",
                    help="the rate the reference ran at (default: the family's: speech 120, "

@@ -93,8 +93,10 @@ class Job:
 
 
 class DecoderTask:
-    """One decoder's scheduling state and counters (touched under the scheduler's lock: on
-    a source's acquisition thread or the event loop; ``busy`` is cleared on the loop)."""
+    """One decoder's scheduling state and counters. Triggers and markers are touched under
+    the scheduler's lock (a source's acquisition thread, or the event loop); ``busy`` and
+    the result counters by one thread at a time: the loop, or, when no sink needs the loop,
+    the thread that decoded (its worker, or its source's thread)."""
 
     def __init__(self, name: str, decoder: Decoder, stream: Stream, trigger: TriggerSpec,
                  budget_ms: float, timeout_ms: float, session: str = "", thread: str = "own"):
