@@ -25,8 +25,21 @@ class RingBuffer:
       reader copies what it needs, then checks :meth:`intact` for the first counter it read.
       True means the copy is whole; False means the writer overwrote (part of) it meanwhile
       (the reader fell behind by a whole buffer: discard the copy).
-    - :attr:`gaps`, :attr:`gap_seconds` are written by the writer only, :attr:`overflows` by
-      readers (:meth:`since`); each is a single int/float that readers may read at any time.
+    - :attr:`gaps`, :attr:`gap_seconds` and the clock-jump fields are written by the writer
+      only (a jump before the chunk holding it is published), :attr:`overflows` by readers
+      (:meth:`since`); each is a single int/float that readers may read at any time.
+
+    Clock jumps: a step between consecutive timestamps back by more than ``GAP_FACTOR``
+    sample periods and ``JUMP_BACK_TOLERANCE_S``, or forward by more than the arrival time
+    advanced (since the previous chunk) plus ``JUMP_TOLERANCE_S``, is a jump of the source's
+    clock (an amplifier's clock reset, a clock stepped by hand), not a gap: a stream that
+    paused advances its timestamps about as much as the arrival time. Steps beyond
+    ``GAP_FACTOR`` periods in the same direction right after a jump's last step continue it
+    (one jump, not many): LSL's dejitter turns a clock jump into a ramp of such steps over
+    seconds while it settles on the new clock (:attr:`settling`). The samples after the
+    newest jump carry times on the source's new clock (:attr:`anchor` is the first of them);
+    a window spanning a jump is not :meth:`continuous`. A step forward without arrival times
+    (``arrived`` NaN) is a gap.
 
     Parameters
     ----------
@@ -51,9 +64,23 @@ class RingBuffer:
         Total time missing across those jumps, in seconds.
     overflows : int
         Reads that asked for samples already overwritten (the reader fell behind).
+    jumps : int
+        Clock jumps (either way) since creation.
+    jump_seconds : float
+        Their total size, in seconds (signed: back is negative), less one sample period per
+        step.
+    last_jump : float
+        Size of the newest jump so far, seconds (signed; 0.0 before the first).
+    jump_start, anchor : int
+        Counters of the first sample after the newest jump's first and last step (0 before
+        any): ``anchor`` is the first sample on the current clock.
     """
 
     GAP_FACTOR = 1.5
+    JUMP_TOLERANCE_S = 1.0  # a step forward this much beyond the arrival time's is a jump
+    JUMP_BACK_TOLERANCE_S = 0.1  # a step back more than this (and 1.5 periods) is a jump;
+    # a smaller one is a sender's timestamp jitter (chunks stamped at push time, no dejitter)
+    JUMP_HISTORY = 64  # newest jumps whose counters :meth:`continuous` checks
 
     def __init__(self, capacity: int, n_channels: int, srate: float = 0.0, dtype=np.float32):
         if capacity <= 0:
@@ -74,11 +101,19 @@ class RingBuffer:
         self.gaps = 0
         self.gap_seconds = 0.0
         self.overflows = 0
+        self.jumps = 0
+        self.jump_seconds = 0.0
+        self.last_jump = 0.0
+        self.jump_start = self.anchor = 0
+        # the newest jumps' (jump_start, anchor), oldest overwritten first
+        self._jump_at = np.zeros((self.JUMP_HISTORY, 2), dtype=np.int64)
+        self._last_arrived = np.nan  # arrival time of the previous chunk
 
     def __repr__(self) -> str:
         return (
             f"<RingBuffer: {self.count} samples written | capacity {self.capacity} × "
-            f"{self.n_channels} ch | gaps {self.gaps} | overflows {self.overflows}>"
+            f"{self.n_channels} ch | gaps {self.gaps} | clock jumps {self.jumps} | "
+            f"overflows {self.overflows}>"
         )
 
     @property
@@ -92,6 +127,12 @@ class RingBuffer:
         count = self.count
         return float(self._times[(count - 1) % self.capacity]) if count else np.nan
 
+    @property
+    def last_arrival(self) -> float:
+        """Arrival time of the newest sample (NaN before the first write or without one)."""
+        count = self.count
+        return float(self._arrivals[(count - 1) % self.capacity]) if count else np.nan
+
     def intact(self, counter: int) -> bool:
         """Whether samples from ``counter`` on are held and not being overwritten.
 
@@ -99,6 +140,25 @@ class RingBuffer:
         :meth:`since`) that starts at ``counter``: True means the copy is whole.
         """
         return counter >= self._claimed - self.capacity
+
+    @property
+    def settling(self) -> bool:
+        """Whether the newest sample was reached by a jump's step (the jump may go on)."""
+        return bool(self.jumps) and self.anchor == self.count - 1
+
+    def continuous(self, start: int, stop: int) -> bool:
+        """Whether samples ``[start, stop)`` are all on one clock (no clock jump inside).
+
+        A comparison with :attr:`anchor`, and a look at the newest ``JUMP_HISTORY`` jumps only
+        when the window begins before the newest one.
+        """
+        if start >= self.anchor:
+            return True
+        held = min(self.jumps, self.JUMP_HISTORY)
+        firsts, lasts = self._jump_at[:held, 0], self._jump_at[:held, 1]
+        if held == self.JUMP_HISTORY and start < firsts.min():
+            return False  # older than the jumps remembered: assume one lies inside
+        return not bool(np.any((firsts < stop) & (lasts > start)))
 
     def write(self, data: np.ndarray, timestamps: np.ndarray, arrived: float = np.nan) -> None:
         """Append a chunk (writer thread only; publishes :attr:`count` last).
@@ -118,7 +178,7 @@ class RingBuffer:
                 f"chunk shape {data.shape} does not match (n_samples={n}, "
                 f"n_channels={self.n_channels})"
             )
-        self._count_gaps(timestamps, n)
+        self._check_steps(timestamps, n, arrived)
         count = self.count
         if n > self.capacity:  # only the newest `capacity` samples can be kept
             count += n - self.capacity
@@ -139,11 +199,15 @@ class RingBuffer:
             self._arrivals[:rest] = arrived
         self.count = count + n  # publish: everything below it is complete
 
-    def _count_gaps(self, timestamps: np.ndarray, n: int) -> None:
+    def _check_steps(self, timestamps: np.ndarray, n: int, arrived: float) -> None:
+        """Count the gaps and clock jumps before and inside a chunk: the first sample's step,
+        then a scan only when the chunk's span does not match its sample count."""
         if self._max_step == np.inf:
             return
+        elapsed = arrived - self._last_arrived  # NaN without arrival times
+        self._last_arrived = arrived
         if self.count:
-            self._note_step(timestamps[0] - self.last_timestamp)
+            self._note_step(float(timestamps[0] - self.last_timestamp), self.count, elapsed)
         if n > 1:
             span = float(timestamps[n - 1] - timestamps[0])
             if abs(span - (n - 1) * self._period) <= 0.5 * self._period:
@@ -152,21 +216,41 @@ class RingBuffer:
                 self._dt = np.empty(n - 1, dtype=np.float64)
             dt = self._dt[: n - 1]
             np.subtract(timestamps[1:], timestamps[:-1], out=dt)
-            if dt.max() > self._max_step:
-                for step in dt[dt > self._max_step]:
-                    self._note_step(step)
+            if dt.max() > self._max_step or dt.min() < -self._max_step:
+                for i in np.flatnonzero(np.abs(dt) > self._max_step):
+                    self._note_step(float(dt[i]), self.count + int(i) + 1, elapsed)
 
-    def _note_step(self, step: float) -> None:
-        if step > self._max_step:
+    def _note_step(self, step: float, counter: int, elapsed: float) -> None:
+        """A step of ``step`` s from sample ``counter - 1`` to ``counter``; ``elapsed``: the
+        arrival time since the previous chunk (NaN: unknown)."""
+        if not abs(step) > self._max_step:
+            return
+        if self.jumps and counter == self.anchor + 1 and (step < 0) == (self.last_jump < 0):
+            self._jump_at[(self.jumps - 1) % self.JUMP_HISTORY, 1] = counter  # it goes on
+            self.jump_seconds += step - self._period
+            self.last_jump += step
+            self.anchor = counter
+        elif step < -self.JUMP_BACK_TOLERANCE_S or step - elapsed > self.JUMP_TOLERANCE_S:
+            self._jump_at[self.jumps % self.JUMP_HISTORY] = counter
+            self.jump_seconds += step - self._period
+            self.last_jump = step
+            self.jump_start = self.anchor = counter
+            self.jumps += 1
+        elif step > 0:
             self.gaps += 1
-            self.gap_seconds += float(step) - 1.0 / self.srate
+            self.gap_seconds += step - self._period
+        # else a small step back: timestamps jittered by the sender (no dejitter), no jump
 
-    def window(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    def window(self, start: int, stop: int,
+               count: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Samples with counters in ``[start, stop)`` as zero-copy views.
 
         The views stay valid until ``capacity - (stop - start)`` further samples are written;
         a reader in another thread than the writer copies them, then checks
-        ``intact(start)``.
+        ``intact(start)``. ``count``: the reader's snapshot of :attr:`count` that it chose
+        ``start`` and ``stop`` from; the range is checked against it, not against a fresh
+        read (which a writer may have advanced past ``start`` meanwhile: then ``intact``
+        says so after the copy).
 
         Returns
         -------
@@ -176,9 +260,11 @@ class RingBuffer:
         Raises
         ------
         IndexError
-            If the range is not fully held (not yet written, or already overwritten).
+            If the range is not fully held (not yet written, or already overwritten) in the
+            snapshot.
         """
-        count = self.count
+        if count is None:
+            count = self.count
         if not (max(0, count - self.capacity) <= start <= stop <= count):
             raise IndexError(
                 f"samples [{start}, {stop}) are not in the buffer (it holds "

@@ -1,10 +1,11 @@
 """The scheduler: sample-counted triggers → one inference thread per decoder → results.
 
 Triggers count samples, not wall time, so a replay fires exactly the windows a live run
-fires. A decoder still busy when its next trigger fires skips that trigger (counted; its
-``seq`` is left out) and the freshest window always wins. Each decoder runs on its own
-worker thread, so a slow decoder never delays another; one that raises is isolated; one that
-runs past its ``timeout_ms`` is reported (the others keep running on their own threads).
+fires. A decoder still busy when its next sliding trigger fires skips that trigger (counted;
+its ``seq`` is left out) and the freshest window always wins (a marker's window waits
+instead, below). Each decoder runs on its own worker thread, so a slow decoder never delays
+another; one that raises is isolated; one that runs past its ``timeout_ms`` is reported (the
+others keep running on their own threads).
 
 A decoder with ``thread = "source"`` runs instead on its source's acquisition thread, right
 after the chunk that completes its window landed, on a zero-copy view of the ring buffer: no
@@ -22,7 +23,24 @@ one only. A marker stamped before the oldest sample held (or, offline, before th
 sample) is dropped as ``stale_markers``; one stamped more than the buffer's length after
 the newest sample and the clock (a marker on another clock, e.g. ``time.time()``) is dropped
 as ``future_markers``; at most ``MAX_PENDING_MARKERS`` wait per decoder, more are dropped as
-``dropped_markers``. Dropped markers produce no result.
+``dropped_markers``. Dropped markers produce no result. A marker whose window is complete
+while its decoder is busy is not skipped: a copy of its window waits (at most
+``MAX_QUEUED_WINDOWS`` per decoder, in order) and runs as soon as the decoder is free; one
+more is dropped as ``dropped_markers`` too (each drop is logged the 1st, 10th, 100th … time).
+
+Clock jumps (a stream's timestamps stepping back, or forward by more than its arrival time
+did: :class:`~rtbci.ringbuffer.RingBuffer`): markers are looked up among the samples after the
+newest jump only (their clock); a marker waiting when a jump happened and stamped later than
+the new clock's newest sample (plus ``JUMP_TOLERANCE_S``), or stamped before the first sample
+after the jump, was stamped on the old clock: dropped as ``stale_markers``. After a jump a
+marker counts as future against the stream's own clock (its newest timestamp plus the time
+since that sample arrived) instead of the engine's. A window spanning a jump is not decoded
+(``invalid_windows``).
+
+Outputs are checked before they are published: a non-finite value, or a shape that does not
+match the decoder's ``kind`` and ``output_size`` (probabilities ≠ ``labels``, embedding ≠
+``output_size``, retrieval ids/scores ≠ ``output_size / 2``), is counted as
+``invalid_outputs``, logged (the first, then the 10th, 100th … time) and not published.
 """
 
 from __future__ import annotations
@@ -33,6 +51,7 @@ import logging
 import threading
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -42,12 +61,14 @@ from rtbci.events import MarkerMatcher
 from rtbci.latency import LatencyWindow
 from rtbci.messages import Result
 from rtbci.models.base import Decoder, DecoderOutput
+from rtbci.ringbuffer import RingBuffer
 from rtbci.stream import Stream
 
 log = logging.getLogger("rtbci.scheduler")
 
 LATENCY_WINDOW = 4096  # results per decoder that the latency percentiles cover
 MAX_PENDING_MARKERS = 4096  # markers waiting for their window, per decoder
+MAX_QUEUED_WINDOWS = 64  # complete marker windows (copies) waiting for a busy decoder
 SOURCE_THREAD_MAX_MS = 2.0  # a decoder on its source's thread taking longer …
 SOURCE_THREAD_STRIKES = 3  # … for this many windows in a row moves to its own worker
 
@@ -79,17 +100,14 @@ class TriggerSpec:
 
 @dataclass
 class Job:
-    """A window to decode: ``window`` is the task's copy, or (on the source's thread) a view
-    of the ring buffer, shape ``(n_samples, n_channels)``."""
+    """A window to decode: ``window`` is the task's copy, a queued marker window's own copy,
+    or (``on_source``: on the source's thread) a view of the ring buffer, shape
+    ``(n_samples, n_channels)``."""
 
     task: DecoderTask
     result: Result
     window: np.ndarray
-
-    @property
-    def on_source(self) -> bool:
-        """Whether it runs on its source's thread (on a view of the ring buffer)."""
-        return self.window is not self.task.window
+    on_source: bool = False  # runs on its source's thread, on a view of the ring buffer
 
 
 class DecoderTask:
@@ -120,8 +138,12 @@ class DecoderTask:
         self.importance: tuple[int, np.ndarray] | None = None  # (seq, importance) to send
         # markers waiting for their window: a heap of (timestamp, arrival order, text, label)
         self.pending: list[tuple[float, int, str, str]] = []
+        self.queued: deque[Job] = deque()  # marker windows (copies) waiting while busy
+        self.anchor_seen = stream.buffer.anchor  # the stream's clock jumps already handled
         self.results = self.late = self.skipped = self.errors = self.timeouts = 0
-        self.invalid_windows = 0  # not decoded: non-finite input, or overwritten while copied
+        # not decoded: non-finite input, spans a clock jump, or overwritten while copied
+        self.invalid_windows = 0
+        self.invalid_outputs = 0  # decoded, not published: non-finite or wrong shape
         self.stale_markers = self.future_markers = self.dropped_markers = 0
         self.last_error: str | None = None
         self.latency = LatencyWindow(LATENCY_WINDOW)
@@ -131,6 +153,7 @@ class DecoderTask:
                "skipped": self.skipped,
                "errors": self.errors, "timeouts": self.timeouts,
                "invalid_windows": self.invalid_windows,
+               "invalid_outputs": self.invalid_outputs,
                "latency_ms": self.latency.summary_ms()}
         if self.trigger.marker is not None:
             out.update(stale_markers=self.stale_markers, future_markers=self.future_markers,
@@ -156,7 +179,7 @@ def run_job(job: Job, clock: Callable[[], float]) -> tuple[DecoderOutput | None,
 def run_explain(job: Job) -> tuple[np.ndarray | None, str | None]:
     """The per-channel importance of the job's window (after its result was published)."""
     try:
-        return job.task.decoder.importance(job.task.window), None
+        return job.task.decoder.importance(job.window), None
     except Exception as exc:
         log.debug("decoder %r importance raised:\n%s", job.task.name, traceback.format_exc())
         return None, f"importance: {type(exc).__name__}: {exc}"
@@ -176,7 +199,8 @@ class Worker:
         self._closed = False
         self.running: tuple[Job, float] | None = None
         self.reported = False  # the running job was reported hung
-        threading.Thread(target=self._run, daemon=True, name=f"infer-{name}").start()
+        self.thread = threading.Thread(target=self._run, daemon=True, name=f"infer-{name}")
+        self.thread.start()
 
     def submit(self, job: Job) -> None:
         with self._cond:
@@ -263,6 +287,8 @@ class Scheduler:
         here: list[Job] = []
         with self._lock:
             for task in self._by_stream.get(id(stream), ()):
+                if task.anchor_seen != stream.buffer.anchor:
+                    self._after_jump(task)
                 if task.trigger.every:
                     self._fire_sliding(task, here)
                 if task.pending:
@@ -275,17 +301,47 @@ class Scheduler:
         with self._lock:
             for task in self._by_stream.get(id(stream), ()):
                 label = task.trigger.label(text)
-                if label is not None and self._plausible(task, timestamp, text):
+                if label is None:
+                    continue
+                if task.anchor_seen != stream.buffer.anchor:
+                    self._after_jump(task)
+                if self._plausible(task, timestamp, text):
                     heapq.heappush(task.pending, (timestamp, next(self._order), text, label))
                     self._fire_markers(task)
 
+    def _after_jump(self, task: DecoderTask) -> None:
+        """The stream's clock jumped since ``task`` last looked: the markers waiting then that
+        are stamped later than the new clock's newest sample (plus ``JUMP_TOLERANCE_S``) were
+        stamped on the old clock; they can no longer be placed: stale."""
+        buf = task.stream.buffer
+        anchor, count = buf.anchor, buf.count
+        if anchor >= count:
+            return  # the chunk after the jump is not published yet: look at the next one
+        task.anchor_seen = anchor
+        newest = buf.last_timestamp
+        keep = [m for m in task.pending if m[0] <= newest + RingBuffer.JUMP_TOLERANCE_S]
+        if len(keep) == len(task.pending):
+            return
+        for timestamp, _, text, _ in task.pending:
+            if not timestamp <= newest + RingBuffer.JUMP_TOLERANCE_S:
+                task.stale_markers += 1
+                _log_drop(task, task.stale_markers, "stamped on the clock before a clock jump",
+                          text, timestamp, newest)
+        heapq.heapify(keep)
+        task.pending = keep
+
     def _plausible(self, task: DecoderTask, timestamp: float, text: str) -> bool:
         """False (and counted) for a marker stamped more than the buffer's length after the
-        newest sample and the clock (or not finite), or beyond the pending-list bound."""
+        newest sample and the clock (or not finite), or beyond the pending-list bound. After
+        a clock jump the clock is the stream's own: its newest timestamp plus the time since
+        that sample arrived."""
         buf = task.stream.buffer
         now = self.clock()
         if buf.count:
-            now = max(now, buf.last_timestamp)
+            if buf.jumps:
+                now = buf.last_timestamp + max(0.0, now - buf.last_arrival)
+            else:
+                now = max(now, buf.last_timestamp)
         if not timestamp <= now + buf.capacity / task.stream.info.srate:
             task.future_markers += 1
             _log_drop(task, task.future_markers, "stamped in the future (another clock?)",
@@ -311,7 +367,7 @@ class Scheduler:
         if task.busy:
             task.seq += 1
             return
-        self._submit(task, end - trig.length, end, "every", None, None, here)
+        self._submit(task, end - trig.length, end, count, "every", None, None, here)
         task.seq += 1
 
     def _fire_markers(self, task: DecoderTask, here: list[Job] | None = None) -> None:
@@ -319,61 +375,111 @@ class Scheduler:
 
         Markers are placed by looking their timestamp up among the samples' timestamps only
         once those are in, so the window is the same whether a marker arrives before or after
-        its samples (live) or in timestamp order (offline replay).
+        its samples (live) or in timestamp order (offline replay). Only the samples on the
+        stream's current clock (after its newest clock jump) are searched. Each marker reads
+        one snapshot of the buffer's count, and checks the copy is intact after the search.
         """
         buf, trig = task.stream.buffer, task.trigger
         half = 0.5 / task.stream.info.srate
         while task.pending:
             count = buf.count  # one snapshot per marker
-            if not count:
-                return
             oldest = max(0, count - buf.capacity)
-            _, times = buf.window(oldest, count)
+            first = min(max(oldest, buf.anchor), count)  # the first sample on the current clock
+            if first == count:
+                return  # no sample on the current clock yet
+            _, times = buf.window(first, count, count)
             timestamp, _, text, label = task.pending[0]
             if timestamp - half > times[-1]:
                 return  # its sample has not arrived; nor have the later markers'
-            onset = oldest + int(np.searchsorted(times, timestamp - half))
-            if not buf.intact(oldest):
+            onset = first + int(np.searchsorted(times, timestamp - half))
+            head = float(times[0])
+            if not buf.intact(first):
                 continue  # the writer overwrote the oldest samples meanwhile: look again
             start = onset + trig.start
-            if timestamp < times[0] - half or start < oldest:
+            if timestamp < head - half or start < first:
                 heapq.heappop(task.pending)
                 task.stale_markers += 1
-                _log_drop(task, task.stale_markers, "older than the buffer", text, timestamp,
-                          float(times[0]))
+                _log_drop(task, task.stale_markers, "older than the buffer" if first == oldest
+                          else "older than the stream's clock jump", text, timestamp, head)
                 continue
             if start + trig.length > count:
                 return  # its window is not complete yet
             heapq.heappop(task.pending)
             if task.busy:
-                task.skipped += 1
+                self._queue(task, start, start + trig.length, count, text, label, timestamp)
             else:
-                self._submit(task, start, start + trig.length, "marker", text, label, here)
+                self._submit(task, start, start + trig.length, count, "marker", text, label,
+                             here)
             task.seq += 1
 
-    def _submit(self, task: DecoderTask, start: int, end: int, trigger: str,
+    def _queue(self, task: DecoderTask, start: int, end: int, count: int, text: str,
+               label: str, timestamp: float) -> None:
+        """A marker window complete while its decoder is busy: a copy waits for it (up to
+        ``MAX_QUEUED_WINDOWS``; beyond, dropped and counted as ``dropped_markers``)."""
+        if len(task.queued) >= MAX_QUEUED_WINDOWS:
+            task.dropped_markers += 1
+            _log_drop(task, task.dropped_markers, f"decoder busy with {MAX_QUEUED_WINDOWS} "
+                      "windows queued", text, timestamp, self.clock())
+            return
+        job = self._job(task, start, end, count, "marker", text, label, None, False)
+        if job is not None:
+            task.queued.append(job)
+
+    def _submit(self, task: DecoderTask, start: int, end: int, count: int, trigger: str,
                 marker: str | None, label: str | None, here: list[Job] | None = None) -> None:
-        """Queue the window ``[start, end)``: to ``here`` (run on the source's thread, on a
-        view: its writer waits for it) when the task runs there, else to its worker."""
-        stream = task.stream
-        data, times = stream.buffer.window(start, end)
+        """Queue the window ``[start, end)`` (of the buffer's snapshot ``count``): to ``here``
+        (run on the source's thread, on a view: its writer waits for it) when the task runs
+        there, else to its worker."""
         on_source = here is not None and task.thread == "source" and not self.inline
-        if not on_source:
-            np.copyto(task.window, data)
-        result = Result(decoder=task.name, seq=task.seq, trigger=trigger, marker=marker,
-                        label=label, window_start=float(times[0]),
-                        window_end=float(times[-1]), kind=task.decoder.kind,
-                        t_arrived=stream.arrival(end - 1), t_queued=self.clock(),
-                        budget_ms=task.budget_ms, session=task.session)
-        if not stream.clean(start, end):  # after the copy: non-finite input, or torn
-            task.invalid_windows += 1
+        job = self._job(task, start, end, count, trigger, marker, label, task.window, on_source)
+        if job is None:
             return
         task.busy = True
-        job = Job(task, result, data if on_source else task.window)
         if self.inline:  # offline: decode now, in this thread
             self._work(job)
         elif on_source:
             here.append(job)
+        else:
+            self.workers[task.name].submit(job)
+
+    def _job(self, task: DecoderTask, start: int, end: int, count: int, trigger: str,
+             marker: str | None, label: str | None, into: np.ndarray | None,
+             on_source: bool) -> Job | None:
+        """The job for window ``[start, end)``: a view (``on_source``), a copy into ``into``,
+        or a new copy (``into`` None); None (counted) when the window is not clean."""
+        stream = task.stream
+        data, times = stream.buffer.window(start, end, count)
+        if on_source:
+            window = data
+        elif into is not None:
+            window = into
+            np.copyto(into, data)
+        else:
+            window = data.copy()
+        try:
+            arrived = stream.arrival(end - 1)
+        except IndexError:  # overwritten meanwhile: clean() says so below
+            arrived = np.nan
+        result = Result(decoder=task.name, seq=task.seq, trigger=trigger, marker=marker,
+                        label=label, window_start=float(times[0]),
+                        window_end=float(times[-1]), kind=task.decoder.kind,
+                        t_arrived=arrived, t_queued=self.clock(),
+                        budget_ms=task.budget_ms, session=task.session)
+        if not stream.clean(start, end):  # after the copy: non-finite input, a clock jump, torn
+            task.invalid_windows += 1
+            return None
+        return Job(task, result, window, on_source)
+
+    def _free(self, task: DecoderTask) -> None:
+        """The decoder finished a window: the next queued marker window goes to its worker
+        (it stays busy), else it is free."""
+        with self._lock:
+            if not task.queued:
+                task.busy = False
+                return
+            job = task.queued.popleft()
+        if self.inline:
+            self._work(job)
         else:
             self.workers[task.name].submit(job)
 
@@ -382,7 +488,7 @@ class Scheduler:
         ``SOURCE_THREAD_STRIKES`` windows in a row moves to its own worker."""
         task, started = job.task, time.perf_counter()
         self.workers[task.name].run_here(job)
-        task.busy = False
+        self._free(task)
         took_ms = (time.perf_counter() - started) * 1e3
         task.strikes = task.strikes + 1 if took_ms > SOURCE_THREAD_MAX_MS else 0
         if task.strikes >= SOURCE_THREAD_STRIKES:
@@ -405,30 +511,40 @@ class Scheduler:
         """On the decoder's worker (or source thread): decode, hand the result over, then its
         importance."""
         output, error = run_job(job, self.clock)
-        explain = error is None and job.task.explains
-        sent = error is None and not explain and self.direct is not None
+        invalid = None if error is not None else output_problem(job.task.decoder, output)
+        good = error is None and invalid is None
+        explain = good and job.task.explains
+        sent = good and not explain and self.direct is not None
         if sent:  # complete the result here and hand it to the thread-safe sinks at once
             _fill(job.result, output, job.task.budget_ms, self.clock())
             self.direct[0](job.result)
         free = not explain and not job.on_source  # on the source: freed there
         if sent and not self.direct[2]():  # no sink needs the loop: count it here
-            self._done(job, output, error, free, sent, on_loop=False)
+            self._done(job, output, error, free, sent, False)
         else:
-            self._call(self._done, job, output, error, free, sent)
+            self._call(self._done, job, output, error, free, sent, True, invalid)
         if explain:
             self._call(self._explained, job, *run_explain(job))
 
     def _done(self, job: Job, output: DecoderOutput | None, error: str | None,
-              free: bool, sent: bool = False, on_loop: bool = True) -> None:
+              free: bool, sent: bool = False, on_loop: bool = True,
+              invalid: str | None = None) -> None:
         """On the loop: count the result and publish it (``sent``: the worker completed it and
         handed it to the direct sinks already; the others get it now). On the worker when
         ``sent`` and no sink needs the loop (the counters have one writer at a time: the
-        decoder's worker or source thread)."""
+        decoder's worker or source thread). ``invalid``: what is wrong with the output (it is
+        counted, not published)."""
         task, result = job.task, job.result
         if free:
-            task.busy = False
+            self._free(task)
         if error is not None:
             self._error(task, result.seq, error)
+            return
+        if invalid is not None:
+            task.invalid_outputs += 1
+            if str(task.invalid_outputs).rstrip("0") == "1":
+                log.error("decoder %r: invalid output for window %d, not published: %s "
+                          "(%d so far)", task.name, result.seq, invalid, task.invalid_outputs)
             return
         if not sent:
             pending = None
@@ -445,7 +561,7 @@ class Scheduler:
 
     def _explained(self, job: Job, importance: np.ndarray | None, error: str | None) -> None:
         task = job.task
-        task.busy = False
+        self._free(task)
         if error is not None:
             self._error(task, job.result.seq, error)
         else:
@@ -479,6 +595,44 @@ class Scheduler:
     def close(self) -> None:
         for worker in self.workers.values():
             worker.close()
+
+
+_OUTPUT_FIELDS = {"classes": ("probabilities",), "retrieval": ("ids", "scores"),
+                  "embedding": ("embedding",)}
+
+
+def output_problem(decoder: Decoder, output: DecoderOutput) -> str | None:
+    """What is wrong with ``output`` for ``decoder`` (None: nothing): a field its ``kind``
+    needs missing, a shape that does not match ``output_size`` / ``labels``, a non-finite
+    value. A few comparisons and one finiteness test per field (the vectors are short)."""
+    if not isinstance(output, DecoderOutput):
+        return f"returned {type(output).__name__}, not a DecoderOutput"
+    kind, size = getattr(decoder, "kind", "embedding"), getattr(decoder, "output_size", None)
+    for name in _OUTPUT_FIELDS.get(kind, ()):
+        if getattr(output, name) is None:
+            return f"no {name} (kind {kind!r})"
+    labels = getattr(decoder, "labels", None)
+    expected = {"probabilities": len(labels) if kind == "classes" and labels else size,
+                "embedding": size if kind == "embedding" else None,
+                "ids": size // 2 if kind == "retrieval" and size else None}
+    expected["scores"] = expected["ids"]
+    for name in ("probabilities", "ids", "scores", "embedding"):
+        value = getattr(output, name)
+        if value is None:
+            continue
+        shape = np.shape(value)
+        if expected[name] is not None and shape != (expected[name],):
+            return f"{name} of shape {shape}, expected ({expected[name]},)"
+        try:
+            finite = bool(np.isfinite(np.asarray(value, dtype=np.float64)).all())
+        except (TypeError, ValueError):
+            return f"{name} is not numeric"
+        if not finite:
+            return f"{name} holds non-finite values (NaN or ±Inf)"
+    vector = output.probabilities if kind == "classes" else output.ids
+    if output.labels is not None and vector is not None and len(output.labels) != len(vector):
+        return f"{len(output.labels)} labels for {len(vector)} outputs"
+    return None
 
 
 def _fill(result: Result, output: DecoderOutput, budget_ms: float, now: float,

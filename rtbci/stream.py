@@ -133,6 +133,12 @@ class Stream:
     restart on the first finite sample (see :class:`~rtbci.preprocess.Preprocessor`); without,
     the samples are stored as received. :meth:`clean` tells whether a window is affected.
 
+    Clock jumps (timestamps stepping back, or forward by more than the arrival time did; see
+    :class:`RingBuffer`): counted (``clock_jumps`` in :meth:`stats`) and logged, one line per
+    jump naming its size and direction (each of the first ``JUMP_LOG_ALL``, then the 100th,
+    1,000th …). A window spanning a jump is not :meth:`clean`; markers are looked up among the
+    samples after the newest jump only (see :mod:`rtbci.scheduler`).
+
     Parameters
     ----------
     info : StreamInfo
@@ -155,6 +161,7 @@ class Stream:
 
     LATENCY_HISTORY = 4096  # chunks whose ingest latency is kept for the percentiles
     AFFECTED_HISTORY = 1024  # spans of affected samples remembered for clean()
+    JUMP_LOG_ALL = 10  # clock jumps each logged; beyond: the 100th, 1,000th …
 
     def __init__(self, info: StreamInfo, buffer_seconds: float, clock: Callable[[], float],
                  preprocess: Preprocessor | None = None):
@@ -180,6 +187,7 @@ class Stream:
         self._forgotten_end = 0  # stop of the newest span dropped from the history
         self._affected_lock = threading.Lock()
         self._burst_samples = 0  # non-finite samples in the burst under way (0: none)
+        self._jumps_seen = 0  # clock jumps logged (or passed over) so far
 
     def __repr__(self) -> str:
         i = self.info
@@ -233,6 +241,8 @@ class Stream:
         if start == 0:
             self._first_timestamp = float(timestamps[0])
         buf.write(data, timestamps, arrived)  # publishes the samples last
+        if buf.jumps != self._jumps_seen:
+            self._log_jump()
         if start:  # the first chunk holds the backlog from before the connection
             self._latency.record(latency)
         for callback in self._listeners:
@@ -258,6 +268,25 @@ class Stream:
                         "them are not decoded until it is finite again", self.raw_info.name)
         self._burst_samples += nonfinite.samples
 
+    def _log_jump(self) -> None:
+        """Log the newest clock jump once its timestamps settled (its total size: LSL's
+        dejitter spreads a jump over seconds of samples), or once it has gone on for a whole
+        buffer; a chunk holding several jumps gives one line saying how many."""
+        buf, first = self.buffer, self._jumps_seen + 1
+        if buf.settling and buf.count - buf.jump_start < buf.capacity:
+            return
+        self._jumps_seen = buf.jumps
+        if not any(n <= self.JUMP_LOG_ALL or str(n).rstrip("0") == "1"
+                   for n in range(first, buf.jumps + 1)):
+            return
+        several = f"{buf.jumps - first + 1} clock jumps, the last " if buf.jumps > first else ""
+        log.warning("stream %r: %sclock jumped %s by %.3f s at sample %d%s (%d so far); windows "
+                    "across it are not decoded, markers stamped before it are dropped as stale",
+                    self.raw_info.name, several, "back" if buf.last_jump < 0 else "forward",
+                    abs(buf.last_jump), buf.jump_start,
+                    f" (over {buf.anchor - buf.jump_start + 1} samples)"
+                    if buf.anchor > buf.jump_start else "", buf.jumps)
+
     def _end_burst(self) -> None:
         log.info("stream %r: data finite again; %d non-finite samples in that burst",
                  self.raw_info.name, self._burst_samples)
@@ -267,12 +296,13 @@ class Stream:
         """Whether samples ``[start, stop)`` are fit to decode, as copied just before.
 
         False when one of them is affected by non-finite input (the non-finite samples and,
-        after preprocessing, the filters' settling after them) or was overwritten, or is
-        being overwritten, while the window was copied (the copy may be torn). No scan of the
+        after preprocessing, the filters' settling after them), when the window spans a clock
+        jump, or when a sample was overwritten, or is being overwritten, while the window was
+        copied (the copy may be torn). No scan of the
         samples: a comparison, and a walk over the remembered bursts only when there is one
         near the window.
         """
-        if not self.buffer.intact(start):
+        if not self.buffer.intact(start) or not self.buffer.continuous(start, stop):
             return False
         if start >= self._affected_end:
             return True
@@ -298,16 +328,19 @@ class Stream:
     def stats(self) -> dict:
         """Counters as written to ``--stats-json``.
 
-        ``rate_hz`` is the sampling rate measured from the timestamps, time inside gaps excluded.
+        ``rate_hz`` is the sampling rate measured from the timestamps, time inside gaps and
+        clock jumps excluded.
         """
         buf = self.buffer
-        span = buf.last_timestamp - self._first_timestamp - buf.gap_seconds if buf.count > 1 else 0
+        span = (buf.last_timestamp - self._first_timestamp - buf.gap_seconds - buf.jump_seconds
+                if buf.count > 1 else 0)
         rate = (buf.count - 1) / span if span > 0 else 0.0
         return {
             "samples": buf.count,
             "gaps": buf.gaps,
             "gap_seconds": round(buf.gap_seconds, 6),
             "overflows": buf.overflows,
+            "clock_jumps": buf.jumps,
             "nonfinite_samples": self.nonfinite_samples,
             "nonfinite_chunks": self.nonfinite_chunks,
             "rate_hz": round(rate, 3),

@@ -208,3 +208,46 @@ def test_search_finds_the_first_sample_at_or_after():
     assert ring.arrival(24) == 20.0
     with pytest.raises(IndexError, match=r"holds \[15, 25\)"):
         ring.arrival(14)
+
+
+def _write(ring: RingBuffer, stamps: np.ndarray, arrived: float) -> None:
+    ring.write(np.zeros((len(stamps), 1), np.float32), stamps, arrived)
+
+
+def test_a_clock_jump_either_way_is_counted_apart_from_gaps_and_re_anchors_the_ring():
+    """Back by more than 1.5 periods: a jump. Forward: a jump when the timestamps advance more
+    than the arrival time did (+ 1 s), a gap (a pause) when they advance about as much."""
+    ring = RingBuffer(1000, 1, srate=100.0)
+    t = 1000.0 + np.arange(10) / 100
+    _write(ring, t, 1000.1)
+    _write(ring, t + 0.1 - 100.0, 1000.2)  # an amplifier's clock reset: 100 s back
+    assert (ring.jumps, ring.gaps, ring.anchor, ring.last_jump) == (1, 0, 10, pytest.approx(-99.99))
+    _write(ring, t + 5.2 - 100.0, 1005.2)  # paused 5 s: stamps and arrivals advance alike
+    assert (ring.jumps, ring.gaps) == (1, 1) and ring.gap_seconds == pytest.approx(5.0)
+    _write(ring, t + 7205.3 - 100.0, 1005.3)  # 2 h forward, 0.1 s after the previous chunk
+    assert (ring.jumps, ring.gaps, ring.anchor) == (2, 1, 30)
+    assert ring.jump_seconds == pytest.approx(-100.0 + 7200.0)
+    assert ring.continuous(0, 10) and ring.continuous(10, 30) and ring.continuous(30, 40)
+    assert not ring.continuous(5, 15) and not ring.continuous(25, 35)
+    assert not ring.continuous(0, 40)
+    _write(ring, t + 7210.3 - 100.0, np.nan)  # no arrival time: a step forward is a gap
+    assert (ring.jumps, ring.gaps) == (2, 2)
+
+
+def test_a_jump_inside_a_chunk_and_a_dejittered_jump_count_once():
+    ring = RingBuffer(2000, 1, srate=100.0)
+    t = np.arange(20) / 100
+    t[12:] -= 50.0  # inside the chunk
+    _write(ring, t, 0.2)
+    assert (ring.jumps, ring.anchor, ring.jump_start) == (1, 12, 12) and not ring.settling
+    # LSL's dejitter spreads a jump over a ramp of shrinking steps: one jump, settled at its end
+    steps = 0.01 - 0.8 * 0.97 ** np.arange(300)  # back by 0.79 s, 0.77 s, … then on again
+    ramp = ring.last_timestamp + np.cumsum(steps)
+    _write(ring, ramp[:100], 1.2)
+    assert (ring.jumps, ring.jump_start, ring.anchor) == (2, 20, 119) and ring.settling
+    _write(ring, ramp[100:], 4.2)
+    assert ring.jumps == 2 and not ring.settling and ring.gaps == 0
+    assert ring.last_jump == pytest.approx(float(np.sum(steps[steps < -0.015])))
+    assert not ring.continuous(ring.jump_start - 1, ring.jump_start + 5)
+    assert not ring.continuous(ring.anchor - 1, ring.anchor + 1)
+    assert ring.continuous(ring.anchor, ring.count) and ring.continuous(12, 20)

@@ -16,13 +16,16 @@ from rtbci.devices.simulate import SimulatedAmplifier
 from rtbci.engine import Engine
 from rtbci.models import Decoder, DecoderOutput
 from rtbci.report import Scorer
+from rtbci.ringbuffer import RingBuffer
 from rtbci.scheduler import (
     MAX_PENDING_MARKERS,
+    MAX_QUEUED_WINDOWS,
     SOURCE_THREAD_MAX_MS,
     SOURCE_THREAD_STRIKES,
     DecoderTask,
     Scheduler,
     TriggerSpec,
+    output_problem,
 )
 from rtbci.stream import Stream, StreamInfo
 
@@ -36,9 +39,10 @@ TEST_DECODERS = textwrap.dedent('''
         kind, labels, output_size = "classes", ["a", "b"], 2
 
         def __init__(self, n_samples, n_channels, srate, sleep_s=0.0, fail=False,
-                     hang_call=0, hang_s=0.0):
+                     hang_call=0, hang_s=0.0, bad=""):
             self.n_samples, self.n_channels = n_samples, n_channels
             self.sleep_s, self.fail, self.hang_call, self.hang_s = sleep_s, fail, hang_call, hang_s
+            self.bad = bad  # "nan" | "shape": a broken output after the warm-up
             self.calls = 0
 
         def __call__(self, window):
@@ -48,6 +52,11 @@ TEST_DECODERS = textwrap.dedent('''
                     raise ValueError("boom")
                 time.sleep(self.hang_s if self.calls == self.hang_call else self.sleep_s)
             p = 1 / (1 + np.exp(-window.mean()))
+            if self.calls > 1 and self.bad == "nan":
+                p = np.nan
+            if self.calls > 1 and self.bad == "shape":
+                return DecoderOutput(probabilities=np.array([p, 1 - p, 0], np.float32),
+                                     labels=self.labels + ["c"])
             return DecoderOutput(probabilities=np.array([p, 1 - p], np.float32),
                                  labels=self.labels)
 ''')
@@ -340,13 +349,12 @@ def test_markers_fire_in_timestamp_order_whatever_their_arrival_order():
 
 def test_report_scores_the_label_the_pattern_gives():
     b = Bench()
-    task = b.decoder("erp", TriggerSpec(length=10, marker="re:trial_(left|right)"))
-    task.decoder.kind, task.decoder.labels = "retrieval", ["left", "right"]
+    b.decoder("erp", TriggerSpec(length=10, marker="re:trial_(left|right)"))
     b.feed(50)
     b.marker(60, "trial_left")
     b.feed(100)
     [r] = b.results
-    r.labels = ["left", "right"]  # best candidate first
+    r.kind, r.labels = "retrieval", ["left", "right"]  # as a retrieval result, best first
     scorer = Scorer()
     scorer.publish(r)
     assert r.label == "left" and scorer.report()["erp"]["top1"] == 1.0
@@ -608,3 +616,110 @@ def test_the_engine_caps_numpys_blas_threads_at_its_decoders_threads(run):
     assert blas_threads() == {1}
     run([sliding("bp", "builtin:bandpower", threads=2)], 0.3)
     assert blas_threads() == {2}
+
+
+@pytest.mark.slow
+def test_non_finite_or_misshapen_outputs_are_counted_logged_sparingly_and_not_published(
+        scripted, run, caplog):
+    """Issue 21, point 8: a python decoder returning NaN, or three probabilities for two
+    labels, publishes nothing; its windows count as ``invalid_outputs``; the ERROR line comes
+    the 1st, 10th, 100th … time, not once per result."""
+    _, stats, results = run([sliding("nan", scripted, options={"bad": "nan"}),
+                             sliding("shape", scripted, options={"bad": "shape"}),
+                             sliding("good", scripted)], 3.0)
+    for name, why in [("nan", "probabilities holds non-finite values (NaN or ±Inf)"),
+                      ("shape", "probabilities of shape (3,), expected (2,)")]:
+        entry = stats["decoders"][name]
+        assert entry["results"] == 0 and entry["invalid_outputs"] > 10, entry
+        lines = [m for m in caplog.messages if m.startswith(f"decoder {name!r}: invalid output")]
+        logged = [n for n in (1, 10, 100, 1000) if n <= entry["invalid_outputs"]]
+        assert len(lines) == len(logged) and why in lines[0]
+    assert stats["decoders"]["good"]["results"] > 10
+    assert stats["decoders"]["good"]["invalid_outputs"] == 0
+    assert {r.decoder for r in results} == {"good"}
+
+
+class _Out(Decoder):
+    def __init__(self, kind, size, labels=None):
+        self.kind, self.output_size, self.labels = kind, size, labels
+
+    def __call__(self, window):
+        raise NotImplementedError
+
+
+@pytest.mark.parametrize("decoder, output, problem", [
+    (_Out("classes", 2, ["a", "b"]), DecoderOutput(probabilities=np.array([0.4, 0.6])), None),
+    (_Out("classes", 2, ["a", "b"]), DecoderOutput(), "no probabilities (kind 'classes')"),
+    (_Out("classes", 2, ["a", "b"]), DecoderOutput(probabilities=np.array([1.0, np.inf])),
+     "probabilities holds non-finite values (NaN or ±Inf)"),
+    (_Out("classes", 2, ["a", "b"]),
+     DecoderOutput(probabilities=np.array([0.4, 0.6]), labels=["a"]), "1 labels for 2 outputs"),
+    (_Out("embedding", 4), DecoderOutput(embedding=np.zeros(3)),
+     "embedding of shape (3,), expected (4,)"),
+    (_Out("embedding", 4), DecoderOutput(embedding=np.array(["x"] * 4, object)),
+     "embedding is not numeric"),
+    (_Out("retrieval", 4), DecoderOutput(ids=np.array([3, 1]), scores=np.array([0.9, 0.2]),
+                                         labels=["c", "a"]), None),
+    (_Out("retrieval", 4), DecoderOutput(ids=np.array([3, 1]), scores=np.array([0.9])),
+     "scores of shape (1,), expected (2,)"),
+    (_Out("retrieval", 4), [0.9, 0.2], "returned list, not a DecoderOutput"),
+])
+def test_output_problem_names_what_is_wrong(decoder, output, problem):
+    assert output_problem(decoder, output) == problem
+
+
+def test_markers_while_the_decoder_is_busy_queue_up_to_the_bound_and_the_rest_are_counted():
+    """Issue 21, point 9: a burst of markers while the event-locked decoder is busy: a copy of
+    each complete window waits (up to MAX_QUEUED_WINDOWS) and is decoded, in order, once the
+    decoder is free; the markers beyond are counted as dropped (none skipped silently)."""
+    gate = threading.Event()
+    burst = MAX_QUEUED_WINDOWS + 6  # one running, MAX_QUEUED_WINDOWS waiting, 5 dropped
+
+    async def body(b):
+        erp = b.decoder("erp", TriggerSpec(length=10, marker="stim"), gate=gate)
+        b.feed(150)
+        for sample in range(burst):
+            b.marker(sample)
+        b.feed(50)  # overwrites nothing the queued copies need; the ring moves on
+        assert await wait_for(lambda: erp.busy and len(erp.queued) == MAX_QUEUED_WINDOWS)
+        gate.set()
+        assert await wait_for(lambda: erp.results == MAX_QUEUED_WINDOWS + 1 and not erp.busy)
+        decoded = [r for r in b.results if r.decoder == "erp"]
+        assert [int(r.embedding[0]) for r in decoded] == list(range(MAX_QUEUED_WINDOWS + 1))
+        assert all(list(r.embedding) == list(range(k, k + 10)) for k, r in enumerate(decoded))
+        assert [r.seq for r in decoded] == list(range(MAX_QUEUED_WINDOWS + 1))
+        stats = erp.stats()
+        assert (stats["dropped_markers"], stats["skipped"], stats["stale_markers"]) == (5, 0, 0)
+
+    run_threaded(body)
+
+
+class RacingRing(RingBuffer):
+    """A ring whose writer, once armed, writes a chunk between a reader's snapshot of ``count``
+    and its read of the samples (the acquisition thread overtaking the scheduler)."""
+
+    chunk: tuple[np.ndarray, np.ndarray] | None = None
+
+    def window(self, start, stop, *snapshot):
+        if self.chunk is not None:
+            chunk, self.chunk = self.chunk, None
+            self.write(*chunk)
+        return super().window(start, stop, *snapshot)
+
+
+def test_a_marker_read_overtaken_by_the_writer_on_a_full_ring_still_fires_for_every_decoder():
+    """Issue 21, point 9: the marker lookup takes one snapshot of the count; a chunk written
+    between it and the read (a full ring: the oldest samples go) makes the lookup start again
+    instead of raising IndexError, and every decoder after it still sees the marker."""
+    b = Bench(buffer_seconds=2.0)  # 200 samples
+    b.stream.buffer = ring = RacingRing(200, 2, srate=SRATE)
+    first = b.decoder("first", TriggerSpec(length=20, marker="stim"))
+    second = b.decoder("second", TriggerSpec(length=20, marker="stim"))
+    b.feed(200)  # full
+    k = np.arange(200, 230)
+    ring.chunk = (np.repeat(k[:, None], 2, axis=1).astype(np.float32), T0 + k / SRATE)
+    b.marker(150)
+    assert ring.chunk is None and ring.count == 230  # the writer did overtake the lookup
+    assert [(r.decoder, list(r.embedding)) for r in b.results] == [
+        ("first", list(range(150, 170))), ("second", list(range(150, 170)))]
+    assert first.stale_markers == second.stale_markers == 0
