@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 from rtbci.devices.base import Source, SourceLost
 
 __all__ = ["Source", "SourceLost", "make_source"]
@@ -24,10 +26,14 @@ def make_source(config) -> tuple[Source, dict[str, str] | None, object | None]:
     if config.kind == "simulate":
         from rtbci.devices.simulate import SimulatedAmplifier
 
-        amp = SimulatedAmplifier(config.profile, name=config.stream_name or config.name,
+        # a source_id of its own: the source reads this simulator, never another engine's
+        # simulator of the same name (same config) on the network
+        name = config.stream_name or config.name
+        amp = SimulatedAmplifier(config.profile, name=name,
                                  seed=config.seed, snr=config.snr, classes=tuple(config.classes),
                                  subject=config.subject, task=config.task,
-                                 items=config.items)
+                                 items=config.items,
+                                 source_id=f"rtbci-sim-{name}-{uuid.uuid4().hex[:12]}")
         source = LSLSource(config.name, {"source_id": amp.info.source_id},
                            ("clocksync", "dejitter"))
         return source, {"source_id": amp.marker_source_id}, amp.start()

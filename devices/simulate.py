@@ -422,13 +422,18 @@ class SimulatedAmplifier:
     items : sequence of str | None
         With ``task``: draw the trials only from these item labels (e.g. the items a
         retrieval checkpoint never trained on: a zero-shot stream).
+    source_id : str | None
+        LSL source_id of the signal outlet (default ``rtbci-sim-<name>``); the markers'
+        is ``<source_id>-markers``. An engine's own simulator gets one unique to it, so that
+        it reads its own outlets and no other engine's.
     """
 
     def __init__(self, profile: str = "eeg64", name: str | None = None, seed: int = 0,
                  snr: float = 1.0, classes: tuple[str, ...] = DEFAULT_CLASSES,
                  subject: int = 0, chunk_ms: float = 10.0,
                  on_push: Callable[[np.ndarray, np.ndarray], None] | None = None,
-                 task: str | None = None, items: list[str] | None = None):
+                 task: str | None = None, items: list[str] | None = None,
+                 source_id: str | None = None):
         if task is not None:  # a decoder family's task (devices/tasks.py): its profile and rate
             from rtbci.devices.tasks import TaskSignal
 
@@ -440,7 +445,8 @@ class SimulatedAmplifier:
             self.marker_prefix = MARKER_PREFIX
         self.profile = self.model.profile
         self.name = name or f"rtbci-{task or profile}"
-        self.info = stream_info(self.profile, self.name, source_id=f"rtbci-sim-{self.name}")
+        self.info = stream_info(self.profile, self.name,
+                                source_id=source_id or f"rtbci-sim-{self.name}")
         self.marker_name = f"{self.name}-markers"
         self.marker_source_id = f"{self.info.source_id}-markers"
         self.chunk = max(1, int(round(chunk_ms * 1e-3 * self.profile.srate)))
