@@ -19,6 +19,8 @@ import numpy as np
 from rtbci.errors import RtbciError
 from rtbci.stream import StreamInfo
 
+log = logging.getLogger("rtbci.devices.recording")
+
 MNE_SUFFIXES = (".fif", ".fif.gz", ".edf", ".bdf", ".vhdr", ".set", ".gdf", ".cnt")
 # MNE channel type → (unit written to LSL, factor from SI)
 _UNITS = {"eeg": ("microvolts", 1e6), "seeg": ("microvolts", 1e6), "ecog": ("microvolts", 1e6),
@@ -161,10 +163,11 @@ def to_mne_raw(stream: RecordedStream, markers: list[tuple[float, str]] = ()):
         for ch, pos, kind in zip(raw.info["chs"], info.positions, types, strict=True):
             if kind in ("mag", "grad"):  # a montage only places EEG-like channels
                 ch["loc"][:12] = [*pos, 1, 0, 0, 0, 1, 0, 0, 0, 1]  # position, coil axes
-    t0 = float(stream.times[0])
-    kept = [(t - t0, text) for t, text in markers if t >= t0]
+    times = stream.times
+    kept = [(t, text) for t, text in markers if times[0] <= t <= times[-1]]
     if kept:
-        onsets, texts = zip(*kept, strict=True)
+        stamps, texts = zip(*kept, strict=True)  # onsets by sample position: right across gaps
+        onsets = np.interp(stamps, times, np.arange(len(times))) / info.srate
         raw.set_annotations(mne.Annotations(onsets, [0.0] * len(onsets), texts))
     return raw
 
@@ -222,20 +225,27 @@ def info_from_mne(info, name: str, source_id: str) -> tuple[StreamInfo, np.ndarr
 def _read_mne(path: Path, name: str | None) -> Recording:
     import mne
 
-    from rtbci.export import read_bids_raw
+    from rtbci.export import bids_identity, read_bids_raw
 
     raw = read_bids_raw(path)  # inside a BIDS dataset: markers from its events.tsv
+    identity = None if raw is None else bids_identity(path)  # the stream rtbci exported
     if raw is None:
         raw = mne.io.read_raw(path, preload=False, verbose="error")
     stem = name or path.name.split(".")[0]
     info, factors = info_from_mne(raw.info, stem, f"rtbci-replay-{stem}")
+    source = None
+    if identity is not None and name is None:
+        stem, source = identity["name"], identity["source"]
+        info = replace(info, name=stem, type=identity["type"],
+                       source_id=identity.get("source_id") or info.source_id)
     data = _float32_samples(raw, factors)
     times = raw.times.copy()
     # onsets are relative to the measurement start when orig_time is set, else to the data's
     first = raw.first_time if raw.annotations.orig_time is not None else 0.0
     markers = [(float(annot["onset"] - first), str(annot["description"]))
                for annot in raw.annotations if 0 <= annot["onset"] - first <= times[-1]]
-    return Recording(path, [RecordedStream(info, data, times)], [owned_markers(0, stem, markers)])
+    return Recording(path, [RecordedStream(info, data, times, source)],
+                     [owned_markers(0, stem, markers)])
 
 
 def _float32_samples(raw, factors: np.ndarray, block: int = 65536) -> np.ndarray:
@@ -313,10 +323,69 @@ def stream_info_to_json(info: StreamInfo) -> dict:
     return out
 
 
-def stream_info_from_json(d: dict) -> StreamInfo:
-    positions = d.get("positions")
-    return StreamInfo(name=d["name"], type=d["type"], source_id=d["source_id"],
-                      srate=float(d["srate"]), ch_names=tuple(d["ch_names"]),
-                      ch_types=tuple(d["ch_types"]), ch_units=tuple(d["ch_units"]),
-                      positions=None if positions is None else np.array(positions, dtype=float),
-                      hostname=d.get("hostname", ""))
+def stream_info_from_json(d: dict, where: str = "stream") -> StreamInfo:
+    """The StreamInfo of a session's ``<source>.json`` (``where`` names the file in messages).
+
+    ``name``, ``srate`` (a finite number > 0) and ``ch_names`` (strings) are required: a bad
+    one raises :class:`RtbciError` naming the file and the field. A bad ``type``,
+    ``source_id``, ``hostname``, ``ch_types``, ``ch_units`` or ``positions`` is replaced by a
+    neutral value (``""``, ``misc``, no positions), with one warning naming it."""
+    if not isinstance(d, dict):
+        raise RtbciError(f"{where}: not a JSON object")
+    srate = d.get("srate")
+    if (isinstance(srate, bool) or not isinstance(srate, int | float) or not np.isfinite(srate)
+            or srate <= 0):
+        raise RtbciError(f"{where}: srate: {srate!r} is not a sampling rate (a finite number "
+                         "> 0)")
+    names = d.get("ch_names")
+    if not _strings(names) or not names:
+        raise RtbciError(f"{where}: ch_names: expected a list of channel names, got "
+                         f"{_short(names)}")
+    if not isinstance(d.get("name"), str) or not d["name"]:
+        raise RtbciError(f"{where}: name: expected the stream's name, got {_short(d.get('name'))}")
+    n, skipped = len(names), []
+
+    def text(key: str) -> str:
+        value = d.get(key, "")
+        if isinstance(value, str):
+            return value
+        skipped.append(key)
+        return ""
+
+    def labels(key: str, default: str) -> tuple[str, ...]:
+        value = d.get(key)
+        if _strings(value) and len(value) == n:
+            return tuple(value)
+        skipped.append(key)
+        return (default,) * n
+
+    info = dict(type=text("type"), source_id=text("source_id"), hostname=text("hostname"),
+                ch_types=labels("ch_types", "misc"), ch_units=labels("ch_units", ""))
+    positions = _positions(d.get("positions"), n)
+    if positions is False:
+        skipped.append("positions")
+    if skipped:
+        log.warning("%s: %s not valid: left out", where, ", ".join(skipped))
+    return StreamInfo(name=d["name"], srate=float(srate), ch_names=tuple(names),
+                      positions=positions if positions is not False else None, **info)
+
+
+def _strings(value) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _positions(value, n: int):
+    """Channel positions (n, 3) m (NaN where unknown), None if absent, False if invalid."""
+    if value is None:
+        return None
+    try:
+        positions = np.array([[np.nan if v is None else v for v in row] for row in value],
+                             dtype=float)
+    except (TypeError, ValueError):
+        return False
+    return positions if positions.shape == (n, 3) else False
