@@ -25,7 +25,7 @@ import pylsl
 
 from rtbci.devices.base import SourceLost
 from rtbci.devices.lsl import LSLSource, MarkerReader
-from rtbci.messages import decode
+from rtbci.messages import MAX_DECODER_NAMES, as_result, decode
 from rtbci.mqtt_connection import MQTTConnection
 from rtbci.ringbuffer import RingBuffer
 from rtbci.stream import StreamInfo
@@ -63,7 +63,12 @@ class MqttFeed:
     error : str | None
         Why the last connection attempt failed.
     received, bad_messages : int
-        Messages received; messages that could not be decoded.
+        Messages received; messages that are not rtbci's or malformed results (a field
+        missing or of the wrong type: :func:`rtbci.messages.result_problem`), ignored.
+    decoders : set of str
+        Decoder names whose results are kept, at most ``MAX_DECODER_NAMES`` (256).
+    untracked : int
+        Results of further decoder names: counted, not kept.
     """
 
     def __init__(self, connection: MQTTConnection | str, session: str, history: int = 5000,
@@ -83,7 +88,9 @@ class MqttFeed:
         self.stats_at = float("nan")
         self.connected = False
         self.error: str | None = None
-        self.received = self.bad_messages = 0
+        self.received = self.bad_messages = self.untracked = 0
+        self.decoders: set[str] = set()
+        self._bad_topics: set[str] = set()  # warned once each, at most MAX_DECODER_NAMES
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._started = threading.Event()
@@ -167,22 +174,43 @@ class MqttFeed:
             if level == "status":
                 self.status = None
             return
+        if level not in ("status", "stats"):
+            self._add_result(topic, as_result(payload), received_at)
+            return
         try:
             message = decode(payload)
         except Exception:  # noqa: BLE001 - a foreign payload must not end the feed
-            self.bad_messages += 1
-            return
+            message = None
         if not isinstance(message, dict):
-            self.bad_messages += 1
+            self._bad(topic)
         elif level == "status":
             self.status = message
-        elif level == "stats":
-            self.stats, self.stats_at = message, time.monotonic()
-        elif "decoder" in message:
-            with self._lock:
-                self._results.append((message, received_at))
         else:
-            self.bad_messages += 1
+            self.stats, self.stats_at = message, time.monotonic()
+
+    def _add_result(self, topic: str, message: dict | None, received_at: float) -> None:
+        """Keep a well-formed result of a tracked decoder; count anything else."""
+        if message is None:
+            self._bad(topic)
+            return
+        name = message["decoder"]
+        if name not in self.decoders:
+            if len(self.decoders) >= MAX_DECODER_NAMES:
+                if not self.untracked:
+                    log.warning("more than %d decoder names on %s; results of further names "
+                                "are ignored", MAX_DECODER_NAMES, self.topic)
+                self.untracked += 1
+                return
+            self.decoders.add(name)
+        with self._lock:
+            self._results.append((message, received_at))
+
+    def _bad(self, topic: str) -> None:
+        self.bad_messages += 1
+        if topic not in self._bad_topics and len(self._bad_topics) < MAX_DECODER_NAMES:
+            self._bad_topics.add(topic)
+            log.warning("ignoring a message on %s: not an rtbci message, or a malformed "
+                        "result; further ones on this topic are only counted", topic)
 
 
 class SignalFeed:

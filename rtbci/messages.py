@@ -7,6 +7,8 @@ numpy arrays travel as typed binary: a map ``{"nd": true, "dtype": "<f4", "shape
 from __future__ import annotations
 
 import contextlib
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -127,3 +129,84 @@ def decode_all(payload: bytes) -> list[dict]:
         for message in unpacker:
             out.append(message)
     return out
+
+
+DECODER_NAME = re.compile(r"[A-Za-z0-9_.-]{1,255}")  # a config's names, length-bounded
+MAX_DECODER_NAMES = 256  # distinct decoder names a consumer (listen, the display) tracks
+_TIMES = ("window_end", "t_published", "t_arrived")
+_OPTIONAL = ("kind", "marker", "label", "labels", "probabilities", "ids", "scores",
+             "embedding", "importance", "importance_seq")
+_NUMERIC, _INTEGER = "iuf", "iu"  # numpy dtype kinds
+
+
+def _array(value: Any, kinds: str, ndim: int | None = 1) -> bool:
+    return (isinstance(value, np.ndarray) and value.dtype.kind in kinds and value.size > 0
+            and (value.ndim >= 1 if ndim is None else value.ndim == ndim))
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def result_problem(message: Any) -> str | None:
+    """Why a decoded message is not a well-formed result: the field at fault, or None.
+
+    Checks what a consumer (``rtbci listen``, the display) relies on: ``decoder`` a name
+    (``[A-Za-z0-9_.-]``, at most 255 characters); ``seq`` an int; ``late`` a bool; the times
+    finite numbers; ``labels`` a list of str; ``probabilities`` 1-D numeric (as many as
+    ``labels``); ``ids`` 1-D int with ``scores`` 1-D numeric of the same length;
+    ``embedding`` numeric; ``importance`` 1-D numeric; ``kind``, ``marker``, ``label`` str.
+    Optional fields may be missing or None.
+    """
+    if not isinstance(message, dict):
+        return "not a map"
+    get = message.get
+    if not isinstance(get("decoder"), str) or not DECODER_NAME.fullmatch(get("decoder")):
+        return "decoder"
+    if not isinstance(get("seq"), int) or isinstance(get("seq"), bool):
+        return "seq"
+    if not isinstance(get("late"), bool):
+        return "late"
+    for name in _TIMES:
+        if not _number(get(name)):
+            return name
+    for name in ("kind", "marker", "label"):
+        if get(name) is not None and not isinstance(get(name), str):
+            return name
+    labels = get("labels")
+    if labels is not None and not (isinstance(labels, list)
+                                   and all(isinstance(x, str) for x in labels)):
+        return "labels"
+    return _arrays_problem(get("probabilities"), get("ids"), get("scores"), get("embedding"),
+                           get("importance"), labels)
+
+
+def _arrays_problem(probabilities, ids, scores, embedding, importance, labels) -> str | None:
+    if probabilities is not None and not (_array(probabilities, _NUMERIC) and (
+            not labels or len(labels) == len(probabilities))):
+        return "probabilities"
+    if ids is not None and not _array(ids, _INTEGER):
+        return "ids"
+    if ids is not None and not (_array(scores, _NUMERIC) and len(scores) == len(ids)):
+        return "scores"
+    if ids is not None and probabilities is None and labels and len(labels) != len(ids):
+        return "labels"
+    if embedding is not None and not _array(embedding, _NUMERIC, ndim=None):
+        return "embedding"
+    if importance is not None and not _array(importance, _NUMERIC):
+        return "importance"
+    return None
+
+
+def as_result(payload: bytes) -> dict | None:
+    """The well-formed result in an MQTT payload (:func:`result_problem`), with every optional
+    field present (None when missing); None for anything else (foreign or damaged)."""
+    try:
+        message = decode(payload)
+    except Exception:  # noqa: BLE001 - any undecodable payload is foreign
+        return None
+    if result_problem(message) is not None:
+        return None
+    for name in _OPTIONAL:
+        message.setdefault(name, None)
+    return message

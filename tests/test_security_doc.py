@@ -81,7 +81,10 @@ def test_the_documented_mosquitto_setup(documented_broker, tmp_path, capsys, mon
     other = main([*viewer, "--session", "other"])
     out, err = capsys.readouterr()
     assert "status: online" not in out  # the ACL: demo reads only rtbci/demo/#
-    assert other == 0 and err.strip() == "{}"  # mosquitto 2.0 grants it, delivers nothing
+    assert other == 0  # mosquitto 2.0 grants it, delivers nothing; listen says so
+    assert err.strip().splitlines() == [
+        "rtbci listen: no results for session 'other' yet; sessions on the broker: 'demo'",
+        "{}"]
     monkeypatch.delenv("RTBCI_MQTT_PASSWORD")
     assert main([*viewer, "--session", "demo"]) == 2  # no password
     assert main([*viewer[:2], url.replace("mqtts:", "mqtt:"), *viewer[3:],

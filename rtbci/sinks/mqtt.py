@@ -12,6 +12,12 @@ drains the outbox and reconnects with exponential backoff when the broker goes a
 During an outage results are buffered; when the outbox is full the oldest is dropped
 (and counted), so the engine never waits on the network.
 
+The sink speaks MQTT 5 and falls back to 3.1.1 (one warning) when the broker refuses MQTT 5
+(e.g. ``rtbci broker``). Only MQTT 5 tells a publisher that the broker refused a message (a
+PUBACK reason code >= 0x80, e.g. 0x87 Not authorized from an ACL): such a result counts as
+``dropped`` and ``refused``, never ``delivered``. Under 3.1.1 a broker acknowledges a
+publish its ACL discards like any other (mosquitto 2.0 does), so nothing can tell.
+
 Brokers should disable Nagle's algorithm (mosquitto: ``set_tcp_nodelay true``); the client
 side always does. Without it a QoS 1 round trip takes ~90 ms instead of ~0.3 ms.
 """
@@ -26,6 +32,8 @@ import time
 from typing import Literal
 
 import aiomqtt
+from aiomqtt.exceptions import MqttConnectError
+from paho.mqtt.reasoncodes import ReasonCode
 from pydantic import Field, model_validator
 
 from rtbci.errors import RtbciError
@@ -55,6 +63,42 @@ _CLIENT_LOG = _ClientLog(logging.getLogger(f"{__name__}.client"), {})
 TOPIC_ROOT = "rtbci"
 _OP_TIMEOUT_S = 5.0  # CONNACK, PUBACK and DISCONNECT waits of one connection
 _BAD_TOPIC_CHARS = frozenset("+#/\0")
+V5, V311 = aiomqtt.ProtocolVersion.V5, aiomqtt.ProtocolVersion.V311
+_PROTOCOL_NAMES = {V5: "5", V311: "3.1.1"}
+_UNSUPPORTED_PROTOCOL = (0x01, 0x84)  # CONNACK: 3.1.1 and MQTT 5 codes
+# a broker's DISCONNECT that blames the packet in flight: not authorized, topic name invalid,
+# packet too large, quota exceeded, payload format invalid, retain / QoS not supported
+_PACKET_FAULTS = frozenset({0x87, 0x90, 0x95, 0x97, 0x99, 0x9A, 0x9B})
+MAX_TRIES = 3  # a result in flight at this many lost connections in a row is dropped
+
+
+class _Client(aiomqtt.Client):
+    """``aiomqtt.Client`` that keeps the broker's refusal of a publish, which aiomqtt ignores.
+
+    :meth:`publish_checked` returns the PUBACK's failure reason code (MQTT 5, >= 0x80), or
+    None when the broker accepted the message. One publish at a time (the sink's sender).
+    """
+
+    _refusal: ReasonCode | None = None
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        if isinstance(reason_code, ReasonCode) and reason_code.is_failure:
+            self._refusal = reason_code
+        super()._on_publish(client, userdata, mid, reason_code, properties)
+
+    async def publish_checked(self, topic: str, payload: bytes, qos: int,
+                              **kwargs) -> ReasonCode | None:
+        """Publish and return the broker's refusal (None: accepted, or QoS 0 written)."""
+        self._refusal = None
+        await self.publish(topic, payload, qos=qos, **kwargs)
+        refusal, self._refusal = self._refusal, None
+        return refusal
+
+
+def describe_code(code: ReasonCode | int | None) -> str:
+    """An MQTT reason code as ``0x87 Not authorized``."""
+    value = int(getattr(code, "value", code or 0))
+    return f"0x{value:02X} {code}" if isinstance(code, ReasonCode) else f"0x{value:02X}"
 
 
 class MQTTSinkConfig(MQTTConnection):
@@ -125,7 +169,10 @@ class MQTTSink(Sink):
     -----
     All methods must be called from the engine's event loop. ``stats()`` holds
     ``produced == delivered + dropped + queued`` at all times; ``delivered`` counts messages
-    written to the socket (QoS 0) or acknowledged by the broker (QoS 1).
+    the broker acknowledged (QoS 1) or, at QoS 0, written to the socket on a topic the broker
+    has accepted a QoS 1 probe on during this connection (MQTT 5: each topic's first result
+    of a connection, and every result after a refusal, goes at QoS 1). ``refused`` (part of
+    ``dropped``) counts results the broker refused.
     """
 
     kind = "mqtt"
@@ -157,7 +204,15 @@ class MQTTSink(Sink):
         self._connected = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._closed = False
-        self._produced = self._delivered = self._dropped = 0
+        self._produced = self._delivered = self._dropped = self._refused = 0
+        self._protocol = V5
+        self._accepted: set[str] = set()  # topics the broker accepted this connection
+        self._refused_topics: set[str] = set()  # logged once each
+        self._status_refused = False
+        self._lost_inflight: tuple[str, bytes] | None = None  # in flight when the link broke
+        self._lost_rc: ReasonCode | int | None = None
+        self._suspect: tuple[str, bytes] | None = None  # in flight at the last lost links
+        self._suspect_losses = 0
         self._connections = 0
         self._down_since: float | None = None
         self._warned_full = False
@@ -246,15 +301,25 @@ class MQTTSink(Sink):
             self._drop_queued()
 
     def stats(self) -> dict:
-        """Counters: produced, delivered, dropped, queued, connected, reconnects."""
+        """Counters: produced, delivered, dropped (refused included), refused, queued,
+        connected, reconnects, protocol (``"5"`` or ``"3.1.1"``)."""
         return {
             "produced": self._produced,
             "delivered": self._delivered,
             "dropped": self._dropped,
+            "refused": self._refused,
             "queued": self._queued(),
             "connected": self._connected.is_set(),
             "reconnects": max(self._connections - 1, 0),
+            "protocol": _PROTOCOL_NAMES[self._protocol],
         }
+
+    def watched(self) -> list:
+        """The connection task: one that ended (an uncaught error) sends nothing more."""
+        from rtbci.health import Watched
+
+        task = self._task
+        return [] if task is None else [Watched("sink", "connection", lambda: not task.done())]
 
     async def wait_connected(self, timeout: float | None = None) -> bool:
         """Wait until connected to the broker; return whether it is, after ``timeout`` s."""
@@ -305,10 +370,11 @@ class MQTTSink(Sink):
 
     # -- connection task -----------------------------------------------------------------------
 
-    def _make_client(self) -> aiomqtt.Client:
+    def _make_client(self) -> _Client:
         cfg = self.config
-        return aiomqtt.Client(
+        return _Client(
             **cfg.client_kwargs(self._tls_context), identifier=cfg.client_id,
+            protocol=self._protocol,
             logger=_CLIENT_LOG,  # type: ignore[arg-type]  # a Logger-compatible adapter
             will=aiomqtt.Will(self._status_topic, self._will_payload, qos=1, retain=True),
             keepalive=cfg.keepalive_s, timeout=_OP_TIMEOUT_S,
@@ -322,7 +388,12 @@ class MQTTSink(Sink):
                     self._on_connected()
                     delay = self.config.reconnect_min_s
                     await self._serve(client)
+            except MqttConnectError as exc:
+                if self._fall_back(exc):
+                    continue
+                self._on_disconnected(str(exc), delay)
             except aiomqtt.MqttError as exc:
+                self._judge_inflight(str(exc))
                 self._on_disconnected(str(exc), delay)
             except Exception as exc:  # noqa: BLE001 - keep the task alive whatever happens
                 if self._down_since is None:
@@ -359,6 +430,7 @@ class MQTTSink(Sink):
                 pass
         except aiomqtt.MqttError as exc:
             cause = exc.__cause__
+            self._lost_rc = getattr(cause, "rc", None)
             raise aiomqtt.MqttError(f"connection lost: {cause}" if cause else str(exc)) from None
 
     async def _send(self, client: aiomqtt.Client) -> None:
@@ -366,8 +438,9 @@ class MQTTSink(Sink):
         while self._outbox or not self._closing.is_set():
             if self._status_pending:
                 self._status_pending = False
-                await client.publish(self._status_topic, self._online_payload, qos=1,
-                                     retain=True)
+                refusal = await client.publish_checked(self._status_topic, self._online_payload,
+                                                       qos=1, retain=True)
+                self._check_status(refusal)
             elif self._stats_payload is not None:
                 payload, self._stats_payload = self._stats_payload, None
                 await client.publish(self._stats_topic, payload, qos=0)
@@ -377,20 +450,82 @@ class MQTTSink(Sink):
                 self._wake.clear()
                 await self._wake.wait()
 
-    async def _publish_next(self, client: aiomqtt.Client) -> None:
+    async def _publish_next(self, client: _Client) -> None:
         item = self._inflight = self._outbox.popleft()
+        topic = item[0]
         try:
-            await client.publish(*item, qos=self.config.qos)
+            refusal = await client.publish_checked(*item, qos=self._qos(topic))
         except (aiomqtt.MqttError, asyncio.CancelledError):
             self._requeue(item)
+            self._lost_inflight = item
             raise
         except Exception as exc:  # noqa: BLE001 - e.g. a payload paho refuses: drop it
-            logger.warning("MQTT sink: cannot publish to %s (%s); dropped", item[0], exc)
+            logger.warning("MQTT sink: cannot publish to %s (%s); dropped", topic, exc)
             self._dropped += 1
         else:
-            self._delivered += 1
+            if refusal is None:
+                self._delivered += 1
+                self._accepted.add(topic)
+            else:
+                self._refuse(topic, describe_code(refusal))
         finally:
             self._inflight = None
+
+    def _qos(self, topic: str) -> int:
+        """The configured QoS; under MQTT 5 QoS 1 for a topic not yet accepted this connection
+        (a QoS 0 message the broker discards is never reported: the probe is)."""
+        if self.config.qos == 0 and self._protocol is V5 and topic not in self._accepted:
+            return 1
+        return self.config.qos
+
+    def _refuse(self, topic: str, reason: str, refused: bool = True) -> None:
+        """Count one result the broker refused (or that broke the link) as dropped; one log
+        line per topic."""
+        self._dropped += 1
+        self._refused += refused
+        self._accepted.discard(topic)
+        if topic not in self._refused_topics:
+            self._refused_topics.add(topic)
+            logger.warning("MQTT broker %s refused a result on %s (%s); results it refuses "
+                           "are counted as dropped", self._address, topic, reason)
+
+    def _check_status(self, refusal: ReasonCode | None) -> None:
+        if refusal is not None and not self._status_refused:
+            self._status_refused = True
+            logger.warning("MQTT broker %s refused the status on %s (%s)", self._address,
+                           self._status_topic, describe_code(refusal))
+
+    def _judge_inflight(self, reason: str) -> None:
+        """After a lost connection: drop the result that was in flight if the broker blamed
+        it (MQTT 5 DISCONNECT reason, e.g. 0x87 or 0x95), or if it was in flight at
+        :data:`MAX_TRIES` lost connections in a row; it stays queued otherwise."""
+        item, rc = self._lost_inflight, self._lost_rc
+        self._lost_inflight = self._lost_rc = None
+        if item is None:
+            return
+        self._suspect_losses = self._suspect_losses + 1 if item is self._suspect else 1
+        self._suspect = item
+        blamed = int(getattr(rc, "value", 0) or 0) in _PACKET_FAULTS
+        if not blamed and self._suspect_losses < MAX_TRIES:
+            return
+        self._suspect, self._suspect_losses = None, 0
+        if self._outbox and self._outbox[0] is item:
+            self._outbox.popleft()
+            why = (f"disconnected: {describe_code(rc)}" if blamed else
+                   f"the connection was lost {MAX_TRIES} times while it was in flight: "
+                   f"{reason}")
+            self._refuse(item[0], why, refused=blamed)
+
+    def _fall_back(self, exc: MqttConnectError) -> bool:
+        """Switch to MQTT 3.1.1 if the broker refused MQTT 5; return whether it did."""
+        code = int(getattr(exc.rc, "value", exc.rc) or 0)
+        if self._protocol is not V5 or code not in _UNSUPPORTED_PROTOCOL:
+            return False
+        self._protocol = V311
+        logger.warning("MQTT broker %s does not speak MQTT 5; using 3.1.1, under which a "
+                       "result the broker refuses (e.g. by its ACL) cannot be told from a "
+                       "delivered one", self._address)
+        return True
 
     async def _publish_offline(self, client: aiomqtt.Client, timeout: float) -> None:
         payload = encode({"state": "offline", "session": self.session, "reason": "closed"})
@@ -402,11 +537,12 @@ class MQTTSink(Sink):
 
     def _on_connected(self) -> None:
         self._connections += 1
+        self._accepted.clear()
         self._connected.set()
         self._warned_full = False
         if self._down_since is None:
-            logger.info("MQTT connected to %s (session %r, QoS %d)", self._address,
-                        self.session, self.config.qos)
+            logger.info("MQTT connected to %s (session %r, QoS %d, MQTT %s)", self._address,
+                        self.session, self.config.qos, _PROTOCOL_NAMES[self._protocol])
         else:
             logger.info("MQTT connected to %s after %.1f s offline; %d results queued, "
                         "%d dropped so far", self._address, time.monotonic() - self._down_since,

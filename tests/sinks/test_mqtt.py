@@ -147,8 +147,9 @@ def test_results_reach_aiomqtt_and_mosquitto_sub(mosquitto, mosquitto_sub, caplo
             status, retained = await _status(mosquitto.port, "test")
             assert retained and status["decoders"] == ["speech", "motor", "new"]
             await sink.close()
-        assert sink.stats() == {"produced": 20, "delivered": 20, "dropped": 0, "queued": 0,
-                                "connected": False, "reconnects": 0}
+        assert sink.stats() == {"produced": 20, "delivered": 20, "dropped": 0, "refused": 0,
+                                "queued": 0, "connected": False, "reconnects": 0,
+                                "protocol": "5"}
         status, retained = await _status(mosquitto.port, "test")
         assert retained and status == {"state": "offline", "session": "test", "reason": "closed"}
         return [item for item in received if not item[0].endswith("/status")]
@@ -391,8 +392,8 @@ def test_publish_never_raises_and_counts_what_it_drops():
         return sink
 
     stats = asyncio.run(scenario()).stats()
-    assert stats == {"produced": 7, "delivered": 0, "dropped": 7, "queued": 0,
-                     "connected": False, "reconnects": 0}
+    assert stats == {"produced": 7, "delivered": 0, "dropped": 7, "refused": 0, "queued": 0,
+                     "connected": False, "reconnects": 0, "protocol": "5"}
 
 
 # -- TLS ----------------------------------------------------------------------------------------
@@ -486,3 +487,175 @@ def test_offline_status_when_the_loop_ends_without_close(mosquitto):
     asyncio.run(scenario())
     status, retained = asyncio.run(_status(mosquitto.port, "abandoned"))
     assert retained and status["state"] == "offline"
+
+
+# -- the broker refuses (issue 21, point 7) ---------------------------------------------------
+
+
+def _password_file(folder, users: dict[str, str]):
+    path = folder / "passwd"
+    for i, (user, password) in enumerate(users.items()):
+        subprocess.run(["mosquitto_passwd", "-b", *(["-c"] if i == 0 else []), str(path), user,
+                        password], check=True, capture_output=True)
+    path.chmod(0o644)
+    return path
+
+
+async def _until(condition, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("qos", [0, 1])
+def test_results_the_acl_refuses_count_as_dropped(make_mosquitto, broker_dir, qos, caplog):
+    """mosquitto's ACL lets the engine publish on rtbci/acl/ok only: the results on
+    rtbci/acl/secret are refused (MQTT 5 PUBACK 0x87) and counted as dropped, not delivered."""
+    passwd = _password_file(broker_dir, {"engine": "pw-e", "reader": "pw-r"})
+    acl = broker_dir / "acl"
+    acl.write_text("user engine\ntopic write rtbci/acl/ok\ntopic write rtbci/acl/status\n\n"
+                   "user reader\ntopic read rtbci/#\n")
+    acl.chmod(0o644)
+    broker = make_mosquitto(f"allow_anonymous false\npassword_file {passwd}\nacl_file {acl}\n")
+    sent = [_result(i, decoder=("ok", "secret")[i % 2]) for i in range(20)]
+
+    async def scenario() -> tuple[dict, list[str]]:
+        sink = MQTTSink(MQTTSinkConfig(url=broker.url, username="engine", password="pw-e",
+                                       qos=qos), "acl")
+        got: list[str] = []
+        async with aiomqtt.Client("127.0.0.1", broker.port, username="reader",
+                                  password="pw-r") as reader:
+            await reader.subscribe("rtbci/acl/+", qos=1)
+
+            async def pump() -> None:
+                async for msg in reader.messages:
+                    if not str(msg.topic).endswith("/status"):
+                        got.append(str(msg.topic))
+
+            task = asyncio.create_task(pump())
+            await sink.start({})
+            assert await sink.wait_connected(5.0)
+            for result in sent:
+                sink.publish(result)
+            await _until(lambda: sink.stats()["queued"] == 0 and len(got) >= 10)
+            await sink.close()
+            await asyncio.sleep(0.2)  # nothing more arrives
+            task.cancel()
+        return sink.stats(), got
+
+    caplog.set_level(logging.WARNING, logger="rtbci.sinks.mqtt")
+    stats, got = asyncio.run(scenario())
+    assert got == ["rtbci/acl/ok"] * 10
+    assert (stats["produced"], stats["delivered"], stats["dropped"], stats["refused"]) == \
+        (20, 10, 10, 10)
+    assert stats["protocol"] == "5"
+    refusals = [r.getMessage() for r in caplog.records if "refused a result" in r.getMessage()]
+    assert refusals == [f"MQTT broker 127.0.0.1:{broker.port} refused a result on "
+                        "rtbci/acl/secret (0x87 Not authorized); results it refuses are "
+                        "counted as dropped"]
+
+
+@pytest.mark.timeout(60)
+def test_everything_refused_is_said_once_and_nothing_is_delivered(make_mosquitto, broker_dir,
+                                                                  caplog):
+    """The issue's case: the ACL denies rtbci/# to the engine's user (QoS 1)."""
+    passwd = _password_file(broker_dir, {"engine": "pw-e"})
+    acl = broker_dir / "acl"
+    acl.write_text("user engine\ntopic write other/#\n")
+    acl.chmod(0o644)
+    broker = make_mosquitto(f"allow_anonymous false\npassword_file {passwd}\nacl_file {acl}\n")
+
+    async def scenario() -> dict:
+        sink = MQTTSink(MQTTSinkConfig(url=broker.url, username="engine", password="pw-e",
+                                       qos=1), "denied")
+        await sink.start({})
+        assert await sink.wait_connected(5.0)
+        for i in range(94):
+            sink.publish(_result(i))
+        await _until(lambda: sink.stats()["queued"] == 0)
+        await sink.close()
+        return sink.stats()
+
+    caplog.set_level(logging.WARNING, logger="rtbci.sinks.mqtt")
+    stats = asyncio.run(scenario())
+    assert (stats["delivered"], stats["dropped"], stats["refused"]) == (0, 94, 94)
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum("refused a result on rtbci/denied/dec (0x87 Not authorized)" in m
+               for m in lines) == 1
+    assert sum("refused the status on rtbci/denied/status (0x87 Not authorized)" in m
+               for m in lines) == 1
+
+
+@pytest.mark.timeout(90)
+def test_a_result_that_breaks_the_connection_is_dropped_not_resent_forever(make_mosquitto,
+                                                                            caplog):
+    """mosquitto closes an MQTT 5 connection on a message over message_size_limit: that
+    result is dropped after MAX_TRIES lost connections; the results behind it get through."""
+    from rtbci.sinks.mqtt import MAX_TRIES
+
+    broker = make_mosquitto("message_size_limit 2000\n")
+    big = _result(0)
+    big.embedding = np.zeros(4000, np.float32)
+
+    async def scenario() -> tuple[dict, list]:
+        sink = MQTTSink(MQTTSinkConfig(url=broker.url, qos=1, reconnect_min_s=0.05,
+                                       reconnect_max_s=0.2), "big")
+        async with _subscriber(broker.port, "rtbci/big/dec") as queue:
+            await sink.start({})
+            assert await sink.wait_connected(5.0)
+            sink.publish(big)
+            for i in range(1, 6):
+                sink.publish(_result(i))
+            received = await _take(queue, 5, timeout=30.0)
+            await sink.close()
+        return sink.stats(), received
+
+    caplog.set_level(logging.WARNING, logger="rtbci.sinks.mqtt")
+    stats, received = asyncio.run(scenario())
+    assert [decode(payload)["seq"] for _, payload, _, _ in received] == [1, 2, 3, 4, 5]
+    assert (stats["delivered"], stats["dropped"], stats["queued"]) == (5, 1, 0)
+    assert stats["reconnects"] >= MAX_TRIES
+    assert sum(f"the connection was lost {MAX_TRIES} times while it was in flight" in
+               r.getMessage() for r in caplog.records) == 1
+
+
+@pytest.mark.timeout(60)
+def test_a_broker_without_mqtt5_gets_results_over_3_1_1_and_a_warning(caplog):
+    """amqtt (``rtbci broker``) refuses MQTT 5: the sink falls back to 3.1.1 and says that
+    refusals cannot be told there."""
+    pytest.importorskip("amqtt")
+    from rtbci.broker import serve
+
+    port = _free_port()
+
+    async def scenario() -> dict:
+        stop = asyncio.Event()
+        broker = asyncio.create_task(serve("127.0.0.1", port, stop))
+        sink = MQTTSink(MQTTSinkConfig(url=f"mqtt://127.0.0.1:{port}", qos=1,
+                                       reconnect_min_s=0.1, reconnect_max_s=0.5), "amq")
+        try:
+            await sink.start({})
+            assert await sink.wait_connected(20.0)
+            async with _subscriber(port, "rtbci/amq/dec") as queue:
+                for i in range(3):
+                    sink.publish(_result(i))
+                await _take(queue, 3, timeout=10.0)
+            await sink.close()
+        finally:
+            stop.set()
+            await broker
+        return sink.stats()
+
+    caplog.set_level(logging.WARNING, logger="rtbci.sinks.mqtt")
+    stats = asyncio.run(scenario())
+    assert (stats["protocol"], stats["delivered"], stats["dropped"]) == ("3.1.1", 3, 0)
+    assert sum("does not speak MQTT 5; using 3.1.1" in r.getMessage()
+               for r in caplog.records) == 1
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
