@@ -166,6 +166,7 @@ class TaskSignal:
             LATENT_DIM / 4)
         self.sample = 0
         self.events: list[tuple[int, str]] = []
+        self.max_trials: int | None = None  # no trial starts after this many (None: no cap)
         self._next_trial = self._isi()
         self._responses = Overlays()
         self._scale = self.snr * self.profile.noise_rms / self._mean_response_rms()
@@ -240,7 +241,8 @@ class TaskSignal:
         ``(sample index, marker text)``."""
         x, _ = self.background.next(n)
         start, events, rng, real = self.sample, [], self._rng, self.realism
-        while self._next_trial < start + n:
+        while self._next_trial < start + n and (
+                self.max_trials is None or len(self.events) + len(events) < self.max_trials):
             item = int(self.drawn[rng.integers(len(self.drawn))])
             jitter = real.trial_shift(rng, self.profile.srate)
             gains = real.trial_gain(rng) * np.array([real.trial_gain(rng)
@@ -269,20 +271,45 @@ def save_task(path: str | Path, family: str, snr: float = 1.0, seed: int = 0,
     from rtbci.devices.recording import RecordedStream, to_mne_raw
 
     task = TaskSignal(family, snr=snr, seed=seed, subject=subject, srate=srate)
-    spec, fs = task.spec, task.profile.srate
-    n_trials = trials or spec.trials
-    n = int((n_trials + 0.5) * np.mean(spec.isi_s) * fs + spec.response_s * fs)
-    data, _ = task.next(n)
+    fs = task.profile.srate
+    data = _record_trials(task, trials or task.spec.trials, tail_seconds(family))
+    n = len(data)
     name = f"rtbci-{family}"
     info = stream_info(task.profile, name, f"rtbci-sim-{family}")
-    markers = [(s / fs, text) for s, text in task.events if s + spec.response_s * fs <= n]
+    markers = [(s / fs, text) for s, text in task.events]
     path = Path(path)
     to_mne_raw(RecordedStream(info, data, np.arange(n) / fs), markers).save(
         path, overwrite=True, verbose="error")
-    if not spec.retrieval:
+    if not task.spec.retrieval:
         return path, None
     stem = path.with_name(path.name.removesuffix(".gz").removesuffix(".fif"))
     targets = stem.with_name(stem.name + "-targets.npy")
     np.save(targets, task.targets())
     targets.with_suffix(".json").write_text(json.dumps(task.labels))
     return path, targets
+
+
+TAIL_MARGIN_S = 0.5  # after the longest window: its filters' settling, a late marker
+
+
+def tail_seconds(family: str) -> float:
+    """Seconds kept after the last trial's onset: the longest of the response and the
+    family's decoding window end (e.g. speech: 3 s), plus :data:`TAIL_MARGIN_S`."""
+    from rtbci.models.families import FAMILIES
+
+    window_end = FAMILIES[family].window[1] if family in FAMILIES else 0.0
+    return max(TASKS[family].response_s, window_end) + TAIL_MARGIN_S
+
+
+def _record_trials(task: TaskSignal, n_trials: int, tail_s: float) -> np.ndarray:
+    """(n_samples, n_channels) float32 holding exactly ``n_trials`` trials, each with
+    ``tail_s`` seconds after its onset: no window of the last one runs past the end."""
+    fs = task.profile.srate
+    task.max_trials = n_trials
+    chunks, chunk = [], int(round(fs))
+    while len(task.events) < n_trials:
+        chunks.append(task.next(chunk)[0])
+    end = task.events[-1][0] + int(np.ceil(tail_s * fs))
+    if end > task.sample:
+        chunks.append(task.next(end - task.sample)[0])
+    return np.concatenate(chunks)[:end]

@@ -16,6 +16,36 @@ if TYPE_CHECKING:
 __all__ = ["Decoder", "DecoderOutput", "load_decoder", "window_samples"]
 
 BUILTINS = ("builtin:bandpower",)
+# each decoder kind's ``options`` keys: what load_decoder passes on (and rtbci check checks)
+BUILTIN_OPTIONS = {"builtin:bandpower": ("bands", "classifier")}  # BandPower(**options)
+CHECKPOINT_OPTIONS = ("subject", "top_k", "importance")  # load_checkpoint_decoder
+
+
+def known_options(model: str) -> tuple[str, ...] | None:
+    """The ``options`` keys decoder ``model`` takes; None where its own code decides (a
+    ``python:`` factory's keyword arguments) or the model is unknown."""
+    if model.startswith("python:"):
+        return None
+    if is_checkpoint(model):
+        return CHECKPOINT_OPTIONS
+    return BUILTIN_OPTIONS.get(model)
+
+
+def option_problem(model: str, options: dict, where: str) -> str | None:
+    """``'<where>.options.KEY: unknown option …'`` for the first key ``model`` does not take
+    (with the closest known key, if one is close), else None."""
+    import difflib
+
+    known = known_options(model)
+    unknown = sorted(set(options) - set(known or options))
+    if not unknown:
+        return None
+    key = unknown[0]
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    what = "a checkpoint" if is_checkpoint(model) else model
+    return (f"{where}.options.{key}: unknown option for {what}{hint} (options: "
+            f"{', '.join(known)})")
 
 
 def window_samples(config: DecoderConfig, srate: float) -> tuple[int, int]:
@@ -46,10 +76,9 @@ def load_decoder(config: DecoderConfig, info: StreamInfo, where: str = "decoders
     if config.model == "builtin:bandpower":
         from rtbci.models.bandpower import BandPower
 
-        unknown = set(config.options) - {"bands", "classifier"}
-        if unknown:
-            raise RtbciError(f"{where}.options.{sorted(unknown)[0]}: unknown option for "
-                             "builtin:bandpower (options: bands, classifier)")
+        problem = option_problem(config.model, config.options, where)
+        if problem:
+            raise RtbciError(problem)
         options = dict(config.options)
         if "classifier" in options:
             options["classifier"] = (base_dir or Path.cwd()) / options["classifier"]
@@ -93,10 +122,9 @@ def load_checkpoint_decoder(config: DecoderConfig, info: StreamInfo, where: str,
     """
     from rtbci.models.checkpoint import load_checkpoint
 
-    unknown = set(config.options) - {"subject", "top_k", "importance"}
-    if unknown:
-        raise RtbciError(f"{where}.options.{sorted(unknown)[0]}: unknown option for a "
-                         "checkpoint (options: subject, top_k, importance)")
+    problem = option_problem(config.model, config.options, where)
+    if problem:
+        raise RtbciError(problem)
     ckpt = load_checkpoint(checkpoint_path(config.model, base_dir), f"{where}.model")
     contract = ckpt.contract
     picks = contract.input.channel_indices(info, f"{where} ({config.name!r})")

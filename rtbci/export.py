@@ -29,6 +29,7 @@ BIDS_PREFIX = "bids:"
 ENTITIES = {"sub": "subjects", "ses": "sessions", "task": "tasks", "run": "runs",
             "acq": "acquisitions", "datatype": "datatypes"}
 DATA_SUFFIXES = ("eeg", "meg", "ieeg")
+IDENTITY_KEY = "RtbciStream"  # sidecar JSON: the source and LSL stream it recorded
 DATA_EXTENSIONS = (".set", ".fif", ".vhdr", ".edf", ".bdf")
 RESULT_COLUMNS = ("onset", "duration", "decoder", "seq", "trigger", "marker", "label",
                   "prediction", "output", "late", "latency_ms")
@@ -85,11 +86,40 @@ def export_bids(session: Path, root: Path, subject: str, bids_session: str | Non
                                 allow_preload=True,
                                 format="FIF" if kind == "meg" else "EEGLAB",
                                 overwrite=True, verbose="error")
+        _keep_identity(path, stream)
         written.append(path.fpath)
         starts[stream.source] = (path, float(stream.times[0]))
     written += _write_results(read_results(Path(session)), _decoder_sources(Path(session)),
                               starts, Path(root))
     return written
+
+
+def _keep_identity(path, stream: RecordedStream) -> None:
+    """Add to the recording's sidecar JSON the stream it was, as :data:`IDENTITY_KEY`
+    (``source``, ``name``, ``type``, ``source_id``), so the config that recorded it binds
+    its sources to it again on replay (:func:`bids_identity`)."""
+    sidecar = path.copy().update(suffix=path.datatype, extension=".json").fpath
+    meta = json.loads(sidecar.read_text()) if sidecar.exists() else {}
+    info = stream.info
+    meta[IDENTITY_KEY] = {"source": stream.source, "name": info.name, "type": info.type,
+                          "source_id": info.source_id}
+    sidecar.write_text(json.dumps(meta, indent=4) + "\n")
+
+
+def bids_identity(path: Path) -> dict | None:
+    """The stream a BIDS data file recorded, from its sidecar JSON (written by
+    ``rtbci export``): ``{"source", "name", "type", "source_id"}``, or None (not one of
+    rtbci's, or unreadable)."""
+    sidecar = path.with_name(path.name.split(".")[0] + ".json")
+    try:
+        identity = json.loads(sidecar.read_text()).get(IDENTITY_KEY)
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(identity, dict) or not all(
+            isinstance(identity.get(k), str) and identity[k]
+            for k in ("source", "name", "type")):
+        return None
+    return identity
 
 
 def _raw(stream: RecordedStream, markers: list[tuple[float, str]], started):

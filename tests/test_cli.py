@@ -89,8 +89,38 @@ def test_demo_config_is_printed_and_valid(tmp_path):
     shutil.copy(Path(rtbci_package.__file__).parent / "demo_bandpower.npz", tmp_path)
     check = rtbci("check", str(path))
     assert check.returncode == 0 and "OK" in check.stdout
-    assert "source 'eeg': simulate {'profile': 'eeg64'}, 30 s buffer (64 ch @ 1000 Hz: ~15 MiB)" \
-        in check.stdout
+    lines = check.stdout.splitlines()[1:]
+    # issue 21: each source's true shape (not its profile's default), and every decoder
+    assert lines[:5] == [
+        "  source 'eeg': simulate profile 'eeg64', 64 ch × 1000 Hz, 30 s buffer (~15 MiB)",
+        "  source 'motor': simulate task 'motor-gnn', 64 ch × 500 Hz, 30 s buffer (~7 MiB)",
+        "  source 'words': simulate task 'seeg-words', 128 ch × 1000 Hz, 30 s buffer (~29 MiB)",
+        "  source 'images': simulate task 'image-retrieval', 64 ch × 500 Hz, 30 s buffer "
+        "(~7 MiB)",
+        "  source 'speech': simulate task 'speech', 306 ch × 240 Hz, 30 s buffer (~17 MiB)"]
+    assert lines[5:] == [
+        "  decoder 'bandpower': source 'eeg', builtin:bandpower, every 50 ms, window 500 ms, "
+        "budget 10 ms",
+        "  decoder 'trial': source 'eeg', builtin:bandpower, on marker 'stim', window [0, 600] "
+        "ms, budget 10 ms",
+        "  decoder 'outcome': source 'motor', demo:motor-gnn, on marker 'outcome', the "
+        "checkpoint's window, budget 50 ms",
+        "  decoder 'word': source 'words', demo:seeg-words, on marker 'word', the checkpoint's "
+        "window, budget 50 ms",
+        "  decoder 'image': source 'images', demo:image-retrieval, on marker 'image', the "
+        "checkpoint's window, budget 50 ms",
+        "  decoder 'segment': source 'speech', demo:speech, on marker 'segment', the "
+        "checkpoint's window, budget 100 ms"]
+
+
+def test_check_says_an_lsl_source_shape_comes_from_its_stream(tmp_path, capsys):
+    path = tmp_path / "c.toml"
+    path.write_text('[[sources]]\nname = "amp"\nkind = "lsl"\nstream = { type = "EEG" }\n'
+                    'buffer_seconds = 10\n')
+    assert main(["check", str(path)]) == 0
+    assert capsys.readouterr().out.splitlines()[1] == (
+        "  source 'amp': lsl {'type': 'EEG'}, 10 s buffer (channels and rate: from the "
+        "stream; --probe S looks for it)")
 
 
 def test_bad_cli_value_is_one_line():
@@ -259,3 +289,74 @@ def test_a_source_waiting_for_its_stream_lists_the_streams_there(tmp_path, caplo
     assert caplog.records[0].getMessage().startswith(
         f"no LSL stream name={name[:-1]!r} (source 'eeg') yet; streams there: {name!r} (EEG)")
     del outlet
+
+
+SLOW_BUILD = '''
+import pathlib
+import time
+
+from rtbci.models.bandpower import BandPower
+
+
+def make(n_samples, n_channels, srate, flag="", seconds=8.0):
+    """A decoder whose construction takes seconds (a checkpoint compiling, in effect)."""
+    pathlib.Path(flag).touch()
+    time.sleep(seconds)
+    return BandPower(n_samples, n_channels, srate)
+'''
+
+
+@pytest.mark.slow
+def test_sigterm_while_decoders_build_cancels_the_queued_builds_and_exits_at_once(tmp_path):
+    """Issue 21 point 10: SIGTERM during a slow compile exits within seconds; the builds not
+    started never start, and the stats say they were cancelled."""
+    import signal
+    import time
+
+    import tomli_w
+
+    (tmp_path / "slow_build.py").write_text(SLOW_BUILD)
+    names = [f"slow{i}" for i in range(4)]
+    config = tmp_path / "c.toml"
+    config.write_text(tomli_w.dumps({
+        "sources": [{"name": "eeg", "kind": "simulate", "stream_name": f"rtbci-{tmp_path.name}"}],
+        "decoders": [{"name": name, "model": "python:slow_build:make", "source": "eeg",
+                      "window_ms": 200, "every_ms": 100,
+                      "options": {"flag": str(tmp_path / f"{name}.started")}}
+                     for name in names]}))
+    stats = tmp_path / "stats.json"
+    env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-m", "rtbci", "-q", "run", str(config),
+                             "--stats-json", str(stats)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "slow0.started").exists():
+            assert time.monotonic() < deadline and proc.poll() is None, "no build started"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        out, err = proc.communicate(timeout=60)
+        took = time.monotonic() - sent
+    finally:
+        proc.kill()
+    assert took < 5.0, f"exit {took:.1f} s after SIGTERM (the running build takes 8 s)"
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    assert sorted(p.stem for p in tmp_path.glob("*.started")) == ["slow0"]  # none after stop
+    decoders = json.loads(stats.read_text())["decoders"]
+    assert {name: d["state"] for name, d in decoders.items()} == dict.fromkeys(names,
+                                                                               "cancelled")
+
+
+@pytest.mark.parametrize("where", ["dir", "missing"])
+def test_train_refuses_an_out_it_could_not_write_before_training(tmp_path, capsys, where):
+    """Issue 21: ``--out DIR`` was a traceback after training had finished."""
+    pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
+    out = tmp_path if where == "dir" else tmp_path / "missing" / "m.pt"
+    data = tmp_path / "never_read_raw.fif"  # refused before any data is read
+    assert main(["train", "linear", "--data", str(data), "--out", str(out)]) == 2
+    assert capsys.readouterr().err == ("rtbci: error: --out: " + (
+        f"{tmp_path} is a directory; give a file name\n" if where == "dir"
+        else f"no folder '{tmp_path / 'missing'}' to write m.pt in\n"))

@@ -63,6 +63,26 @@ def test_good_config_is_parsed(tmp_path):
      "sinks[0].interval_s: expected a finite number, got inf"),
     (GOOD.replace('name = "eeg"', 'name = "session"'),
      "sources[0].name: 'session' is reserved (the record sink writes session.json"),
+    (GOOD + DECODER.format("").replace('name = "bp"', 'name = "stats"'),
+     "decoders[0].name: 'stats' is reserved: the engine's own MQTT topic rtbci/<session>/stats "
+     "(reserved: stats, status)"),
+    (GOOD + DECODER.format("").replace('name = "bp"', 'name = "status"'),
+     "decoders[0].name: 'status' is reserved: the engine's own MQTT topic "
+     "rtbci/<session>/status"),
+    (GOOD + DECODER.format('options = { clasifier = "lda.npz" }'),
+     "decoders[0].options.clasifier: unknown option for builtin:bandpower; did you mean "
+     "'classifier'? (options: bands, classifier)"),
+    (GOOD + DECODER.format("options = { top_k = 3 }"),
+     "decoders[0].options.top_k: unknown option for builtin:bandpower (options: bands, "
+     "classifier)"),
+    (GOOD + DECODER.format('on_marker = "stim"\noptions = { topk = 3 }').replace(
+        'model = "builtin:bandpower"', 'model = "demo:motor-gnn"').replace(
+        "window_ms = 500\nevery_ms = 100\n", ""),
+     "decoders[0].options.topk: unknown option for a checkpoint; did you mean 'top_k'? "
+     "(options: subject, top_k, importance)"),
+    (GOOD + DECODER.format("").replace('"builtin:bandpower"', '"builtin:bandpowr"'),
+     "decoders[0].model: unknown model 'builtin:bandpowr'; expected a checkpoint (.pt), "
+     "builtin:bandpower or python:MODULE:FACTORY"),
     (GOOD + DECODER.format("budget_ms = -5"),
      "decoders[0].budget_ms: Input should be greater than 0"),
     (GOOD + DECODER.format("threads = true"), "decoders[0].threads: expected a number, got true"),

@@ -192,3 +192,52 @@ def test_a_result_row_names_the_predicted_class_and_the_top_item():
         [7, 2]), "scores": np.array([0.9, 0.1]), "marker": None}, 10.0)))
     assert top["prediction"] == "cat" and top["marker"] == "n/a"
     assert json.loads(top["output"])["ids"] == [7, 2]
+
+
+def test_a_multi_source_export_replays_with_the_config_that_recorded_it(tmp_path):
+    """Issue 21: with several sources the BIDS files are named ``…_acq-<source>_…``; the
+    sidecar keeps the stream each was, so the recording config binds every source again."""
+    rng = np.random.default_rng(5)
+    files = []
+    for stem, names in (("amp-a", ["Fz", "Cz", "Pz", "Oz"]), ("amp-b", ["C3", "C4", "T7"])):
+        raw = mne.io.RawArray(rng.standard_normal((len(names), 1500)) * 20e-6,
+                              mne.create_info(names, 250.0, "eeg"), verbose="error")
+        raw.set_annotations(mne.Annotations(ONSETS, [0.0] * 4, LABELS))
+        files.append(tmp_path / f"{stem}_raw.fif")
+        raw.save(files[-1], verbose="error")
+
+    def config(record: str) -> dict:
+        return {
+            "sources": [{"name": "scalp", "kind": "lsl", "stream": {"name": "amp-a_raw"}},
+                        {"name": "motor", "kind": "lsl", "stream": {"name": "amp-b_raw"}}],
+            "decoders": [{"name": f"ev-{s}", "model": "builtin:bandpower", "source": s,
+                          "window_ms": [0, 400], "on_marker": "stim", "runtime": "numpy"}
+                         for s in ("scalp", "motor")],
+            "sinks": [{"kind": "record", "path": str(tmp_path / record)}]}
+
+    recording_config = tmp_path / "rec.toml"
+    recording_config.write_text(tomli_w.dumps(config("session")))
+    assert main(["-q", "run", str(recording_config), "--replay", *map(str, files)]) == 0
+    root = tmp_path / "bids"
+    assert main(["-q", "export", str(tmp_path / "session"), "--bids", str(root),
+                 "--subject", "01", "--task", "motor", "--run", "1"]) == 0
+    assert sorted(p.name for p in (root / "sub-01" / "eeg").glob("*_eeg.set")) == [
+        "sub-01_task-motor_acq-motor_run-1_eeg.set", "sub-01_task-motor_acq-scalp_run-1_eeg.set"]
+
+    again = tmp_path / "again.toml"
+    again.write_text(tomli_w.dumps(config("again")))
+    stats = tmp_path / "stats.json"
+    assert main(["-q", "run", str(again), "--replay", f"bids:{root}?sub=01&task=motor",
+                 "--stats-json", str(stats)]) == 0
+    doc = json.loads(stats.read_text())
+    assert {name: s["samples"] for name, s in doc["streams"].items()} == {"scalp": 1500,
+                                                                          "motor": 1500}
+    assert {name: d["results"] for name, d in doc["decoders"].items()} == {"ev-scalp": 4,
+                                                                           "ev-motor": 4}
+    replayed = read_session(tmp_path / "again")
+    original = read_session(tmp_path / "session")
+    for a, b in zip(sorted(replayed.streams, key=lambda s: s.source),
+                    sorted(original.streams, key=lambda s: s.source), strict=True):
+        assert (a.source, a.info.name, a.info.ch_names) == (b.source, b.info.name,
+                                                             b.info.ch_names)
+        np.testing.assert_array_equal(a.data, b.data)

@@ -118,3 +118,21 @@ def test_the_demo_streams_only_items_its_retrieval_checkpoints_never_trained_on(
         labels = [text.split("/")[1] for _, text in read_recording(fif).markers]
         held = split_items(labels, 0.2, 0)
         assert sorted(streamed[family]) == sorted(set(np.array(labels)[held])), family
+
+
+@pytest.mark.parametrize(("family", "seed"), [("motor-gnn", 0), ("image-retrieval", 2),
+                                              ("speech", 1)])
+def test_trials_n_gives_n_trials_whose_windows_all_fit(tmp_path, capsys, family, seed):
+    """Issue 21: ``--trials 30`` gave 29 scoreable trials (the last window ran past the end)."""
+    from rtbci.cli import main
+    from rtbci.models.families import FAMILIES
+
+    fif = tmp_path / f"{family}_raw.fif"
+    assert main(["simulate", "--family", family, "--trials", "30", "--seed", str(seed),
+                 "--save", str(fif)]) == 0
+    rec = read_recording(fif)
+    stream = rec.streams[0]
+    end = float(stream.times[-1])
+    assert len(rec.markers) == 30
+    start, stop = FAMILIES[family].window
+    assert all(t + start >= 0 and t + stop <= end for t, _ in rec.markers)
