@@ -45,6 +45,11 @@ def engine_state(feed: MqttFeed) -> tuple[str, str]:
     if status.get("state") != "online":
         return f"● engine offline ({status.get('reason', 'no reason given')})", theme.BAD
     text = f"● engine online · session {feed.session} · rtbci {status.get('version', '?')}"
+    troubles = [f"{name} {entry.get('state')}" for name, entry in
+                (status.get("threads") or {}).items()
+                if isinstance(entry, dict) and entry.get("state") != "ok"]
+    if troubles:  # a thread of the engine died or stalled: its work is not being done
+        return f"{text} · {' · '.join(troubles)}", theme.BAD
     age = time.monotonic() - feed.stats_at
     if feed.stats is not None and age > STATS_STALE_S:
         return f"{text} · no statistics for {age:.0f} s", theme.ORANGE

@@ -29,6 +29,17 @@ def print_live_stats(engine) -> None:
     stats = engine.stats()
     for name, entry in stats["streams"].items():
         print(format_stream_line(name, entry), flush=True)
+    for name, entry in stats["threads"].items():
+        print(format_thread_line(name, entry), flush=True)
+
+
+def format_thread_line(name: str, entry: dict) -> str:
+    """A console line for an engine thread that died or stalled (``threads`` in the
+    statistics), e.g. ``thread markers name='eeg-markers'  DEAD (SystemExit: 3)``."""
+    state = entry["state"].upper() if entry["state"] != "ok" else "recovered"
+    why = f" ({entry['why']})" if entry["why"] else ""
+    stalls = f"  stalls {entry['stalls']}" if entry["stalls"] else ""
+    return f"thread {name}  {state}{why}{stalls}"
 
 
 def true_label(result) -> str | None:

@@ -108,6 +108,7 @@ class Runtime(ABC):
         self.output_shapes: list[tuple[int, ...]] = []
         self.calls = self.warmup_calls = 0
         self.auto_reason: str | None = None  # set by load_runtime("auto", …)
+        self.cpu_fallback: str | None = None  # why a GPU decoder runs on the CPU (auto)
         self._unbatched: tuple[int, ...] = ()
         self._host_input: np.ndarray | None = None
         self._host_outputs: list[np.ndarray] = []
@@ -198,7 +199,8 @@ class Runtime(ABC):
                 "input": list(self.input_shape),
                 "outputs": [list(s) for s in self.output_shapes],
                 "threads": self.threads, "warmup_calls": self.warmup_calls, **self._details(),
-                **({"auto": self.auto_reason} if self.auto_reason else {})}
+                **({"auto": self.auto_reason} if self.auto_reason else {}),
+                **({"cpu_fallback": self.cpu_fallback} if self.cpu_fallback else {})}
 
     def _details(self) -> dict:
         """Backend-specific entries of :meth:`describe`."""

@@ -84,8 +84,9 @@ class TorchRuntime(Runtime):
     CUDA stream (so decoders on one GPU, each on its own thread, do not wait for each other's
     kernels), then that stream is synchronised; the TF32 flags are set once, at load
     (:func:`claim_precision`).
-    ``threads`` sets torch's intra-op threads, which are **process-wide**
-    (``torch.set_num_threads``): every torch decoder in the process shares them.
+    ``threads`` (default 1 on the CPU) sets torch's intra-op threads, which are
+    **process-wide** (``torch.set_num_threads``): every torch decoder in the process shares
+    them, and the one loaded last sets them.
     """
 
     backend = "torch"
@@ -99,8 +100,8 @@ class TorchRuntime(Runtime):
         if self.precision != "fp32" and not cuda:
             raise RtbciError(f"{self.name}: precision {self.precision!r} needs a CUDA device "
                              "with runtime 'torch' (CPU runs fp32)")
-        if self.threads and not cuda:
-            torch.set_num_threads(self.threads)
+        if not cuda:  # torch's default is a thread per core, which the sources need
+            torch.set_num_threads(self.threads or 1)
         if cuda:
             claim_precision(torch, self)
             self._stream = torch.cuda.Stream(device=dev)

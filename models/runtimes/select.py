@@ -111,6 +111,10 @@ def load_runtime(runtime: str, module, example_shape: tuple[int, ...], device: s
         rt.auto_reason = f"auto → {backend} on {rt.device}: {why}" + (
             f" ({', '.join(failures)})" if failures else "")
         log.info("%s: runtime %s", name, rt.auto_reason)
+        if str(device).startswith("cuda") and rt.device == "cpu":
+            rt.cpu_fallback = f"device {device!r} asked, but CUDA is not available"
+            log.warning("%s: %s: it runs on the CPU (%s), at CPU latency", name,
+                        rt.cpu_fallback, backend)
         return rt
     raise RtbciError(f"{name}: runtime auto: no backend takes precision {precision!r} on "
                      f"{device!r} ({', '.join(failures)})")

@@ -62,3 +62,8 @@ class Sink(ABC):
     def stats(self) -> dict:
         """Counters for ``--stats-json`` (e.g. delivered / dropped)."""
         return {}
+
+    def watched(self) -> list:
+        """The threads and tasks this sink runs, as :class:`rtbci.health.Watched` entries
+        (called once after :meth:`start`): the engine reports one that dies or stalls."""
+        return []

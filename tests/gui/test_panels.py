@@ -167,3 +167,17 @@ def test_an_online_engine_limits_the_traces_to_its_own_streams(mosquitto, publis
     qt.settle(0.5)
     assert ours in window.feeds and other not in window.feeds
     del outlets
+
+
+def test_a_dead_engine_thread_turns_the_engine_line_red(mosquitto, publish, make_window, qt,
+                                                         unique):
+    from rtbci.gui import theme
+
+    window = make_window(unique, mosquitto.url, streams=[f"{unique}-none"])
+    qt.wait_until(lambda: window.mqtt.connected, what="the MQTT subscription")
+    engine_status = {**status(unique), "threads": {
+        "markers eeg": {"state": "dead", "why": "SystemExit: 3", "stalls": 0}}}
+    publish(mosquitto.port, [(f"rtbci/{unique}/status", engine_status, True)])
+    qt.wait_until(lambda: "markers eeg dead" in window.timing.engine.text(),
+                  what="the dead thread on the engine line")
+    assert theme.BAD in window.timing.engine.styleSheet()

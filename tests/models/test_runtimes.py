@@ -283,10 +283,29 @@ def test_auto_picks_onnxruntime_on_cpu_and_says_why(ort, caplog):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
-def test_auto_without_cuda_runs_on_cpu_and_says_so(ort):
-    rt = load_runtime("auto", SmallConvNet(8), (1, 8, 50), device="cuda", name="small")
+def test_auto_without_cuda_runs_on_cpu_and_says_so(ort, caplog):
+    with caplog.at_level(logging.WARNING, logger="rtbci.models.runtimes"):
+        rt = load_runtime("auto", SmallConvNet(8), (1, 8, 50), device="cuda", name="small")
     assert (rt.backend, rt.device) == ("onnxruntime", "cpu")
     assert "device 'cuda' but CUDA is not available" in rt.auto_reason
+    assert rt.describe()["cpu_fallback"] == "device 'cuda' asked, but CUDA is not available"
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("WARNING", "small: device 'cuda' asked, but CUDA is not available: it runs on the "
+                    "CPU (onnxruntime), at CPU latency")]
+
+
+def test_auto_on_cpu_is_no_fallback(ort):
+    rt = load_runtime("auto", SmallConvNet(8), (1, 8, 50), device="cpu", name="small")
+    assert rt.cpu_fallback is None and "cpu_fallback" not in rt.describe()
+
+
+def test_torch_on_cpu_runs_one_thread_by_default():
+    torch.set_num_threads(2)  # what another library (or torch's own default) left behind
+    rt = load_runtime("torch", SmallConvNet(8), (1, 8, 50), device="cpu", name="small")
+    assert torch.get_num_threads() == 1 and rt.describe()["threads"] == 1
+    load_runtime("torch", SmallConvNet(8), (1, 8, 50), device="cpu", name="small", threads=2)
+    assert torch.get_num_threads() == 2
+    torch.set_num_threads(1)
 
 
 def test_auto_falls_back_to_torch_when_the_export_is_refused(ort, caplog):

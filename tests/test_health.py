@@ -1,0 +1,259 @@
+"""Thread health: a thread of the engine that dies or stalls is said at once — in the log,
+the statistics, the status the sinks get, the console and the exit status."""
+
+import asyncio
+import json
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+
+import pytest
+
+from rtbci.config import parse_config
+from rtbci.engine import Engine
+from rtbci.health import HealthWatch, Heartbeat, Watched, watch_thread
+from rtbci.report import format_thread_line
+from rtbci.sinks import Sink
+
+
+def wait_until(condition, timeout=10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
+
+
+def test_a_thread_ended_by_system_exit_is_dead_and_named():
+    changes = []
+    watch = HealthWatch(on_change=lambda: changes.append(time.monotonic())).start()
+    try:
+        go = threading.Event()
+
+        def body():
+            go.wait()
+            sys.exit(3)  # Python's default excepthook says nothing about this one
+
+        thread = threading.Thread(target=body, daemon=True)
+        thread.start()
+        entry = watch.add(watch_thread("markers", "eeg", thread))
+        assert not watch.check() and entry.state == "ok"
+        go.set()
+        assert wait_until(lambda: entry.state == "dead")
+        assert entry.why == "SystemExit: 3"
+        assert changes, "the change was handed on"
+        assert watch.report() == {"markers eeg": {"state": "dead", "why": "SystemExit: 3",
+                                                  "stalls": 0}}
+        assert "marker reader of source 'eeg'" in entry.label
+    finally:
+        watch.stop()
+
+
+def test_a_silent_heartbeat_is_a_stall_until_it_beats_again():
+    watch = HealthWatch()
+    beat = Heartbeat()
+    entry = watch.add(Watched("loop", "engine", lambda: True, beat, stall_s=0.05))
+    beat.at -= 1.0  # last beat a second ago
+    assert watch.check() and entry.state == "stalled" and entry.stalls == 1
+    assert watch.report()["loop engine"]["state"] == "stalled"
+    beat.beat()
+    assert watch.check() and entry.state == "ok"
+    assert watch.report() == {"loop engine": {"state": "ok", "why": "", "stalls": 1}}
+    beat.idle = True  # a declared wait is no stall
+    beat.at -= 10.0
+    assert not watch.check() and entry.state == "ok"
+
+
+def test_console_line_names_the_state_and_why():
+    line = format_thread_line("worker bp", {"state": "dead", "why": "SystemExit: 3",
+                                            "stalls": 0})
+    assert line == "thread worker bp  DEAD (SystemExit: 3)"
+
+
+class _Killer(Sink):
+    """Kills the acquisition thread that announces a stream (a broken sink's worst case:
+    SystemExit is not an Exception), and records the statuses it is sent."""
+
+    kind = "killer"
+
+    def __init__(self):
+        self.statuses = []
+
+    def stream_added(self, name, stream):
+        raise SystemExit("killed by a test sink")
+
+    def status_changed(self, status):
+        self.statuses.append(status)
+
+    def publish(self, result):
+        pass
+
+
+class _SlowOnce(Sink):
+    """Holds the event loop for ``hold_s`` on its first result."""
+
+    kind = "slow"
+
+    def __init__(self, hold_s):
+        self.hold_s, self.held = hold_s, False
+
+    def publish(self, result):
+        if not self.held:
+            self.held = True
+            time.sleep(self.hold_s)
+
+
+def _config(decoders=()):
+    return parse_config({
+        "engine": {"session": f"health-{uuid.uuid4().hex[:6]}"},
+        "sources": [{"name": "eeg", "kind": "simulate",
+                     "stream_name": f"health-{uuid.uuid4().hex[:8]}"}],
+        "decoders": list(decoders)})
+
+
+@pytest.mark.slow
+def test_a_dead_acquisition_thread_is_in_the_stats_the_status_and_the_problems():
+    killer = _Killer()
+    engine = Engine(_config(), sinks=[killer])
+    seen = {}
+
+    async def main():
+        task = asyncio.ensure_future(engine.run(8.0))
+        t0 = time.monotonic()
+        while not task.done():
+            threads = engine.stats()["threads"]
+            if "acquisition eeg" in threads and "dead" not in seen:
+                seen["dead"] = time.monotonic() - t0
+                seen["status"] = [s.get("threads") for s in killer.statuses]
+            await asyncio.sleep(0.05)
+        return task.result()
+
+    stats = asyncio.run(main())
+    assert stats["threads"]["acquisition eeg"] == {
+        "state": "dead", "why": "SystemExit: killed by a test sink", "stalls": 0}
+    assert any("acquisition eeg" in (s or {}) for s in seen["status"]), \
+        "the sinks were told (the MQTT status, the display)"
+    assert any("acquisition thread of source 'eeg' died" in line
+               for line in engine.problems(stats))
+
+
+@pytest.mark.slow
+def test_a_blocked_event_loop_is_reported_as_stalled_and_recovered():
+    slow = _SlowOnce(hold_s=2.0)
+    engine = Engine(_config([{"name": "bp", "model": "builtin:bandpower", "source": "eeg",
+                              "runtime": "numpy", "window_ms": 200, "every_ms": 100}]),
+                    sinks=[slow])
+    stats = asyncio.run(engine.run(5.0))
+    assert slow.held
+    assert stats["threads"]["loop engine"]["stalls"] == 1
+    assert stats["threads"]["loop engine"]["state"] == "ok"
+    assert not engine.problems(stats)
+
+
+EXITING = textwrap.dedent('''
+    import sys
+    import numpy as np
+    from rtbci.models import Decoder, DecoderOutput
+
+    class Exiting(Decoder):
+        """Calls sys.exit() on its third window (the warm-up is the first)."""
+        kind, labels, output_size = "classes", ["a", "b"], 2
+
+        def __init__(self, n_samples, n_channels, srate):
+            self.n_samples, self.calls = n_samples, 0
+
+        def __call__(self, window):
+            self.calls += 1
+            if self.calls == 3:
+                sys.exit("decoder quit")
+            return DecoderOutput(probabilities=np.array([0.5, 0.5], np.float32),
+                                 labels=self.labels)
+''')
+
+
+@pytest.mark.slow
+def test_rtbci_run_exits_1_and_says_which_thread_died(tmp_path):
+    (tmp_path / "exiting_decoder.py").write_text(EXITING)
+    stream = f"health-{uuid.uuid4().hex[:8]}"
+    (tmp_path / "run.toml").write_text(textwrap.dedent(f'''
+        [engine]
+        session = "health-{uuid.uuid4().hex[:6]}"
+        [[sources]]
+        name = "eeg"
+        kind = "simulate"
+        stream_name = "{stream}"
+        [[decoders]]
+        name = "quitter"
+        model = "python:exiting_decoder:Exiting"
+        source = "eeg"
+        window_ms = 200
+        every_ms = 100
+    '''))
+    stats_path = tmp_path / "stats.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "rtbci", "run", str(tmp_path / "run.toml"), "--duration", "5",
+         "--stats-json", str(stats_path)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env={**__import__("os").environ, "PYTHONPATH": str(tmp_path)})
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    stats = json.loads(stats_path.read_text())
+    assert stats["threads"]["worker quitter"]["state"] == "dead"
+    assert "SystemExit: decoder quit" in stats["threads"]["worker quitter"]["why"]
+    assert "worker thread of decoder 'quitter' died (SystemExit: decoder quit)" in proc.stderr
+    assert "thread worker quitter  DEAD" in proc.stdout
+
+
+@pytest.mark.slow
+def test_an_ended_mqtt_connection_task_is_reported(mosquitto):
+    config = parse_config({
+        "engine": {"session": f"health-{uuid.uuid4().hex[:6]}"},
+        "sources": [{"name": "eeg", "kind": "simulate",
+                     "stream_name": f"health-{uuid.uuid4().hex[:8]}"}],
+        "sinks": [{"kind": "mqtt", "url": mosquitto.url}]})
+    engine = Engine(config)
+
+    async def main():
+        run = asyncio.ensure_future(engine.run(6.0))
+        sink = engine.sinks[0]
+        while engine.health._thread is None or sink._task is None:  # watched from now on
+            await asyncio.sleep(0.05)
+        sink._task.cancel()  # as if it had raised: it sends nothing from now on
+        return await run
+
+    stats = asyncio.run(main())
+    assert stats["threads"]["sink mqtt[0] connection"]["state"] == "dead"
+    assert any("sink mqtt[0] connection died" in line for line in engine.problems(stats))
+
+
+class _BlocksIngestOnce(Sink):
+    """A raw listener that holds its stream's acquisition thread for ``hold_s``, once."""
+
+    kind = "blocker"
+
+    def __init__(self, hold_s):
+        self.hold_s, self.held = hold_s, False
+
+    def stream_added(self, name, stream):
+        def listen(data, timestamps):
+            if not self.held:
+                self.held = True
+                time.sleep(self.hold_s)
+
+        stream.add_raw_listener(listen)
+
+    def publish(self, result):
+        pass
+
+
+@pytest.mark.slow
+def test_a_held_acquisition_thread_is_reported_as_stalled_and_recovered():
+    blocker = _BlocksIngestOnce(hold_s=2.5)
+    engine = Engine(_config(), sinks=[blocker])
+    stats = asyncio.run(engine.run(6.0))
+    assert blocker.held
+    assert stats["threads"]["acquisition eeg"] == {"state": "ok", "why": "", "stalls": 1}
+    assert stats["streams"]["eeg"]["samples"] > 0
