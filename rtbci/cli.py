@@ -542,6 +542,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if not importable("torch") or not importable("sklearn"):
         raise RtbciError("train needs torch and scikit-learn: pip install 'rtbci[neural]'")
+    _check_output(args.out, "--out")  # before minutes of training, not after
     from rtbci.models.training import TrainOptions, train
 
     hparams = {}
@@ -585,6 +586,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
     if not importable("torch"):
         raise RtbciError("import needs torch: pip install 'rtbci[neural]'")
+    _check_output(args.out, "--out")
     from rtbci.models import import_weights as iw
     from rtbci.models.checkpoint import load_checkpoint
 
@@ -718,18 +720,47 @@ def cmd_check(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     infos = _known_infos(config, args.probe, str(args.config))
     problems = _preflight(config, infos)
+    from rtbci.sinks.record import path_problems  # a record path that cannot be written
+
+    problems += path_problems(config)
     if problems:
         raise RtbciError("\n".join(f"{args.config}: {p}" for p in problems))
     print(f"{args.config}: OK (session {config.engine.session!r})")
     for src in config.sources:
-        what = (src.stream.as_dict() if src.kind == "lsl" else {"profile": src.profile}
-                if src.kind == "simulate" else {"board": src.board})
-        info = infos.get(src.name)
-        size = "" if info is None else (
-            f" ({info.n_channels} ch @ {info.srate:g} Hz: ~"
-            f"{_buffer_bytes(src, info) / 2**20:,.0f} MiB)")
-        print(f"  source {src.name!r}: {src.kind} {what}, {src.buffer_seconds:g} s buffer{size}")
+        print(f"  {_describe_source(src, infos.get(src.name))}")
+    for dec in config.decoders:
+        print(f"  {_describe_decoder(dec)}")
     return 0
+
+
+def _describe_source(src, info) -> str:
+    """``source 'eeg': simulate task 'seeg-words', 128 ch × 1000 Hz, 30 s buffer (~29 MiB)``:
+    the shape from ``info`` (the profile, task or board actually used), or why it is not
+    known before the stream is found."""
+    what = (f"lsl {src.stream.as_dict()}" if src.kind == "lsl"
+            else f"simulate task {src.task!r}" if src.kind == "simulate" and src.task
+            else f"simulate profile {src.profile!r}" if src.kind == "simulate"
+            else f"brainflow board {src.board!r}")
+    if info is None:
+        return (f"source {src.name!r}: {what}, {src.buffer_seconds:g} s buffer (channels and "
+                "rate: from the stream; --probe S looks for it)")
+    return (f"source {src.name!r}: {what}, {info.n_channels} ch × {info.srate:g} Hz, "
+            f"{src.buffer_seconds:g} s buffer (~{_buffer_bytes(src, info) / 2**20:,.0f} MiB)")
+
+
+def _describe_decoder(dec) -> str:
+    """``decoder 'bp': source 'eeg', builtin:bandpower, every 50 ms, window 500 ms, budget
+    10 ms``: what a decoder runs, on which source, when, and how fast it must be."""
+    if dec.on_marker is not None:
+        trigger = f"on marker {dec.on_marker!r}"
+        window = ("the checkpoint's window" if dec.window_ms is None
+                  else f"window [{dec.window_ms[0]:g}, {dec.window_ms[1]:g}] ms")
+    else:
+        trigger = f"every {dec.every_ms:g} ms"
+        window = ("the checkpoint's window" if dec.window_ms is None
+                  else f"window {dec.window_ms:g} ms")
+    return (f"decoder {dec.name!r}: source {dec.source!r}, {dec.model}, {trigger}, {window}, "
+            f"budget {dec.budget_ms:g} ms")
 
 
 def _buffer_bytes(src, info) -> int:
@@ -1057,6 +1088,7 @@ def _run_engine(config, args: argparse.Namespace) -> int:
         args.stats_json.write_text(json.dumps(_finite(stats), indent=2) + "\n")
         log.info("statistics written to %s", args.stats_json)
     failed = [n for n, s in stats["streams"].items() if s.get("state") == "failed"]
+    failed += [n for n, t in stats["threads"].items() if t["state"] == "dead"]
     status = _report_problems(engine, stats, interrupted=stop.is_set())
     return 1 if failed else status
 

@@ -56,9 +56,14 @@ class EngineConfig(_Strict):
     session: str = Field("rtbci", pattern=r"^[A-Za-z0-9_.-]+$",
                          description="session name; MQTT topics are rtbci/<session>/…")
     stats_interval_s: float = Field(1.0, gt=0, description="period of the live stats lines")
+    max_marker_bytes: int = Field(
+        1024, ge=16, le=1024**2, description="longest marker kept, in bytes (UTF-8); longer "
+        "markers from a peer are cut to it and counted (markers_truncated)")
 
 
 RESERVED_SOURCE_NAMES = ("session",)  # the recorder's session.json (devices/session.py)
+# the engine's own topics next to rtbci/<session>/<decoder> (sinks/mqtt.py, docs/messages.md)
+RESERVED_DECODER_NAMES = ("stats", "status")
 MAX_BUFFER_BYTES = 2 * 1024**3  # one source's ring buffer (see buffer_bytes); rtbci check
 
 
@@ -184,10 +189,17 @@ class DecoderConfig(_Strict):
         "window copy; for decoders far faster than a chunk period)")
     options: dict[str, Any] = {}
 
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, name: str) -> str:
+        if name in RESERVED_DECODER_NAMES:
+            raise ValueError(f"{name!r} is reserved: the engine's own MQTT topic "
+                             f"rtbci/<session>/{name} (reserved: "
+                             + ", ".join(RESERVED_DECODER_NAMES) + ")")
+        return name
+
     @model_validator(mode="after")
     def _one_trigger(self) -> DecoderConfig:
-        if self.name == "status":
-            raise ValueError("name: 'status' is reserved (MQTT topic rtbci/<session>/status)")
         if (self.every_ms is None) == (self.on_marker is None):
             raise ValueError("give exactly one of every_ms (sliding) or on_marker (event-locked)")
         if self.on_marker is not None:
@@ -244,6 +256,7 @@ class Config(_Strict):
                 seen.add(entry.name)
         sources = [s.name for s in self.sources]
         for i, dec in enumerate(self.decoders):
+            _check_model(dec, f"decoders[{i}]")
             if dec.source not in sources:
                 raise ValueError(f"decoders[{i}].source: no source named {dec.source!r} "
                                  f"(sources: {', '.join(sources)})")
@@ -253,6 +266,18 @@ class Config(_Strict):
                                  f"is longer than the buffer of source {dec.source!r} "
                                  f"(buffer_seconds = {buffer_s:g})")
         return self
+
+
+def _check_model(dec: DecoderConfig, where: str) -> None:
+    """Refuse an unknown ``builtin:`` model and options its model does not take (one line)."""
+    from rtbci.models import BUILTINS, option_problem
+
+    if dec.model.startswith("builtin:") and dec.model not in BUILTINS:
+        raise ValueError(f"{where}.model: unknown model {dec.model!r}; expected a checkpoint "
+                         f"(.pt), {', '.join(BUILTINS)} or python:MODULE:FACTORY")
+    problem = option_problem(dec.model, dec.options, where)
+    if problem:
+        raise ValueError(problem)
 
 
 def window_seconds(window_ms: float | tuple[float, float] | None) -> float:

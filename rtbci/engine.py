@@ -22,11 +22,13 @@ from rtbci.devices.recording import Recording
 from rtbci.devices.replay import schedule
 from rtbci.errors import RtbciError
 from rtbci.events import summarize_markers
+from rtbci.health import HealthWatch, Heartbeat, Watched, watch_thread
 from rtbci.latency import local_clock
 from rtbci.messages import Result
 from rtbci.models import checkpoint_path, is_checkpoint, load_decoder
 from rtbci.models.checkpoint import load_checkpoint
 from rtbci.preprocess import PreprocessConfig, Preprocessor
+from rtbci.presence import SessionPresence
 from rtbci.scheduler import DecoderTask, Scheduler, TriggerSpec
 from rtbci.sinks import Sink, make_sink
 from rtbci.stream import Stream, StreamInfo
@@ -34,6 +36,8 @@ from rtbci.stream import Stream, StreamInfo
 log = logging.getLogger("rtbci.engine")
 
 WATCHDOG_S = 0.05
+FIRST_LOOK_S = 0.15  # start-up: how long to look for an earlier engine before publishing
+SESSION_SINKS = ("mqtt", "lsl")  # sinks that publish under the session's name on the network
 MARKER_HINT_AFTER = 10  # markers on a source before saying an on_marker decoder matched none
 
 
@@ -67,7 +71,9 @@ class Engine:
         self._streams: dict[str, Stream] = {}
         self.scheduler: Scheduler | None = None
         self._marker_readers: list[MarkerReader] = []
+        self._marker_sources: list[str] = []  # the source each marker reader serves
         self._companions: list = []
+        self._presence: SessionPresence | None = None  # live runs: this engine's announcement
         self.unmatched: dict[str, str] = {}  # offline: source → why no recorded stream
         self._loop: asyncio.AbstractEventLoop | None = None
         self._attaching: set[asyncio.Future] = set()
@@ -75,7 +81,10 @@ class Engine:
         # export) traces with process-wide state, and a module built or run by another build
         # meanwhile ended up in its graph ("Unexpected key _export_root.features")
         self._build_lock = threading.Lock()
+        self._stopping = threading.Event()  # set by shutdown: queued builds never start
         self.preprocess = {cfg.name: source_preprocess(cfg, config) for cfg in config.sources}
+        self.health = HealthWatch(on_change=self._health_changed)
+        self._loop_beat = Heartbeat()
 
     def __repr__(self) -> str:
         return f"<Engine: session {self.session} | streams {list(self.streams)}>"
@@ -99,8 +108,10 @@ class Engine:
             self._register(cfg.name)
             source.marker_handler = partial(self._on_marker, cfg.name)
             if marker_query:
-                reader = MarkerReader(marker_query, partial(self._on_marker, cfg.name))
+                reader = MarkerReader(marker_query, partial(self._on_marker, cfg.name),
+                                      max_marker_bytes=self.config.engine.max_marker_bytes)
                 self._marker_readers.append(reader.start())
+                self._marker_sources.append(cfg.name)
 
             def make_stream(info: StreamInfo, cfg=cfg) -> Stream:
                 return Stream(info, cfg.buffer_seconds, self.clock,
@@ -135,12 +146,28 @@ class Engine:
     async def _attach_all(self, source: str, stream: Stream) -> None:
         """Build each decoder of ``source`` in a worker thread (loading, compiling and
         warming up can take seconds: the loop keeps running), then register it."""
+        try:
+            await self._build_each(source, stream)
+        except asyncio.CancelledError:  # the engine stops: what is not built yet never runs
+            for cfg in self.config.decoders:
+                if cfg.source == source and self.decoder_states[cfg.name] == "loading":
+                    self.decoder_states[cfg.name] = "cancelled"
+            raise
+        for sink in self.sinks:
+            sink.status_changed(self.status())
+
+    async def _build_each(self, source: str, stream: Stream) -> None:
+        """Build and register ``source``'s decoders one after another, each in a daemon
+        thread (:func:`_in_daemon_thread`): a stop abandons the one compiling."""
         for i, cfg in enumerate(self.config.decoders):
             if cfg.source != source:
                 continue
             where = f"decoders[{i}]"
             try:
-                decoder, trigger = await asyncio.to_thread(self._build, cfg, stream, where)
+                decoder, trigger = await _in_daemon_thread(self._build, cfg, stream, where)
+            except _BuildCancelled:
+                self.decoder_states[cfg.name] = "cancelled"
+                continue
             except Exception as exc:  # one decoder that cannot start must not stop the others
                 message = str(exc) if isinstance(exc, RtbciError) else (
                     f"{where} ({cfg.name!r}): failed to start: {type(exc).__name__}: {exc}")
@@ -149,16 +176,19 @@ class Engine:
                 self.decoder_states[cfg.name] = "failed"
                 continue
             self._register_decoder(cfg, decoder, trigger, stream)
-        for sink in self.sinks:
-            sink.status_changed(self.status())
 
     def _build(self, cfg: DecoderConfig, stream: Stream, where: str):
-        """Load and warm up a decoder, and work out its trigger in samples (any thread)."""
-        with self._build_lock:
+        """Load and warm up a decoder, and work out its trigger in samples (any thread).
+
+        Raises :class:`_BuildCancelled` instead when the engine stops before it starts."""
+        self._acquire_build_lock()
+        try:
             decoder = load_decoder(cfg, stream.info, where, self.config.base_dir,
                                    self.preprocess[cfg.source])
             start, length = decoder.window_start, decoder.n_samples
             decoder(np.zeros((length, stream.info.n_channels), np.float32))  # warm-up
+        finally:
+            self._build_lock.release()
         every = round(cfg.every_ms * 1e-3 * stream.info.srate) if cfg.every_ms else 0
         if cfg.every_ms and every < 1:
             raise RtbciError(f"{where}.every_ms: {cfg.every_ms} ms is under one sample")
@@ -167,12 +197,24 @@ class Engine:
         return decoder, TriggerSpec(length=length, every=every, marker=cfg.on_marker,
                                     start=start)
 
+    def _acquire_build_lock(self) -> None:
+        """Wait for the one build at a time; raise :class:`_BuildCancelled` once stopping."""
+        while not self._build_lock.acquire(timeout=0.05):
+            if self._stopping.is_set():
+                raise _BuildCancelled
+        if self._stopping.is_set():
+            self._build_lock.release()
+            raise _BuildCancelled
+
     def _register_decoder(self, cfg: DecoderConfig, decoder, trigger: TriggerSpec,
                           stream: Stream) -> None:
         start, length, every = trigger.start, trigger.length, trigger.every
         task = DecoderTask(cfg.name, decoder, stream, trigger, cfg.budget_ms, cfg.timeout_ms,
                            self.session, cfg.thread)
         self.scheduler.add(task, cfg.device)
+        worker = self.scheduler.workers.get(cfg.name)
+        if worker is not None and self._loop is not None and not self.scheduler.inline:
+            self.health.add(watch_thread("worker", cfg.name, worker.thread))
         self.decoder_states[cfg.name] = "running"
         self.decoder_status[cfg.name] = {
             "source": cfg.source, "kind": decoder.kind, "labels": decoder.labels,
@@ -224,7 +266,35 @@ class Engine:
                           "srate": s.info.srate, "ch_names": list(s.info.ch_names)}
                    for name, s in self.streams.items()}
         return {"session": self.session, "version": __version__, "streams": streams,
-                "decoders": dict(self.decoder_status)}
+                "decoders": dict(self.decoder_status), "threads": self.health.report()}
+
+    def _health_changed(self) -> None:
+        """Health watch thread: a thread died, stalled or recovered: tell the sinks now."""
+        if self._loop is not None and not self._loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                self._loop.call_soon_threadsafe(self._push_status)
+
+    def _push_status(self) -> None:
+        for sink in self.sinks:
+            try:
+                sink.status_changed(self.status())
+            except Exception as exc:
+                log.error("sink %s failed: %s", sink.kind, exc)
+
+    def _watch(self) -> None:
+        """Register what runs off the loop with the health watch, and the loop itself."""
+        for name, acq in self.acquisitions.items():  # a source that failed said so itself
+            self.health.add(Watched("acquisition", name, lambda acq=acq: acq.thread.is_alive()
+                                    or acq.state == "failed", acq.heartbeat,
+                                    thread=acq.thread))
+        for reader, source in zip(self._marker_readers, self._marker_sources):
+            self.health.add(watch_thread("markers", source, reader.thread, reader.heartbeat))
+        for i, sink in enumerate(self.sinks):
+            for entry in sink.watched():
+                entry.name = f"{sink.kind}[{i}] {entry.name}".rstrip()
+                self.health.add(entry)
+        self.health.add(Watched("loop", "engine", lambda: True, self._loop_beat))
+        self.health.start()
 
     # --- running --------------------------------------------------------------------------
 
@@ -250,11 +320,19 @@ class Engine:
         from threadpoolctl import threadpool_limits
 
         cpu = [d.threads or 1 for d in self.config.decoders if d.device == "cpu"]
-        threadpool_limits(max(cpu, default=1), user_api="blas")
+        self.blas_threads = max(cpu, default=1)
+        threadpool_limits(self.blas_threads, user_api="blas")
+        users = [d.name for d in self.config.decoders
+                 if d.model.startswith("python:") and d.threads is None]
+        if users:  # their numpy runs with the cap too: say so, once
+            log.warning("numpy's BLAS is capped at %d thread(s) for the whole engine, the "
+                        "python: decoder(s) %s included; set a decoder's threads to raise it",
+                        self.blas_threads, ", ".join(map(repr, users)))
 
     async def _watchdog(self) -> None:
         while True:
             await asyncio.sleep(WATCHDOG_S)
+            self._loop_beat.beat()
             self.scheduler.check_hung()
 
     async def run(self, duration: float | None = None, stop: asyncio.Event | None = None,
@@ -270,9 +348,11 @@ class Engine:
                                            self._loop_sinks))
         self._limit_blas()
         stop = stop or asyncio.Event()
+        self._presence = await self._announce(stop)
         for sink in self.sinks:
             await sink.start(self.status())
         self._start_sources()
+        self._watch()
         watchdog = asyncio.create_task(self._watchdog())
         try:
             await self._wait(duration, stop, on_tick)
@@ -281,7 +361,25 @@ class Engine:
             for task in list(self._attaching):
                 task.cancel()
             await self.shutdown()
+        if self._presence is not None and self._presence.refusal:
+            raise RtbciError(self._presence.refusal)
         return self.stats()
+
+    async def _announce(self, stop: asyncio.Event) -> SessionPresence | None:
+        """Announce this engine on its session (see :mod:`rtbci.presence`) when it publishes
+        under it (an MQTT or LSL sink); an engine that started earlier on the session makes
+        this one stop. Looks first, before the sinks publish (answers take milliseconds; the
+        watch goes on in the background)."""
+        if not any(sink.kind in SESSION_SINKS for sink in self.sinks):
+            return None
+        loop = self._loop
+        presence = SessionPresence(self.session, lambda _: loop.call_soon_threadsafe(stop.set))
+        presence.start()
+        await asyncio.to_thread(presence.conflict.wait, FIRST_LOOK_S)
+        if presence.refusal:
+            presence.stop()
+            raise RtbciError(presence.refusal)
+        return presence
 
     async def _wait(self, duration, stop, on_tick) -> None:
         deadline = None if duration is None else self._loop.time() + duration
@@ -306,11 +404,12 @@ class Engine:
         """Run the same pipeline straight from a recording, on a virtual clock.
 
         Chunks (10 ms, as :func:`rtbci.devices.replay.schedule` cuts them) and markers are
-        fed in timestamp order, each stream to the sources bound to it and each marker to
-        the sources its marker stream pairs with (:func:`bind_sources`, :func:`marker_routes`);
-        every decoder runs inline, so nothing is skipped and the windows and outputs equal a
-        live run's. The clock reads the current chunk's last timestamp plus the real time
-        spent since it was fed, so latency fields show compute time. ``speed`` paces the
+        fed in timestamp order (replay order across clock jumps: the schedule's), each
+        stream to the sources bound to it and each marker to the sources its marker stream
+        pairs with (:func:`bind_sources`, :func:`marker_routes`); every decoder runs inline,
+        so nothing is skipped and the windows and outputs equal a live run's. The clock reads
+        the current chunk's last replay time plus the real time spent since it was fed, so
+        latency fields show compute time. ``speed`` paces the
         replay (None: as fast as the machine allows); ``progress(seconds)`` is called with
         the recording time advanced.
         """
@@ -327,7 +426,7 @@ class Engine:
             clock.set(event[0])
             if event[1] == "marker":
                 for name in routes[event[2]]:
-                    self._on_marker(name, event[0], event[3], direct=True)
+                    self._on_marker(name, event[4], event[3], direct=True)
             else:
                 _, _, i, start, stop = event
                 source = recording.streams[i]
@@ -378,6 +477,10 @@ class Engine:
         return by_index, routes
 
     async def shutdown(self) -> None:
+        if self._presence is not None:
+            await asyncio.to_thread(self._presence.stop)
+        self._stopping.set()  # decoder builds not started yet never start
+        self.health.stop()  # from here on threads end on purpose
         stoppers = [*self.acquisitions.values(), *self._marker_readers]
         await asyncio.gather(*(asyncio.to_thread(s.stop) for s in stoppers))
         await asyncio.sleep(0)  # let results already handed back reach the sinks
@@ -399,9 +502,11 @@ class Engine:
         for name in self.markers_received:
             stream, acq = self._streams.get(name), self.acquisitions.get(name)
             entry = stream.stats() if stream else {"samples": 0, "gaps": 0, "overflows": 0,
-                                                    "rate_hz": 0.0, "nonfinite_samples": 0,
+                                                    "clock_jumps": 0, "rate_hz": 0.0,
+                                                    "nonfinite_samples": 0,
                                                     "nonfinite_chunks": 0}
             entry["markers"] = self.markers_received[name]
+            entry.update(self._peer_counters(name, acq))
             entry["state"] = acq.state if acq else "unmatched" if name in self.unmatched \
                 else "replayed"
             if acq and acq.error:
@@ -416,15 +521,34 @@ class Engine:
             entry["state"] = self.decoder_states.get(name, "running")
             if "error" in self.decoder_status.get(name, {}):
                 entry["error"] = self.decoder_status[name]["error"]
+            runtime = self.decoder_status.get(name, {}).get("runtime")
+            if isinstance(runtime, dict) and runtime.get("cpu_fallback"):
+                entry["cpu_fallback"] = runtime["cpu_fallback"]
             decoders[name] = entry
         sinks = {f"{s.kind}[{i}]": s.stats() for i, s in enumerate(self.sinks) if s.stats()}
-        return {"streams": streams, "decoders": decoders, "sinks": sinks}
+        return {"streams": streams, "decoders": decoders, "sinks": sinks,
+                "threads": self.health.report()}
+
+    def _peer_counters(self, name: str, acq: Acquisition | None) -> dict[str, int]:
+        """What source ``name``'s peers sent that was cut, replaced or refused: its marker
+        reader's counters and other streams matching its query (0 where none applies)."""
+        counters = {"markers_truncated": 0, "markers_undecodable": 0, "marker_errors": 0,
+                    "duplicate_streams": 0}
+        for reader, source in zip(self._marker_readers, self._marker_sources):
+            if source == name:
+                counters.update(reader.stats())
+        if acq is not None and hasattr(acq.source, "stats"):
+            counters.update(acq.source.stats())
+        return counters
 
     def problems(self, stats: dict) -> list[str]:
         """One line per source that matched no recorded stream and per configured decoder
         that produced no result, with why where it is known (the ``rtbci: error:`` lines of
         a run that ends with exit status 1)."""
         lines = [f"source {name!r} {why}" for name, why in self.unmatched.items()]
+        lines += [f"{entry.label} died ({entry.why})" for entry in self.health.dead()]
+        lines += [f"{sink.kind}[{i}]: {problem}" for i, sink in enumerate(self.sinks)  # lost
+                  if (problem := getattr(sink, "problem", lambda: None)())]  # data (record)
         for cfg in self.config.decoders:
             if stats["decoders"].get(cfg.name, {}).get("results", 0) == 0:
                 lines.append(f"decoder {cfg.name!r} produced no results ({self._why(cfg)})")
@@ -472,6 +596,35 @@ class VirtualClock:
 
     def __call__(self) -> float:
         return self._at + (time.perf_counter() - self._since)
+
+
+class _BuildCancelled(Exception):
+    """A decoder build the engine's stop cancelled before it started."""
+
+
+def _in_daemon_thread(fn: Callable, *args) -> asyncio.Future:
+    """``fn(*args)`` in a daemon thread, awaited as a future of the running loop.
+
+    Unlike ``asyncio.to_thread`` (whose executor ``asyncio.run`` waits for at exit), a
+    build still compiling when the engine stops is abandoned: the process exits at once.
+    """
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+
+    def settle(outcome, ok: bool) -> None:
+        if not future.done():
+            future.set_result(outcome) if ok else future.set_exception(outcome)
+
+    def target() -> None:
+        try:
+            outcome, ok = fn(*args), True
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
+            outcome, ok = exc, False
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the engine stopped
+            loop.call_soon_threadsafe(settle, outcome, ok)
+
+    threading.Thread(target=target, name="rtbci-build", daemon=True).start()
+    return future
 
 
 def source_preprocess(source: SourceConfig, config: Config) -> PreprocessConfig:
