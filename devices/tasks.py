@@ -304,11 +304,13 @@ def tail_seconds(family: str) -> float:
 def _record_trials(task: TaskSignal, n_trials: int, tail_s: float) -> np.ndarray:
     """(n_samples, n_channels) float32 holding exactly ``n_trials`` trials, each with
     ``tail_s`` seconds after its onset: no window of the last one runs past the end."""
-    fs = task.profile.srate
+    fs, spec = task.profile.srate, task.spec
     task.max_trials = n_trials
-    chunks, chunk = [], int(round(fs))
+    # first the expected length in one call (the same signal as before trials were capped),
+    # then a second at a time until the last trial started
+    chunks = [task.next(int((n_trials + 0.5) * np.mean(spec.isi_s) * fs + spec.response_s * fs))[0]]
     while len(task.events) < n_trials:
-        chunks.append(task.next(chunk)[0])
+        chunks.append(task.next(int(round(fs)))[0])
     end = task.events[-1][0] + int(np.ceil(tail_s * fs))
     if end > task.sample:
         chunks.append(task.next(end - task.sample)[0])

@@ -43,9 +43,8 @@ def test_a_thread_ended_by_system_exit_is_dead_and_named():
         entry = watch.add(watch_thread("markers", "eeg", thread))
         assert not watch.check() and entry.state == "ok"
         go.set()
-        assert wait_until(lambda: entry.state == "dead")
-        assert entry.why == "SystemExit: 3"
-        assert changes, "the change was handed on"
+        assert wait_until(lambda: changes), "the change was handed on"
+        assert entry.state == "dead" and entry.why == "SystemExit: 3"
         assert watch.report() == {"markers eeg": {"state": "dead", "why": "SystemExit: 3",
                                                   "stalls": 0}}
         assert "marker reader of source 'eeg'" in entry.label

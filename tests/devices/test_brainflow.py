@@ -167,8 +167,7 @@ def test_check_names_a_wrong_board_in_one_line_and_describes_a_right_one(tmp_pat
                                                 "board": "SYNTHETIC_BOARD"}]}))
     assert main(["check", str(good)]) == 0
     out = capsys.readouterr().out
-    assert "source 'bf': brainflow {'board': 'SYNTHETIC_BOARD'}" in out
-    assert "(16 ch @ 250 Hz" in out
+    assert "source 'bf': brainflow board 'SYNTHETIC_BOARD', 16 ch × 250 Hz" in out
 
 
 def test_simulate_brainflow_publishes_the_board_and_its_markers_on_lsl(run_engine,

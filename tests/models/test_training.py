@@ -25,7 +25,7 @@ from rtbci.models.training import TrainOptions, train  # noqa: E402
 # family: (trials, snr, epochs, extra options, minimum multiple of chance of val top-1/accuracy)
 CASES = {
     "motor-gnn": (120, 1.0, 12, {}, 1.5),
-    "seeg-words": (160, 1.0, 12, {"channels": ["A*"]}, 3.0),
+    "seeg-words": (200, 1.0, 12, {"channels": ["A*"]}, 3.0),
     "image-retrieval": (300, 1.0, 20, {}, 4.0),
     "speech": (200, 2.0, 20, {"batch_size": 32}, 3.0),
 }
