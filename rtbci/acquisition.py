@@ -112,6 +112,7 @@ class Acquisition:
             beat.at = time.monotonic()
             try:
                 chunk = source.read(self.wait_s)
+                arrived = stream.clock()  # the pull: engine latency and `late` count from here
             except SourceLost as exc:
                 log.warning("source %r: %s; waiting for it to come back", source.name, exc)
                 source.close()
@@ -120,7 +121,7 @@ class Acquisition:
             if chunk is not None:
                 remap = self._remap
                 stream.ingest(chunk.data if remap is None else remap(chunk.data),
-                              chunk.timestamps)
+                              chunk.timestamps, arrived)
                 if self.state == "stalled":
                     log.info("source %r resumed after %.1f s", source.name,
                              time.monotonic() - last_data)

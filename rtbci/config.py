@@ -186,7 +186,8 @@ class DecoderConfig(_Strict):
     thread: Literal["own", "source"] = Field(
         "own", description="own: the decoder's own worker thread; source: its source's "
         "acquisition thread, right after the chunk that completes its window (no wake-up, no "
-        "window copy; for decoders far faster than a chunk period)")
+        "window copy, a read-only view; for decoders far faster than a chunk period): builtin: "
+        "models only, never user code (python:, checkpoints)")
     options: dict[str, Any] = {}
 
     @field_validator("name")
@@ -275,6 +276,10 @@ def _check_model(dec: DecoderConfig, where: str) -> None:
     if dec.model.startswith("builtin:") and dec.model not in BUILTINS:
         raise ValueError(f"{where}.model: unknown model {dec.model!r}; expected a checkpoint "
                          f"(.pt), {', '.join(BUILTINS)} or python:MODULE:FACTORY")
+    if dec.thread == "source" and not dec.model.startswith("builtin:"):
+        raise ValueError(f"{where}.thread: 'source' runs a decoder on the acquisition thread, "
+                         f"where only the engine's own builtin: decoders may run; give "
+                         f"{dec.model!r} thread = \"own\" (the default: its own worker)")
     problem = option_problem(dec.model, dec.options, where)
     if problem:
         raise ValueError(problem)

@@ -5,6 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 
+class Overtaken(RuntimeError):
+    """The writer overwrote the samples a read was looking at, on every try: no answer is
+    given rather than one from torn data (the reader fell a whole buffer behind)."""
+
+
 class RingBuffer:
     """A ring of the last ``capacity`` samples, addressed by an ever-increasing sample counter.
 
@@ -21,7 +26,10 @@ class RingBuffer:
       arrival times of every counter below ``c`` complete.
     - Readers (the event loop, sinks' threads, the display) read :attr:`count` once per
       operation: :meth:`window`, :meth:`latest`, :meth:`since` and :meth:`search` each take
-      a single snapshot. Their views point into the ring, and the writer keeps writing: a
+      a single snapshot. Their views point into the ring and are read-only (views of one
+      read-only alias of the ring's storage, made once: writing into one raises
+      ``ValueError``, so no reader can change what the others see), and the writer keeps
+      writing: a
       reader copies what it needs, then checks :meth:`intact` for the first counter it read.
       True means the copy is whole; False means the writer overwrote (part of) it meanwhile
       (the reader fell behind by a whole buffer: discard the copy).
@@ -92,6 +100,9 @@ class RingBuffer:
         self.srate = float(srate)
         self._data = np.zeros((2 * self.capacity, self.n_channels), dtype=dtype)
         self._times = np.zeros(2 * self.capacity, dtype=np.float64)
+        # what readers get: read-only aliases of the same memory (a view is still zero-copy)
+        self._data_out, self._times_out = self._data.view(), self._times.view()
+        self._data_out.flags.writeable = self._times_out.flags.writeable = False
         self._arrivals = np.full(self.capacity, np.nan)  # arrival time per sample, seconds
         self._dt = np.empty(self.capacity, dtype=np.float64)  # scratch for gap detection
         self._max_step = self.GAP_FACTOR / self.srate if self.srate > 0 else np.inf
@@ -243,7 +254,7 @@ class RingBuffer:
 
     def window(self, start: int, stop: int,
                count: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Samples with counters in ``[start, stop)`` as zero-copy views.
+        """Samples with counters in ``[start, stop)`` as zero-copy, read-only views.
 
         The views stay valid until ``capacity - (stop - start)`` further samples are written;
         a reader in another thread than the writer copies them, then checks
@@ -272,7 +283,7 @@ class RingBuffer:
             )
         i = start % self.capacity
         j = i + (stop - start)
-        return self._data[i:j], self._times[i:j]
+        return self._data_out[i:j], self._times_out[i:j]
 
     def latest(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """The newest ``n`` samples (fewer if fewer were written); see :meth:`window`."""
@@ -285,7 +296,7 @@ class RingBuffer:
         count = self.count
         n = min(n, count, self.capacity)
         i = (count - n) % self.capacity
-        return self._data[i : i + n], self._times[i : i + n], count - n
+        return self._data_out[i : i + n], self._times_out[i : i + n], count - n
 
     def since(self, counter: int) -> tuple[np.ndarray, np.ndarray, int]:
         """Samples from ``counter`` up to the newest, for a reader that keeps its position.
@@ -307,21 +318,30 @@ class RingBuffer:
             counter = count - self.capacity
         i = counter % self.capacity
         j = i + (count - counter)
-        return self._data[i:j], self._times[i:j], count
+        return self._data_out[i:j], self._times_out[i:j], count
+
+    SEARCH_TRIES = 8  # snapshots a search takes before it gives up (Overtaken)
 
     def search(self, timestamp: float) -> int:
         """Counter of the first held sample stamped at or after ``timestamp`` (binary search).
 
         Returns the oldest held counter if every held sample is at or after ``timestamp``, and
-        :attr:`count` if none is. Safe against a concurrent writer: a search that the writer
-        overtook (it overwrote the oldest samples meanwhile) is repeated on a fresh snapshot.
+        :attr:`count` if none is. Safe against a concurrent writer: the answer always comes from
+        a snapshot that was intact after the search; one that the writer overtook (it overwrote
+        the oldest samples meanwhile) is repeated on a fresh snapshot.
+
+        Raises
+        ------
+        Overtaken
+            If the writer overtook all ``SEARCH_TRIES`` snapshots (never a guess).
         """
-        for _ in range(8):
+        for _ in range(self.SEARCH_TRIES):
             _, times, oldest = self._newest(self.capacity)
             found = oldest + int(np.searchsorted(times, timestamp))
             if self.intact(oldest):
                 return found
-        return max(found, self._claimed - self.capacity)  # still overtaken: oldest not torn
+        raise Overtaken(f"search for {timestamp:.6f} s: the writer overwrote the samples "
+                        f"being searched {self.SEARCH_TRIES} times in a row")
 
     def arrival(self, counter: int) -> float:
         """When sample ``counter`` arrived (the ``arrived`` given to :meth:`write`), seconds.

@@ -4,12 +4,17 @@ Triggers count samples, not wall time, so a replay fires exactly the windows a l
 fires. A decoder still busy when its next sliding trigger fires skips that trigger (counted;
 its ``seq`` is left out) and the freshest window always wins (a marker's window waits
 instead, below). Each decoder runs on its own worker thread, so a slow decoder never delays
-another; one that raises is isolated; one that runs past its ``timeout_ms`` is reported (the
-others keep running on their own threads).
+another; one that runs past its ``timeout_ms`` is reported (the others keep running on their
+own threads). Whatever a decoder call does — raise any exception, ``SystemExit`` and
+``KeyboardInterrupt`` included, or return something that is not a
+:class:`~rtbci.models.base.DecoderOutput` (``None``) — is counted as an error on that window
+(``errors``, ``last_error`` naming it) and its worker goes on with the next window.
 
-A decoder with ``thread = "source"`` runs instead on its source's acquisition thread, right
-after the chunk that completes its window landed, on a zero-copy view of the ring buffer: no
-thread wake-up and no window copy. It delays that source's next chunk while it runs, so one
+A decoder with ``thread = "source"`` (config: the engine's own ``builtin:`` decoders only, never
+user code) runs instead on its source's acquisition thread, right after the chunk that
+completes its window landed, on a zero-copy, read-only view of the ring buffer (an in-place
+write raises inside the decoder: an error on that window, the ring is untouched): no thread
+wake-up and no window copy. It delays that source's next chunk while it runs, so one
 that takes longer than ``SOURCE_THREAD_MAX_MS`` for ``SOURCE_THREAD_STRIKES`` windows in a
 row moves to its own worker for the rest of the run (logged). A window that a marker
 completes (the marker arriving after its samples) runs on the worker too.
@@ -101,7 +106,7 @@ class TriggerSpec:
 @dataclass
 class Job:
     """A window to decode: ``window`` is the task's copy, a queued marker window's own copy,
-    or (``on_source``: on the source's thread) a view of the ring buffer, shape
+    or (``on_source``: on the source's thread) a read-only view of the ring buffer, shape
     ``(n_samples, n_channels)``."""
 
     task: DecoderTask
@@ -164,25 +169,36 @@ class DecoderTask:
 
 
 def run_job(job: Job, clock: Callable[[], float]) -> tuple[DecoderOutput | None, str | None]:
-    """Run a job's decoder on its window, timing it; an exception becomes an error string."""
+    """Run a job's decoder on its window, timing it. Anything it raises (``SystemExit`` and
+    ``KeyboardInterrupt`` included: user code must not end the worker) or a return value that
+    is not a :class:`DecoderOutput` becomes an error string."""
     job.result.t_started = clock()
     output = error = None
     try:
         output = job.task.decoder(job.window)
-    except Exception as exc:  # isolate the decoder; report, keep running
-        error = f"{type(exc).__name__}: {exc}"
+        if not isinstance(output, DecoderOutput):
+            error = f"returned {type(output).__name__}, not a DecoderOutput"
+    except BaseException as exc:  # isolate the decoder; report, keep running
+        error = describe_exception(exc)
         log.debug("decoder %r raised:\n%s", job.task.name, traceback.format_exc())
     job.result.t_finished = clock()
     return output, error
 
 
 def run_explain(job: Job) -> tuple[np.ndarray | None, str | None]:
-    """The per-channel importance of the job's window (after its result was published)."""
+    """The per-channel importance of the job's window (after its result was published); like
+    :func:`run_job`, anything it raises becomes an error string."""
     try:
         return job.task.decoder.importance(job.window), None
-    except Exception as exc:
+    except BaseException as exc:
         log.debug("decoder %r importance raised:\n%s", job.task.name, traceback.format_exc())
-        return None, f"importance: {type(exc).__name__}: {exc}"
+        return None, f"importance: {describe_exception(exc)}"
+
+
+def describe_exception(exc: BaseException) -> str:
+    """``"ValueError: boom"``; the type alone when there is no message (``KeyboardInterrupt``)."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 class Worker:
@@ -511,7 +527,12 @@ class Scheduler:
         """On the decoder's worker (or source thread): decode, hand the result over, then its
         importance."""
         output, error = run_job(job, self.clock)
-        invalid = None if error is not None else output_problem(job.task.decoder, output)
+        invalid = None
+        if error is None:
+            try:  # a DecoderOutput subclass is user code too
+                invalid = output_problem(job.task.decoder, output)
+            except BaseException as exc:
+                error = f"checking its output raised {describe_exception(exc)}"
         good = error is None and invalid is None
         explain = good and job.task.explains
         sent = good and not explain and self.direct is not None

@@ -211,15 +211,20 @@ class Stream:
         with self._lock:
             self._listeners.remove(callback)
 
-    def ingest(self, data: np.ndarray, timestamps: np.ndarray) -> None:
+    def ingest(self, data: np.ndarray, timestamps: np.ndarray,
+               arrived: float | None = None) -> None:
         """Write a chunk and wake the listeners (producer thread only).
 
         Parameters
         ----------
         data : array, shape (n_samples, n_channels)
         timestamps : array, shape (n_samples,), seconds on the local LSL clock
+        arrived : float | None
+            When the producer pulled the chunk, seconds on :attr:`clock` (None: now, before
+            any listener or preprocessing). Engine latency and ``late`` count from it.
         """
-        arrived = self.clock()
+        if arrived is None:
+            arrived = self.clock()
         if len(timestamps) == 0:
             return
         latency = arrived - timestamps[-1]  # of the raw chunk, before any resampling

@@ -153,30 +153,39 @@ def test_a_blocked_event_loop_is_reported_as_stalled_and_recovered():
     assert not engine.problems(stats)
 
 
-EXITING = textwrap.dedent('''
+KILLING_RUN = textwrap.dedent('''
+    """`rtbci run` itself, with a sink (added to every engine) whose stream_added raises
+    SystemExit: it ends the acquisition thread that announces the stream."""
     import sys
-    import numpy as np
-    from rtbci.models import Decoder, DecoderOutput
 
-    class Exiting(Decoder):
-        """Calls sys.exit() on its third window (the warm-up is the first)."""
-        kind, labels, output_size = "classes", ["a", "b"], 2
+    import rtbci.engine
+    from rtbci.cli import main
+    from rtbci.sinks import Sink
 
-        def __init__(self, n_samples, n_channels, srate):
-            self.n_samples, self.calls = n_samples, 0
+    class Killer(Sink):
+        kind = "killer"
 
-        def __call__(self, window):
-            self.calls += 1
-            if self.calls == 3:
-                sys.exit("decoder quit")
-            return DecoderOutput(probabilities=np.array([0.5, 0.5], np.float32),
-                                 labels=self.labels)
+        def stream_added(self, name, stream):
+            raise SystemExit("killed by a test sink")
+
+        def publish(self, result):
+            pass
+
+    class KillingEngine(rtbci.engine.Engine):
+        def __init__(self, config, clock=None, sinks=None):
+            super().__init__(config, clock, [Killer(), *(sinks or [])])
+
+    rtbci.engine.Engine = KillingEngine
+    sys.exit(main(sys.argv[1:]))
 ''')
 
 
 @pytest.mark.slow
 def test_rtbci_run_exits_1_and_says_which_thread_died(tmp_path):
-    (tmp_path / "exiting_decoder.py").write_text(EXITING)
+    """A thread that dies (here the acquisition thread, ended by a sink raising SystemExit:
+    decoders no longer can, their workers survive anything) makes ``rtbci run`` exit 1, and is
+    named in the statistics' ``threads``, on stderr and on the console."""
+    (tmp_path / "killing_run.py").write_text(KILLING_RUN)
     stream = f"health-{uuid.uuid4().hex[:8]}"
     (tmp_path / "run.toml").write_text(textwrap.dedent(f'''
         [engine]
@@ -185,25 +194,19 @@ def test_rtbci_run_exits_1_and_says_which_thread_died(tmp_path):
         name = "eeg"
         kind = "simulate"
         stream_name = "{stream}"
-        [[decoders]]
-        name = "quitter"
-        model = "python:exiting_decoder:Exiting"
-        source = "eeg"
-        window_ms = 200
-        every_ms = 100
     '''))
     stats_path = tmp_path / "stats.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "rtbci", "run", str(tmp_path / "run.toml"), "--duration", "5",
-         "--stats-json", str(stats_path)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
-        env={**__import__("os").environ, "PYTHONPATH": str(tmp_path)})
+        [sys.executable, str(tmp_path / "killing_run.py"), "run", str(tmp_path / "run.toml"),
+         "--duration", "5", "--stats-json", str(stats_path)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1, proc.stderr[-2000:]
     stats = json.loads(stats_path.read_text())
-    assert stats["threads"]["worker quitter"]["state"] == "dead"
-    assert "SystemExit: decoder quit" in stats["threads"]["worker quitter"]["why"]
-    assert "worker thread of decoder 'quitter' died (SystemExit: decoder quit)" in proc.stderr
-    assert "thread worker quitter  DEAD" in proc.stdout
+    assert stats["threads"]["acquisition eeg"]["state"] == "dead"
+    assert "SystemExit: killed by a test sink" in stats["threads"]["acquisition eeg"]["why"]
+    assert ("acquisition thread of source 'eeg' died (SystemExit: killed by a test sink)"
+            in proc.stderr)
+    assert "thread acquisition eeg  DEAD" in proc.stdout
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rtbci.ringbuffer import RingBuffer
+from rtbci.ringbuffer import Overtaken, RingBuffer
 
 chunk_sizes = st.lists(st.integers(min_value=0, max_value=40), min_size=1, max_size=30)
 
@@ -167,7 +167,7 @@ def test_concurrent_reads_are_whole_or_detected():
     ring, chunk, n_samples = RingBuffer(256, 64, srate=1000.0), 16, 200_000
     writer = threading.Thread(target=write_counter_signal, args=(ring, n_samples, chunk))
     out = np.empty((256, 64), np.float32)
-    accepted = torn = 0
+    accepted = torn = overtaken = 0
     position = 0
     with frequent_thread_switches():
         writer.start()
@@ -188,8 +188,12 @@ def test_concurrent_reads_are_whole_or_detected():
             count = ring.count
             if count > 100:
                 target = count - 100
-                found = ring.search(target / 1000.0 - 0.0004)
-                assert found == target or not ring.intact(target)
+                try:
+                    found = ring.search(target / 1000.0 - 0.0004)
+                except Overtaken:  # said, never guessed
+                    overtaken += 1
+                else:
+                    assert found == target or not ring.intact(target)
                 with contextlib.suppress(IndexError):  # unless the writer lapped this reader
                     arrived = ring.arrival(count - 1)
                     assert arrived == (count - 1) // chunk * chunk or not ring.intact(count - 1)
@@ -208,6 +212,53 @@ def test_search_finds_the_first_sample_at_or_after():
     assert ring.arrival(24) == 20.0
     with pytest.raises(IndexError, match=r"holds \[15, 25\)"):
         ring.arrival(14)
+
+
+class Lapping(RingBuffer):
+    """A ring whose writer, ``laps`` times, writes a whole buffer of newer samples right after
+    a reader took its snapshot (so the reader searches overwritten samples)."""
+
+    laps = 0
+
+    def _newest(self, n):
+        snapshot = super()._newest(n)
+        if self.laps:
+            self.laps -= 1
+            self.write(*_chunk(self.count, self.capacity, self.n_channels))
+        return snapshot
+
+
+def test_a_search_overtaken_once_searches_again_on_a_fresh_snapshot():
+    ring = Lapping(10, 1)
+    ring.write(*_chunk(0, 10, 1))  # counter k stamped k / 100 s
+    ring.laps = 1  # the first snapshot (0 … 9) is overwritten by 10 … 19 while searched
+    assert ring.search(0.155) == 16
+    assert ring.laps == 0
+
+
+def test_a_search_the_writer_keeps_overtaking_says_so_instead_of_guessing():
+    """Issue 20: every snapshot overwritten while searched: the search raises Overtaken. (The
+    old fallback returned ``max(found, claimed - capacity)``: 80 here, where the sample at
+    0.855 s is 86, while ``intact(80)`` said the ring was whole.)"""
+    ring = Lapping(10, 1)
+    ring.write(*_chunk(0, 10, 1))
+    ring.laps = 1000
+    with pytest.raises(Overtaken, match="overwrote the samples being searched"):
+        ring.search(0.855)
+    assert ring.intact(ring.count - ring.capacity)
+
+
+def test_reads_are_read_only_views_of_the_ring():
+    """Issue 20: no reader can write into the ring through a view it was given (a decoder on
+    the source's thread included); the views are still zero-copy."""
+    ring = RingBuffer(10, 2)
+    ring.write(*_chunk(0, 8, 2))
+    views = [*ring.window(2, 6), *ring.latest(4), *ring.since(0)[:2]]
+    for view in views:
+        assert np.shares_memory(view, ring._data) or np.shares_memory(view, ring._times)
+        with pytest.raises(ValueError, match="read-only"):
+            view += 1
+    np.testing.assert_array_equal(ring.window(0, 8)[0], _chunk(0, 8, 2)[0])
 
 
 def _write(ring: RingBuffer, stamps: np.ndarray, arrived: float) -> None:

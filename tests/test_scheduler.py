@@ -259,9 +259,9 @@ class Bench:
         self.scheduler = Scheduler(loop, self.clock, self.results.append, inline=inline)
         self.stream.add_listener(partial(self.scheduler.on_data, self.stream))
 
-    def decoder(self, name, trigger, thread="own", **kw):
-        task = DecoderTask(name, Echo(trigger.length, **kw), self.stream, trigger, 50, 2000,
-                           thread=thread)
+    def decoder(self, name, trigger, thread="own", cls=None, **kw):
+        task = DecoderTask(name, (cls or Echo)(trigger.length, **kw), self.stream, trigger, 50,
+                           2000, thread=thread)
         self.scheduler.add(task)
         return task
 
@@ -723,3 +723,129 @@ def test_a_marker_read_overtaken_by_the_writer_on_a_full_ring_still_fires_for_ev
     assert [(r.decoder, list(r.embedding)) for r in b.results] == [
         ("first", list(range(150, 170))), ("second", list(range(150, 170)))]
     assert first.stale_markers == second.stale_markers == 0
+
+
+# --- issue 20: isolation -------------------------------------------------------------------
+
+
+class Centring(Echo):
+    """The common idiom ``w -= w.mean(0)``: centres its window in place, then echoes it."""
+
+    def __call__(self, window):
+        window -= window.mean(axis=0)
+        return super().__call__(window)
+
+
+def test_an_in_place_edit_on_the_source_thread_reaches_neither_the_ring_nor_the_others():
+    """Issue 20: a source-thread decoder that writes into its window gets a read-only view:
+    its write raises inside it (an error on each window), and the decoder beside it and the
+    ring (both mirrored halves: what the display and the recorder read) are exactly as in a
+    run without it, window by window."""
+
+    def once(editor: bool) -> dict:
+        seen = {}
+
+        async def body(b):
+            if editor:
+                b.decoder("centre", TriggerSpec(length=10, every=10), thread="source",
+                          cls=Centring)
+            fast = b.decoder("fast", TriggerSpec(length=10, every=10), thread="source")
+            feed_from_a_thread(b, 5)
+            tasks = b.scheduler.tasks.values()
+            assert await wait_for(lambda: fast.results == 5 and sum(
+                t.errors for t in tasks) == 5 * editor and not any(t.busy for t in tasks))
+            seen["fast"] = [list(r.embedding) for r in b.results if r.decoder == "fast"]
+            seen["ring"] = b.stream.buffer._data.copy()
+            seen["stats"] = {t.name: t.stats() for t in tasks}
+
+        run_threaded(body)
+        return seen
+
+    edited, alone = once(True), once(False)
+    assert edited["fast"] == alone["fast"] == [list(range(k, k + 10)) for k in range(0, 50, 10)]
+    np.testing.assert_array_equal(edited["ring"], alone["ring"])
+    centre = edited["stats"]["centre"]
+    assert (centre["results"], centre["errors"]) == (0, 5)
+    assert centre["last_error"] == "ValueError: output array is read-only"
+    assert edited["stats"]["fast"]["errors"] == 0
+
+
+class Faulty(Echo):
+    """Fails every second window (the 2nd, 4th …) the way ``fault`` says; decodes the others."""
+
+    FAULTS = {"exit": lambda: SystemExit("decoder quit"), "interrupt": KeyboardInterrupt,
+              "raise": lambda: RuntimeError("boom")}
+
+    def __init__(self, n_samples, fault):
+        super().__init__(n_samples)
+        self.fault, self.n = fault, 0
+
+    def __call__(self, window):
+        self.n += 1
+        if self.n % 2 == 0:
+            if self.fault == "none":
+                return None
+            raise self.FAULTS[self.fault]()
+        return super().__call__(window)
+
+
+@pytest.mark.parametrize("fault, error", [
+    ("none", "returned NoneType, not a DecoderOutput"),
+    ("exit", "SystemExit: decoder quit"),
+    ("interrupt", "KeyboardInterrupt"),
+    ("raise", "RuntimeError: boom"),
+])
+def test_a_decoder_failing_any_way_counts_an_error_and_its_worker_decodes_the_next_window(
+        fault, error):
+    """Issue 20: returning None, SystemExit, KeyboardInterrupt or any exception is an error on
+    that window (``errors``, ``last_error``); the worker thread lives on and decodes the next."""
+
+    async def body(b):
+        task = b.decoder("odd", TriggerSpec(length=10, every=10), cls=Faulty, fault=fault)
+        for _ in range(6):
+            feed_from_a_thread(b, 1)
+            assert await wait_for(lambda: not task.busy), "the worker died"
+        assert b.scheduler.workers["odd"].thread.is_alive()
+        assert (task.results, task.errors, task.invalid_outputs) == (3, 3, 0)
+        assert task.last_error == error
+        assert [r.embedding[0] for r in b.results] == [0, 20, 40]  # windows 0, 2, 4
+
+    run_threaded(body)
+
+
+@pytest.mark.parametrize("model", ["python:my_decoders:make", "demo:eegnet", "model.pt"])
+def test_thread_source_is_refused_for_user_code_in_one_line(model):
+    """Issue 20: no user code on an acquisition thread: ``thread = "source"`` is for the
+    engine's builtin: decoders only; a python: or checkpoint decoder asking for it is refused
+    in one line naming the key."""
+    from rtbci.errors import RtbciError
+
+    entry = sliding("mine", model, thread="source")
+    with pytest.raises(RtbciError) as refused:
+        parse_config({"sources": [{"name": "eeg", "kind": "simulate"}], "decoders": [entry]})
+    assert str(refused.value) == (
+        "config: decoders[0].thread: 'source' runs a decoder on the acquisition thread, where "
+        f"only the engine's own builtin: decoders may run; give {model!r} thread = \"own\" "
+        "(the default: its own worker)")
+    assert parse_config({"sources": [{"name": "eeg", "kind": "simulate"}], "decoders": [
+        sliding("bp", "builtin:bandpower", thread="source")]}).decoders[0].thread == "source"
+
+
+@pytest.mark.slow
+def test_a_python_decoder_sleeping_4_s_never_stalls_ingest_nor_the_band_power_beside_it(
+        scripted, run):
+    """Issue 20: a python: decoder that sleeps 4 s in one call runs on its own worker, so the
+    source's acquisition thread never stalls (the health watch reports no stall) and the band
+    power on the source's thread beside it loses no trigger (a 4 s stall of the acquisition
+    thread would skip ~40 of them)."""
+    sleeper = sliding("sleeper", scripted, budget_ms=50, timeout_ms=10_000,
+                      options={"hang_call": 3, "hang_s": 4.0})
+    bandpower = sliding("bp", "builtin:bandpower", every_ms=100, thread="source")
+    _, stats, results = run([sleeper, bandpower], 8.0)
+    assert "acquisition eeg" not in stats["threads"], stats["threads"]
+    bp = stats["decoders"]["bp"]
+    assert bp["thread"] == "source" and bp["errors"] == 0
+    assert bp["results"] > 40 and bp["skipped"] <= 3, bp  # load hiccups at most
+    sleeper_results = [r for r in results if r.decoder == "sleeper"]
+    assert max(r.latency_ms for r in sleeper_results) > 3500  # it did sleep
+    assert stats["decoders"]["sleeper"]["skipped"] >= 40  # its own triggers, not bp's

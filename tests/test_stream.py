@@ -228,3 +228,46 @@ def test_find_nonfinite_tells_huge_finite_values_from_nan_and_inf():
         assert find_nonfinite(x) == NonFinite(1, 3, 4)
         x[3, 1], x[5, 2], x[7, 0] = 0.0, np.nan, -np.inf
         assert find_nonfinite(x) == NonFinite(2, 5, 8)
+
+
+def test_arrival_is_stamped_at_the_pull_before_any_remapping_or_listener():
+    """Issue 20: engine latency and ``late`` count from the moment the acquisition thread
+    pulled the chunk: time spent after the pull (here a channel re-mapping of a stream that
+    came back in another order, and a raw listener) is inside the measured latency."""
+    from rtbci.acquisition import Acquisition
+    from rtbci.devices.base import Source
+    from rtbci.stream import Chunk
+
+    clock = FakeClock()
+
+    class OneChunk(Source):
+        name = "one"
+
+        def __init__(self):
+            self.acquisition, self.sent = None, False
+
+        def open(self, timeout):
+            return INFO
+
+        def read(self, timeout=0.0):
+            if self.sent:
+                self.acquisition._stop.set()
+                return None
+            self.sent, clock.now = True, 200.0  # pulled at 200 s
+            return Chunk(np.ones((10, 3), np.float32), 199.99 + np.arange(10) / 1000.0)
+
+        def describe(self):
+            return "one chunk"
+
+    def remap(data):  # a re-mapping that takes 0.5 s
+        clock.now += 0.5
+        return data
+
+    source = OneChunk()
+    acq = source.acquisition = Acquisition(source, lambda info: Stream(info, 2.0, clock))
+    assert acq._open()
+    acq._remap = remap
+    acq.stream.add_raw_listener(lambda data, stamps: setattr(clock, "now", clock.now + 0.25))
+    acq._pump()
+    assert acq.stream.buffer.count == 10
+    assert acq.stream.arrival(9) == 200.0
