@@ -25,8 +25,8 @@ from rtbci.scheduler import (
     DecoderTask,
     Scheduler,
     TriggerSpec,
-    output_problem,
 )
+from rtbci.scheduler.workers import output_problem
 from rtbci.stream import Stream, StreamInfo
 
 TEST_DECODERS = textwrap.dedent('''
@@ -97,7 +97,7 @@ def sliding(name, model, every_ms=50, budget_ms=20, **extra):
 
 @pytest.mark.slow
 def test_slow_decoder_is_late_and_skips_instead_of_queueing(scripted, run):
-    _, stats, results = run([sliding("slow", scripted, options={"sleep_s": 0.12})], 7.0)
+    engine, stats, results = run([sliding("slow", scripted, options={"sleep_s": 0.12})], 7.0)
     s = stats["decoders"]["slow"]
     assert s["results"] > 20 and s["late"] == s["results"]
     assert s["skipped"] >= 1.5 * s["results"]  # ~2 triggers pass during each 120 ms call
@@ -111,7 +111,10 @@ def test_slow_decoder_is_late_and_skips_instead_of_queueing(scripted, run):
     assert seqs == sorted(set(seqs))  # increasing; skipped triggers leave holes
     holes = sum(b - a - 1 for a, b in zip(seqs, seqs[1:]))  # a decoder starts at its first
     # window after it attached: earlier triggers never existed for it
-    assert 0 <= s["skipped"] - holes <= 3  # every hole counted (+ skips after the last result)
+    # every hole counted, plus skips after the last result: at most the triggers after it
+    # (how many depends on how long ingest went on while the engine stopped: load)
+    after_last = engine.scheduler.tasks["slow"].seq - seqs[-1] - 1
+    assert 0 <= s["skipped"] - holes <= after_last
 
 
 @pytest.mark.slow
@@ -449,9 +452,9 @@ def test_worker_safe_sinks_get_the_result_on_the_worker_then_the_loop_counts_it(
     async def main():
         loop_thread = threading.get_ident()
         b = Bench(inline=False, loop=asyncio.get_running_loop())
-        b.scheduler.direct = (lambda r: on_worker.append((r, threading.get_ident())),
-                              lambda r: on_loop.append((r, threading.get_ident())),
-                              lambda: True)
+        b.scheduler.router.direct = (lambda r: on_worker.append((r, threading.get_ident())),
+                                     lambda r: on_loop.append((r, threading.get_ident())),
+                                     lambda: True)
         fast = b.decoder("fast", TriggerSpec(length=10, every=10))
         b.decoder("gnn", TriggerSpec(length=10, every=10), explains=True)
         try:
@@ -517,7 +520,7 @@ def test_a_source_thread_decoder_runs_in_the_acquisition_thread_on_the_ring_itse
     on_worker = []
 
     async def body(b):
-        b.scheduler.direct = (on_worker.append, b.results.append, lambda: True)
+        b.scheduler.router.direct = (on_worker.append, b.results.append, lambda: True)
         fast = b.decoder("fast", TriggerSpec(length=10, every=10), thread="source")
         erp = b.decoder("erp", TriggerSpec(length=10, marker="stim"), thread="source")
         acquisition = feed_from_a_thread(b, 5)
@@ -543,8 +546,8 @@ def test_without_a_sink_on_the_loop_the_worker_counts_the_result_and_the_loop_sl
     on_worker, on_loop = [], []
 
     async def body(b):
-        b.scheduler.direct = (on_worker.append, on_loop.append, lambda: False)
-        b.scheduler._call = lambda *args: on_loop.append(args)  # any trip to the loop
+        b.scheduler.router.direct = (on_worker.append, on_loop.append, lambda: False)
+        b.scheduler.router._call = lambda *args: on_loop.append(args)  # any trip to the loop
         fast = b.decoder("fast", TriggerSpec(length=10, every=10))
         here = b.decoder("here", TriggerSpec(length=10, every=10), thread="source")
         for _ in range(4):
