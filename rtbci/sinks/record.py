@@ -268,19 +268,30 @@ class RecordSink(Sink):
 
     def _write_samples(self, name: str) -> None:
         ring, position = self._rings[name]
-        data, stamps, end = ring.since(position)
-        data, stamps = data.copy(), stamps.copy()  # the producer writes on meanwhile
-        start = end - len(stamps)  # past position if it fell a whole buffer behind
-        if start > position:  # (e.g. while the disk failed): those are lost
+        data, stamps, start, end = self._copy_since(name, ring, position)
+        if start > position:  # fell a whole buffer behind (e.g. while the disk failed)
             self._lost["lost_samples"] += start - position
             self._rings[name] = (ring, start)
-        if not ring.intact(end - len(stamps)):  # overtaken while copying: some are new
-            ring.overflows += 1
-            log.warning("record: stream %r fell a whole buffer behind; samples lost", name)
         if len(stamps):
             self._writer.write_samples(name, data, stamps)
         self._rings[name] = (ring, end)
         self._samples[name] += len(stamps)
+
+    @staticmethod
+    def _copy_since(name: str, ring, position: int) -> tuple:
+        """A whole copy of the samples from ``position`` (or from where the ring still holds
+        them) to the newest: ``(data, timestamps, start, end)``. A copy the producer overtook
+        while it was taken (it overwrote the oldest samples meanwhile) is torn: it is never
+        written; the read starts again half a buffer later, those samples counted as lost."""
+        while True:
+            data, stamps, end = ring.since(position)
+            data, stamps = data.copy(), stamps.copy()  # the producer writes on meanwhile
+            start = end - len(stamps)
+            if ring.intact(start):
+                return data, stamps, start, end
+            ring.overflows += 1
+            log.warning("record: stream %r fell a whole buffer behind; samples lost", name)
+            position = max(start, ring.count - ring.capacity // 2)
 
     def _write_markers(self, markers: list[tuple[str, float, str]]) -> None:
         if isinstance(self._writer, SessionWriter):

@@ -264,3 +264,31 @@ def test_check_refuses_an_existing_session_dir_and_leaves_no_probe(tmp_path, cap
     assert capsys.readouterr().err.strip() == (
         f"rtbci: error: {file}: sinks[1].path: {tmp_path / 'out' / 'fixed'} exists already")
     shutil.rmtree(tmp_path / "out")
+
+
+def test_a_copy_the_producer_overtook_is_never_written():
+    """The recorder copies the samples it writes out of the ring; a producer that overwrites
+    the oldest of them during the copy tears it (newer samples among older ones): that copy
+    is dropped and the read starts again on samples the producer cannot reach as soon."""
+    from rtbci.ringbuffer import RingBuffer
+    from rtbci.sinks.record import RecordSink
+
+    class Overtaking(RingBuffer):
+        """Writes one more chunk right after handing out its first read (once)."""
+
+        laps = 1
+
+        def since(self, counter):
+            views = super().since(counter)
+            if self.laps:
+                self.laps -= 1
+                self.write(np.zeros((10, 2), np.float32), self.last_timestamp + 0.01 *
+                           np.arange(1, 11))
+            return views
+
+    ring = Overtaking(100, 2, srate=100.0)
+    ring.write(np.zeros((250, 2), np.float32), np.arange(250) * 0.01)  # full, 150 lost
+    data, stamps, start, end = RecordSink._copy_since("eeg", ring, 0)
+    assert np.all(np.diff(stamps) > 0)  # whole: no newer sample among the older ones
+    assert (start, end) == (ring.count - 50, ring.count) and len(stamps) == 50
+    assert ring.overflows == 2  # the read that fell behind, and the torn copy
