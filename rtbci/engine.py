@@ -293,8 +293,11 @@ class Engine:
             for entry in sink.watched():
                 entry.name = f"{sink.kind}[{i}] {entry.name}".rstrip()
                 self.health.add(entry)
+        presence = self._presence
+        if presence is not None:  # it ends by itself only to refuse (then the run stops)
+            self.health.add(Watched("presence", self.session, lambda: presence.thread.is_alive()
+                                    or presence.refusal is not None, thread=presence.thread))
         self.health.add(Watched("loop", "engine", lambda: True, self._loop_beat))
-        self.health.start()
 
     # --- running --------------------------------------------------------------------------
 
@@ -348,11 +351,16 @@ class Engine:
                                            self._loop_sinks))
         self._limit_blas()
         stop = stop or asyncio.Event()
-        self._presence = await self._announce(stop)
-        for sink in self.sinks:
-            await sink.start(self.status())
-        self._start_sources()
-        self._watch()
+        self.health.start()  # before any thread starts: a crash at once is still named
+        try:
+            self._presence = await self._announce(stop)
+            for sink in self.sinks:
+                await sink.start(self.status())
+            self._start_sources()
+            self._watch()
+        except BaseException:
+            self.health.stop()
+            raise
         watchdog = asyncio.create_task(self._watchdog())
         try:
             await self._wait(duration, stop, on_tick)

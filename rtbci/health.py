@@ -26,6 +26,7 @@ CHECK_S = 0.2  # period of the health checks: a death is reported well within 1 
 _LABELS = {"acquisition": "acquisition thread of source {name!r}",
            "markers": "marker reader of source {name!r}",
            "worker": "worker thread of decoder {name!r}",
+           "presence": "the check for other engines on session {name!r}",
            "sink": "sink {name}", "loop": "the engine's event loop"}
 
 

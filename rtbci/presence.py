@@ -79,8 +79,8 @@ class SessionPresence:
         self.me = Announcement(self.source_id)
         self._outlet: pylsl.StreamOutlet | None = None
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True,
-                                        name=f"presence-{session}")
+        self.thread = threading.Thread(target=self._run, daemon=True,
+                                       name=f"presence-{session}")
         self._seen: set[str] = set()
         self.refusal: str | None = None  # the error line, once this engine must refuse
         self.conflict = threading.Event()  # set with it
@@ -90,13 +90,13 @@ class SessionPresence:
         info = pylsl.StreamInfo(announcement_name(self.session), PRESENCE_TYPE, 1,
                                 pylsl.IRREGULAR_RATE, pylsl.cf_int32, self.source_id)
         self._outlet = pylsl.StreamOutlet(info)
-        self._thread.start()
+        self.thread.start()
         return self
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(2.0)
+        if self.thread.is_alive():
+            self.thread.join(2.0)
         self._outlet = None  # unpublishes the announcement
 
     def _run(self) -> None:

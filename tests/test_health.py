@@ -259,3 +259,25 @@ def test_a_held_acquisition_thread_is_reported_as_stalled_and_recovered():
     assert blocker.held
     assert stats["threads"]["acquisition eeg"] == {"state": "ok", "why": "", "stalls": 1}
     assert stats["streams"]["eeg"]["samples"] > 0
+
+
+@pytest.mark.slow
+def test_a_dead_check_for_other_engines_is_reported(monkeypatch):
+    """The session-presence thread (engines with an LSL or MQTT sink) is watched too: if it
+    dies, a second engine on the session would go unnoticed, and the run says so."""
+    from rtbci.presence import SessionPresence
+
+    def dies(self, resolver):
+        raise SystemExit("presence check broke")
+
+    monkeypatch.setattr(SessionPresence, "_check", dies)
+    config = parse_config({
+        "engine": {"session": f"health-{uuid.uuid4().hex[:6]}"},
+        "sources": [{"name": "eeg", "kind": "simulate",
+                     "stream_name": f"health-{uuid.uuid4().hex[:8]}"}],
+        "sinks": [{"kind": "lsl"}]})
+    engine = Engine(config)
+    stats = asyncio.run(engine.run(3.0))
+    entry = stats["threads"][f"presence {config.engine.session}"]
+    assert entry == {"state": "dead", "why": "SystemExit: presence check broke", "stalls": 0}
+    assert any("the check for other engines" in line for line in engine.problems(stats))
