@@ -485,10 +485,10 @@ class Engine:
         return by_index, routes
 
     async def shutdown(self) -> None:
-        if self._presence is not None:
-            await asyncio.to_thread(self._presence.stop)
         self._stopping.set()  # decoder builds not started yet never start
         self.health.stop()  # from here on threads end on purpose
+        if self._presence is not None:
+            await asyncio.to_thread(self._presence.stop)
         stoppers = [*self.acquisitions.values(), *self._marker_readers]
         await asyncio.gather(*(asyncio.to_thread(s.stop) for s in stoppers))
         await asyncio.sleep(0)  # let results already handed back reach the sinks

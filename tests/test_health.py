@@ -281,3 +281,27 @@ def test_a_dead_check_for_other_engines_is_reported(monkeypatch):
     entry = stats["threads"][f"presence {config.engine.session}"]
     assert entry == {"state": "dead", "why": "SystemExit: presence check broke", "stalls": 0}
     assert any("the check for other engines" in line for line in engine.problems(stats))
+
+
+def test_threads_stopped_at_shutdown_are_not_reported_dead(monkeypatch):
+    """Shutdown stops the watch before it stops the presence thread: a presence thread that
+    ended on purpose (here with a pause after it, so a watch still running would look) is
+    not a death, and the run exits 0 (the CI once saw exit 1 from this race)."""
+    from rtbci.presence import SessionPresence
+
+    stop = SessionPresence.stop
+
+    def slow_stop(self):
+        stop(self)
+        time.sleep(0.6)  # three watch periods with the thread ended
+
+    monkeypatch.setattr(SessionPresence, "stop", slow_stop)
+    config = parse_config({
+        "engine": {"session": f"health-{uuid.uuid4().hex[:6]}"},
+        "sources": [{"name": "eeg", "kind": "simulate",
+                     "stream_name": f"health-{uuid.uuid4().hex[:8]}"}],
+        "sinks": [{"kind": "lsl"}]})
+    engine = Engine(config)
+    stats = asyncio.run(engine.run(2.0))
+    assert f"presence {config.engine.session}" not in stats["threads"]  # only problems listed
+    assert engine.health.dead() == []
