@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from rtbci.errors import RtbciError
+from rtbci.events import BOUNDARY_MARKERS
 from rtbci.stream import StreamInfo
 
 log = logging.getLogger("rtbci.devices.recording")
@@ -74,11 +75,18 @@ def owned_markers(owner: int, name: str, markers: list[tuple[float, str]]) -> Ma
 
 @dataclass
 class Recording:
-    """Signal streams and marker streams on one time base (seconds)."""
+    """Signal streams and marker streams on one time base (seconds).
+
+    ``bad_spans``: the file's annotations whose description starts with ``bad``
+    (case-insensitive, as MNE's ``reject_by_annotation``), ``(onset_s, duration_s,
+    description)``, joins (:data:`~rtbci.events.BOUNDARY_MARKERS`) left out; only formats
+    whose annotations have durations fill it (MNE-readable files).
+    """
 
     path: Path
     streams: list[RecordedStream]
     marker_streams: list[MarkerStream] = field(default_factory=list)
+    bad_spans: list[tuple[float, float, str]] = field(default_factory=list)
 
     @property
     def start(self) -> float:
@@ -244,8 +252,11 @@ def _read_mne(path: Path, name: str | None) -> Recording:
     first = raw.first_time if raw.annotations.orig_time is not None else 0.0
     markers = [(float(annot["onset"] - first), str(annot["description"]))
                for annot in raw.annotations if 0 <= annot["onset"] - first <= times[-1]]
+    bad = [(float(annot["onset"] - first), float(annot["duration"]), str(annot["description"]))
+           for annot in raw.annotations if str(annot["description"]).lower().startswith("bad")
+           and str(annot["description"]) not in BOUNDARY_MARKERS]
     return Recording(path, [RecordedStream(info, data, times, source)],
-                     [owned_markers(0, stem, markers)])
+                     [owned_markers(0, stem, markers)], bad)
 
 
 def _float32_samples(raw, factors: np.ndarray, block: int = 65536) -> np.ndarray:

@@ -198,8 +198,12 @@ class ClassesCard(DecoderCard):
         truth = true_class(message)
         if truth is not None and state.scored:
             predicted = message["labels"][int(np.argmax(message["probabilities"]))]
+            low, high = (figures := state.chance())["ci95"]
             text += (f" → {predicted} {'✓' if predicted == truth else '✗'} · accuracy "
-                     f"{100 * state.correct / state.scored:.0f} % ({state.scored} trials)")
+                     f"{100 * state.correct / state.scored:.0f} % (95 % CI {100 * low:.0f}–"
+                     f"{100 * high:.0f}) · chance {100 * figures['chance']:.0f} % (majority "
+                     f"class; 1/n {100 * figures['chance_uniform']:.0f} %) · "
+                     f"{state.scored} trial{'' if state.scored == 1 else 's'}")
         return text
 
 

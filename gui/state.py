@@ -38,6 +38,8 @@ class DecoderState:
         ``window_end``) of the last ``history`` results, in ms.
     correct, scored : int
         For class decoders whose marker names the true class: right predictions, and trials.
+    true_counts : dict of str to int
+        Scored trials per true class (the majority class's share is chance).
     """
 
     RATE_WINDOW_S = 2.0
@@ -50,6 +52,7 @@ class DecoderState:
         self.e2e_ms: deque[float] = deque(maxlen=history)
         self._arrivals: deque[float] = deque(maxlen=4096)
         self.correct = self.scored = 0
+        self.true_counts: dict[str, int] = {}
 
     def __repr__(self) -> str:
         return f"<DecoderState: {self.name} | {self.received} results>"
@@ -72,6 +75,17 @@ class DecoderState:
             return
         self.scored += 1
         self.correct += labels[int(np.argmax(probabilities))] == truth
+        self.true_counts[truth] = self.true_counts.get(truth, 0) + 1
+
+    def chance(self) -> dict | None:
+        """The running accuracy's chance figures (:func:`rtbci.report.chance_figures`:
+        majority class of the scored trials, 1/n, 95 % interval); None before a trial."""
+        from rtbci.report import chance_figures
+
+        if not self.scored:
+            return None
+        return chance_figures(self.correct, list(self.true_counts.values()),
+                              len(self.latest["labels"]))
 
     def rate(self, now: float) -> float:
         """Results per second received over the last ``RATE_WINDOW_S`` before ``now``."""

@@ -32,8 +32,11 @@ runtime warm-up and verification, ``rtbci compile`` latencies, ``device = "cuda"
 same pyriemann functions run on either backend.
 
 Deviations: none in the math; the covariance estimator defaults to ``"lwf"`` (Ledoit-Wolf
-shrinkage, pyriemann's default is the unshrunk ``"scm"``) because short windows give fewer
-samples than dimensions.
+shrinkage, pyriemann's default is the unshrunk ``"scm"``), for the matrices and for the
+signal covariance the Xdawn filters are solved against (``xdawn_estimator``), because short
+windows give fewer samples than dimensions and a flat or duplicated channel makes an unshrunk
+covariance singular. Such channels are named before fitting (:data:`FULL_RANK`:
+:func:`rtbci.models.training.degenerate_channels`).
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ from torch import nn
 from rtbci.models.heads import Probabilities
 from rtbci.models.linear import class_logits
 
-__all__ = ["EAGER_ONLY", "HPARAMS", "SMALL", "RiemannNet", "training_loss"]
+__all__ = ["EAGER_ONLY", "FULL_RANK", "HPARAMS", "SMALL", "RiemannNet", "training_loss"]
 
 HPARAMS = {"prototypes": "xdawn", "nfilter": 4, "estimator": "lwf", "C": 1.0}
 SMALL = dict(HPARAMS)
@@ -54,6 +57,7 @@ SMALL = dict(HPARAMS)
 EAGER_ONLY = ("the tangent space's matrix logarithm needs an eigendecomposition, which ONNX "
               "cannot export and a CUDA graph cannot capture")
 PROTOTYPES = ("xdawn", "erp", "none")
+FULL_RANK = True  # covariances: flat or duplicated channels are named before fitting
 
 
 class RiemannNet(nn.Module):
@@ -118,7 +122,8 @@ class RiemannNet(nn.Module):
         from sklearn.linear_model import LogisticRegression
         from sklearn.pipeline import make_pipeline
 
-        covs = {"xdawn": lambda: XdawnCovariances(self.nfilter, estimator=self.estimator),
+        covs = {"xdawn": lambda: XdawnCovariances(self.nfilter, estimator=self.estimator,
+                                                  xdawn_estimator=self.estimator),
                 "erp": lambda: ERPCovariances(estimator=self.estimator),
                 "none": lambda: Covariances(estimator=self.estimator)}[self.prototypes]()
         return make_pipeline(covs, TangentSpace(metric="riemann"),

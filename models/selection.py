@@ -91,17 +91,19 @@ def folds(win: Windows, y: np.ndarray, k: int, seed: int) -> list[np.ndarray]:
     file when the windows come from several files (at most one fold per file)."""
     from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
+    counts = np.bincount(y)
+    if counts.min() < 2:
+        name = sorted(set(win.labels))[int(counts.argmin())]
+        raise RtbciError(f"--events: class {name!r} has {counts.min()} trial; "
+                         "cross-validation needs at least 2 per class (--events can leave "
+                         "it out)")
     n_files = len(np.unique(win.file))
     if n_files > 1:
         splitter = StratifiedGroupKFold(n_splits=min(k, n_files), shuffle=True,
                                         random_state=seed)
         splits = splitter.split(win.x, y, groups=win.file)
     else:
-        smallest = np.bincount(y).min()
-        if smallest < 2:
-            raise RtbciError("--events: a class has fewer than 2 trials; cross-validation "
-                             "needs more")
-        splits = StratifiedKFold(n_splits=min(k, smallest), shuffle=True,
+        splits = StratifiedKFold(n_splits=min(k, counts.min()), shuffle=True,
                                  random_state=seed).split(win.x, y)
     masks = []
     for train_idx, _ in splits:

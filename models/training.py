@@ -45,6 +45,7 @@ class Windows:
     subject : array (n_windows,) int, the recording's subject index
     info : the preprocessed stream's info restricted to the chosen channels
     file : array (n_windows,) int, index of the recording (in ``--data``) it comes from
+    dropped : windows of matching events left out, by reason (:data:`DROP_REASONS`)
     """
 
     x: np.ndarray
@@ -52,6 +53,17 @@ class Windows:
     subject: np.ndarray
     info: StreamInfo
     file: np.ndarray
+    dropped: dict[str, int] = field(default_factory=dict)
+
+
+DROP_REASONS = {
+    "bad": "they touch BAD_* annotations (as MNE's reject_by_annotation; --keep-bad keeps "
+           "them)",
+    "join": "they span a join of recordings (EDGE boundary: the samples on either side are "
+            "not continuous)",
+    "edge": "they run past the recording's start or end",
+}
+_WARNED: set[tuple] = set()  # warnings given once per process
 
 
 @dataclass
@@ -76,6 +88,7 @@ class TrainOptions:
     pretrain_epochs: int = 10
     pool_bank: bool = False
     stream: str | None = None
+    keep_bad: bool = False  # --keep-bad: windows touching BAD_* annotations are kept
     progress: bool = True
     preprocess: dict = field(default_factory=dict)  # PreprocessConfig fields: --bandpass …
     baseline: tuple[float, float] | None = None  # --baseline START END (s, marker-relative)
@@ -149,9 +162,11 @@ def load_windows(files: list[Path], family: Family, opts: TrainOptions) -> Windo
     baseline = window_baseline(opts, family, info.srate)
     if baseline is not None:
         x = subtract_baseline(x, baseline)
+    dropped = {reason: sum(p.dropped.get(reason, 0) for p, _ in parts)
+               for reason in DROP_REASONS}
     return Windows(x, [label for p, _ in parts for label in p.labels],
                    np.concatenate([p.subject for p, _ in parts]), info,
-                   np.concatenate([p.file for p, _ in parts]))
+                   np.concatenate([p.file for p, _ in parts]), dropped)
 
 
 def file_windows(indexed: tuple[int, Path], family: Family,
@@ -177,17 +192,24 @@ def file_windows(indexed: tuple[int, Path], family: Family,
     picks = _pick(stream.info, opts.channels, file)
     offset, length = round(start_s * srate), round((end_s - start_s) * srate)
     joins = np.array(sorted(t for t, text in rec.markers if text in BOUNDARY_MARKERS))
-    xs, labels = [], []
+    bad = [] if opts.keep_bad else bad_spans(rec)
+    xs, labels, dropped = [], [], dict.fromkeys(DROP_REASONS, 0)
     for t, text in rec.markers:
         label = matcher.label(text)
         if label is None:
             continue
         onset = int(np.searchsorted(times, t - 0.5 / srate)) + offset
-        if onset < 0 or onset + length > len(data) or spans_join(
-                joins, times[onset], times[onset + length - 1], 0.5 / srate):
+        reason = "edge" if onset < 0 or onset + length > len(data) else None
+        if reason is None:
+            first, last = times[onset], times[onset + length - 1]
+            reason = ("join" if spans_join(joins, first, last, 0.5 / srate) else
+                      "bad" if touches_bad(bad, first, last + 1.0 / srate) else None)
+        if reason is not None:
+            dropped[reason] += 1
             continue
         xs.append(data[onset:onset + length, picks])
         labels.append(label)
+    report_dropped(file, dropped, len(xs))
     if not xs:
         missing = matcher.describe_missing(text for _, text in rec.markers)
         raise RtbciError(f"{file.name}: --events: {missing}" if missing else
@@ -197,8 +219,38 @@ def file_windows(indexed: tuple[int, Path], family: Family,
     n = len(xs)
     windows = Windows(np.stack(xs).astype(np.float32), labels,
                       np.full(n, k if opts.subject_per_file else 0), _picked_info(
-                          stream.info, picks, srate), np.full(n, k))
+                          stream.info, picks, srate), np.full(n, k), dropped)
     return windows, [stream.info.ch_names[i] for i in picks]
+
+
+def bad_spans(rec) -> list[tuple[float, float, str]]:
+    """The recording's bad spans ``(onset_s, duration_s, description)``: its annotations
+    starting with ``bad`` (:attr:`Recording.bad_spans`) and, for formats without durations
+    (XDF, sessions), its ``bad…`` markers as instants; joins are not among them."""
+    spans = list(rec.bad_spans)
+    seen = {(onset, text) for onset, _, text in spans}
+    spans += [(t, 0.0, text) for t, text in rec.markers if text.lower().startswith("bad")
+              and text not in BOUNDARY_MARKERS and (t, text) not in seen]
+    return spans
+
+
+def touches_bad(spans: list[tuple[float, float, str]], start: float, stop: float) -> bool:
+    """Whether a window from ``start`` to ``stop`` (s, its last sample's time plus one
+    period) overlaps a bad span, by MNE's rule: ``onset < stop`` and ``onset + duration >
+    start``."""
+    return any(onset < stop and onset + duration > start for onset, duration, _ in spans)
+
+
+def report_dropped(file: Path, dropped: dict[str, int], kept: int) -> None:
+    """One warning line per reason windows of ``file`` were left out (once per process for
+    the same file and figures: ``train auto`` reads a file once per preprocessing)."""
+    total = kept + sum(dropped.values())
+    for reason, n in dropped.items():
+        key = ("dropped", str(Path(file).resolve()), reason, n, total)
+        if n and key not in _WARNED:
+            _WARNED.add(key)
+            log.warning("%s: %d of %d windows dropped: %s", file.name, n, total,
+                        DROP_REASONS[reason])
 
 
 def spans_join(joins: np.ndarray, first: float, last: float, half: float) -> bool:
@@ -251,7 +303,10 @@ def split_trials(labels: list[str], fraction: float, seed: int) -> np.ndarray:
 
 
 def split_items(labels: list[str], fraction: float, seed: int) -> np.ndarray:
-    """Boolean validation mask holding out whole items (zero-shot retrieval)."""
+    """Boolean validation mask holding out whole items (zero-shot retrieval; at least two
+    unless ``fraction`` is 0: then none)."""
+    if fraction == 0:
+        return np.zeros(len(labels), bool)
     items = sorted(set(labels))
     rng = np.random.default_rng(seed)
     held = set(rng.permutation(items)[:max(2, round(fraction * len(items)))])
@@ -259,10 +314,14 @@ def split_items(labels: list[str], fraction: float, seed: int) -> np.ndarray:
 
 
 def class_metrics(probabilities: np.ndarray, y: np.ndarray, n_classes: int) -> dict:
-    """``accuracy``, ``n_val`` and ``chance`` (the majority class's share of ``y``)."""
-    chance = float(np.bincount(y, minlength=n_classes).max() / len(y))
-    return {"accuracy": float(np.mean(probabilities.argmax(1) == y)), "n_val": int(len(y)),
-            "chance": chance}
+    """``accuracy``, ``n_val``, ``chance`` (the majority class's share of ``y``),
+    ``chance_uniform`` (1/n) and ``ci95`` (the accuracy's 95 % binomial interval):
+    :func:`rtbci.report.chance_figures`."""
+    from rtbci.report import chance_figures
+
+    correct = int(np.sum(probabilities.argmax(1) == y))
+    return {"accuracy": correct / len(y), "n_val": int(len(y)),
+            **chance_figures(correct, np.bincount(y, minlength=n_classes), n_classes)}
 
 
 BIN_S = 0.02  # the linear baselines' time resolution: 20 ms keeps responses up to ~25 Hz
@@ -357,13 +416,17 @@ def train(family_name: str, opts: TrainOptions) -> dict:
     """Train a family on ``opts.data``; write the checkpoint and ``<out>.metrics.json``.
 
     Also draws ``<out>.png`` (loss per epoch; validation vs linear vs chance). Returns the
-    metrics document.
+    metrics document. ``opts.val_fraction == 0`` fits on every window: ``val`` and
+    ``linear`` are then None (nothing was held out to score).
     """
     import torch
 
     from rtbci.models.families import get_family
 
     family = get_family(family_name)
+    if not 0 <= opts.val_fraction < 1:
+        raise RtbciError(f"--val-fraction: must be at least 0 and below 1, got "
+                         f"{opts.val_fraction:g}")
     torch.manual_seed(opts.seed)
     started = time.perf_counter()
     if family.kind == "retrieval" and opts.targets is None:
@@ -374,8 +437,10 @@ def train(family_name: str, opts: TrainOptions) -> dict:
     contract = make_contract(family, win, opts, task)
     val = task["val"]
     model, losses, pretrained = fit_family(family, contract, win, task, ~val, opts)
-    out = predict(model, win.x[val], win.subject[val])
-    metrics = {"val": task["score"](out), "linear": task["linear"](),
+    scored = val.any()  # --val-fraction 0: every window trains, none is left to score
+    metrics = {"val": task["score"](predict(model, win.x[val], win.subject[val]))
+               if scored else None, "linear": task["linear"]() if scored else None,
+               "dropped_windows": win.dropped,
                "n_train": int((~val).sum()), "n_val": int(val.sum()),
                "parameters": count_parameters(model),
                "final_loss": losses[-1] if losses else None}
@@ -423,12 +488,56 @@ def fit_family(family: Family, contract, win: Windows, task: dict, train_mask: n
     lr = opts.lr or family.lr
     pretrained = _pretrain(model, module, family, opts, task, lr) if opts.pretrain else None
     if hasattr(model, "fit_closed_form"):  # linear, riemann: scikit-learn / pyriemann
-        model.fit_closed_form(x, target)
+        _fit_closed_form(model, module, family, x, target, contract.input.ch_names)
         return model, [], pretrained
     losses = fit(model, module.training_loss, x, target, subject, epochs=opts.epochs,
                  batch_size=opts.batch_size, lr=lr, seed=opts.seed,
                  desc=f"train {family.name}", progress=opts.progress)
     return model, losses, pretrained
+
+
+def _fit_closed_form(model, module, family: Family, x: np.ndarray, target: np.ndarray,
+                     ch_names: list[str]) -> None:
+    """``model.fit_closed_form``; for a covariance family (``module.FULL_RANK``) flat and
+    duplicated channels are named first (a warning: shrinkage copes with them), and a
+    singular matrix is a one-line :class:`RtbciError` naming them."""
+    problem = degenerate_channels(x, ch_names) if getattr(module, "FULL_RANK", False) else ""
+    try:
+        model.fit_closed_form(x, target)
+    except (np.linalg.LinAlgError, ValueError) as exc:
+        if not isinstance(exc, np.linalg.LinAlgError) and "positive definite" not in str(exc):
+            raise
+        fix = "leave them out with --channels or keep" if problem else "use"
+        why = problem or str(exc).strip().split(". ")[0]
+        raise RtbciError(f"{family.name}: singular covariance matrices: {why}; {fix} a "
+                         "shrinkage estimator (--set estimator=lwf)") from None
+    if problem and (family.name, problem) not in _WARNED:  # once, not per fold of train auto
+        _WARNED.add((family.name, problem))
+        log.warning("%s: %s: singular covariances, made usable by the shrinkage estimator %r "
+                    "(--channels can leave them out)", family.name, problem,
+                    getattr(model, "estimator", None))
+
+
+def degenerate_channels(x: np.ndarray, ch_names: list[str], max_rows: int = 20000) -> str:
+    """The channels of windows ``x`` (n, n_samples, n_channels) that carry nothing of their
+    own: flat (no variance, or under 1e-6 of the median channel's) or a copy of another
+    (absolute correlation above 1 - 1e-6, sign flips included), e.g.
+    ``"flat channel C2; C3 duplicates C0"``; ``""`` if none. At most ``max_rows`` samples
+    (evenly spaced) are compared."""
+    rows = x.reshape(-1, x.shape[-1])
+    rows = rows[::max(1, len(rows) // max_rows)].astype(np.float64)
+    sd = rows.std(0)
+    flat = sd <= 1e-6 * max(float(np.median(sd)), np.finfo(float).tiny)
+    parts = [f"flat channel{'s' if flat.sum() > 1 else ''} "
+             + ", ".join(ch_names[i] for i in np.flatnonzero(flat))] if flat.any() else []
+    live = np.flatnonzero(~flat)
+    z = (rows[:, live] - rows[:, live].mean(0)) / sd[live]
+    corr = np.abs(z.T @ z) / len(z)
+    for j in range(len(live)):
+        twins = np.flatnonzero(corr[j, :j] > 1 - 1e-6)
+        if len(twins):
+            parts.append(f"{ch_names[live[j]]} duplicates {ch_names[live[twins[0]]]}")
+    return "; ".join(parts)
 
 
 def save_trained(opts: TrainOptions, contract, model, task: dict, metrics: dict,
@@ -440,8 +549,12 @@ def save_trained(opts: TrainOptions, contract, model, task: dict, metrics: dict,
     from rtbci.models.checkpoint import save_checkpoint
 
     contract.metrics = metrics
+    from rtbci.report import file_digest
+
     contract.training = {
-        "data": [str(p) for p in opts.data], "seed": opts.seed, "epochs": opts.epochs,
+        "data": [str(Path(p).resolve()) for p in opts.data],
+        "data_sha256": [file_digest(p) for p in opts.data],  # replays recognise them
+        "seed": opts.seed, "epochs": opts.epochs,
         "batch_size": opts.batch_size, "lr": lr, "size": opts.size,
         "val_fraction": opts.val_fraction, "seconds": round(time.perf_counter() - started, 1),
         "torch": str(torch.__version__)}
@@ -464,10 +577,18 @@ def plot_training(path: Path, family: str, losses: list[float], metrics: dict) -
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    key = "accuracy" if "accuracy" in metrics["val"] else "top1"
     fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3))
     left.plot(range(1, len(losses) + 1), losses, marker=".")
     left.set(xlabel="epoch", ylabel="training loss", title=f"{family}: training")
+    if metrics["val"] is None:  # --val-fraction 0
+        right.text(0.5, 0.5, f"no validation:\nfitted on all {metrics['n_train']} windows",
+                   ha="center", va="center")
+        right.set_axis_off()
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return
+    key = "accuracy" if "accuracy" in metrics["val"] else "top1"
     scores = [metrics["val"][key], metrics["linear"][key], metrics["val"]["chance"]]
     right.bar(["network", "linear", "chance"], scores, color=["C0", "C1", "0.6"])
     right.set(ylim=(0, 1), ylabel="top-1" if key == "top1" else key,

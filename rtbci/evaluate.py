@@ -96,9 +96,11 @@ def _pack(blobs: dict[str, bytes], path: Path, key: str) -> str:
 def evaluate_file(path: Path, config: Config, blobs: dict[str, bytes]) -> dict:
     """One file's entry of the report: ``file``, ``duration_s``, ``wall_s``, ``decoders``
     (per decoder: :meth:`~rtbci.report.Scorer.report`'s figures, ``results`` and
-    ``compute_ms`` p50/p99), ``problems`` (the engine's, as ``run --replay`` prints them);
+    ``compute_ms`` p50/p99; ``trained_on``: whether this file trained its checkpoint),
+    ``problems`` (the engine's, as ``run --replay`` prints them), ``warnings`` (a file its
+    decoder was trained on);
     or ``file`` and ``error`` when it could not be evaluated."""
-    from rtbci.report import read_replay, score_replay
+    from rtbci.report import mark_trained_on, read_replay, score_replay
 
     started = time.perf_counter()
     try:
@@ -110,6 +112,7 @@ def evaluate_file(path: Path, config: Config, blobs: dict[str, bytes]) -> dict:
             recording = read_replay([path])
             engine, stats, scores = score_replay(local, recording)
             problems = engine.problems(stats)
+            warnings = mark_trained_on(local, [path], scores)
     except Exception as exc:  # one file's failure is one line of the report
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return {"file": str(path), "error": text if isinstance(exc, RtbciError)
@@ -122,7 +125,7 @@ def evaluate_file(path: Path, config: Config, blobs: dict[str, bytes]) -> dict:
     duration = max(s.duration for s in recording.streams)
     return {"file": str(path), "duration_s": round(duration, 3),
             "wall_s": round(time.perf_counter() - started, 3), "decoders": decoders,
-            "problems": problems}
+            "problems": problems, "warnings": warnings}
 
 
 def evaluate(config: Config, files: list[Path], session: Session | None,
@@ -168,8 +171,9 @@ def failed(entry: dict) -> bool:
 
 def summarize(entries: list[dict], names: list[str]) -> dict:
     """Per decoder: ``files`` scored, mean and sd over files of ``accuracy`` (classes) or
-    ``top1``/``top_k`` (retrieval), mean ``chance``, and the ``failed`` files (not evaluated,
-    or no results from this decoder)."""
+    ``top1``/``top_k`` (retrieval), mean ``chance``, the ``failed`` files (not evaluated,
+    or no results from this decoder), and for classes ``pooled``: every file's events
+    together (``n``, ``accuracy`` and :func:`~rtbci.report.chance_figures`)."""
     out = {}
     for name in names:
         per_file = [e["decoders"][name] for e in entries if "decoders" in e
@@ -181,8 +185,32 @@ def summarize(entries: list[dict], names: list[str]) -> dict:
             values = [d[key] for d in per_file if key in d]
             if values:
                 summary[key] = {"mean": float(np.mean(values)), "sd": float(np.std(values))}
+        pooled = pool_classes(per_file)
+        if pooled:
+            summary["pooled"] = pooled
         out[name] = summary
     return out
+
+
+def pool_classes(per_file: list[dict]) -> dict | None:
+    """The class scores of several files as one set: ``n``, ``accuracy``, ``chance``
+    (majority class of all the events), ``chance_uniform`` and ``ci95``; None without
+    class scores."""
+    from rtbci.report import chance_figures
+
+    scored = [d for d in per_file if "confusion" in d]
+    if not scored:
+        return None
+    counts: dict[str, int] = {}
+    correct = 0
+    for d in scored:
+        for truth, row in d["confusion"].items():
+            counts[truth] = counts.get(truth, 0) + sum(row.values())
+            correct += row.get(truth, 0)
+    n = sum(counts.values())
+    labels = {label for d in scored for label in d["labels"]}
+    return {"n": n, "accuracy": correct / n,
+            **chance_figures(correct, list(counts.values()), len(labels))}
 
 
 def write_outputs(report: dict, folder: Path) -> list[Path]:
@@ -197,7 +225,8 @@ def write_outputs(report: dict, folder: Path) -> list[Path]:
     with csv_path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["file", "decoder", "status", "n", "accuracy", "top1", "top_k",
-                         "chance", "compute_p50_ms", "compute_p99_ms", "error"])
+                         "chance", "compute_p50_ms", "compute_p99_ms", "error",
+                         "ci95_low", "ci95_high", "chance_uniform"])
         for row in csv_rows(report):
             writer.writerow(row)
     written = [json_path, csv_path]
@@ -213,7 +242,7 @@ def csv_rows(report: dict):
     """The rows of ``report.csv``: a failed file is one row with its error."""
     for e in report["files"]:
         if "error" in e:
-            yield [e["file"], "", "failed", "", "", "", "", "", "", "", e["error"]]
+            yield [e["file"], "", "failed", "", "", "", "", "", "", "", e["error"], "", "", ""]
             continue
         for name, d in e["decoders"].items():
             status = "ok" if d.get("results") else "failed"
@@ -222,7 +251,9 @@ def csv_rows(report: dict):
                    *(_number(d.get(k)) for k in ("accuracy", "top1", "top_k", "chance")),
                    _number(lat.get("p50")), _number(lat.get("p99")),
                    "" if d.get("results") else "; ".join(p for p in e["problems"]
-                                                         if repr(name) in p)]
+                                                         if repr(name) in p),
+                   *(_number(v) for v in d.get("ci95", ("", ""))),
+                   _number(d.get("chance_uniform"))]
 
 
 def _number(value) -> str:

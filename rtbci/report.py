@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from rtbci.errors import RtbciError
 from rtbci.sinks.base import Sink
 
 if TYPE_CHECKING:
@@ -40,6 +42,42 @@ def format_thread_line(name: str, entry: dict) -> str:
     why = f" ({entry['why']})" if entry["why"] else ""
     stalls = f"  stalls {entry['stalls']}" if entry["stalls"] else ""
     return f"thread {name}  {state}{why}{stalls}"
+
+
+def chance_figures(correct: int, true_counts, n_classes: int) -> dict:
+    """What an accuracy of ``correct`` right out of ``sum(true_counts)`` scored trials means.
+
+    Parameters
+    ----------
+    correct : int
+        Trials predicted right.
+    true_counts : sequence of int
+        Scored trials per true class (classes with none may be left out).
+    n_classes : int
+        Classes the decoder can predict.
+
+    Returns
+    -------
+    dict
+        ``chance``: the majority class's share of the scored trials (what always predicting
+        that class scores); ``chance_uniform``: ``1 / n_classes``, named as such;
+        ``ci95``: ``[low, high]``, the exact (Clopper-Pearson) 95 % binomial interval of the
+        accuracy.
+    """
+    from scipy.stats import binomtest
+
+    counts = [int(c) for c in true_counts]
+    n = sum(counts)
+    interval = binomtest(int(correct), n).proportion_ci(0.95)
+    return {"chance": max(counts) / n, "chance_uniform": 1.0 / n_classes,
+            "ci95": [float(interval.low), float(interval.high)]}
+
+
+def format_accuracy(accuracy: float, figures: dict) -> str:
+    """``accuracy 0.650 (95 % CI 0.408–0.846; chance 0.405 majority class, 1/n 0.250)``."""
+    low, high = figures["ci95"]
+    return (f"accuracy {accuracy:.3f} (95 % CI {low:.3f}–{high:.3f}; chance "
+            f"{figures['chance']:.3f} majority class, 1/n {figures['chance_uniform']:.3f})")
 
 
 def true_label(result) -> str | None:
@@ -87,8 +125,10 @@ class Scorer(Sink):
         row[predicted] = row.get(predicted, 0) + 1
 
     def report(self) -> dict:
-        """Per decoder: classes ``{"n", "accuracy", "chance", "labels", "confusion": {true:
-        {pred: n}}}``; retrieval ``{"n", "top1", "top_k", "k"}``."""
+        """Per decoder: classes ``{"n", "accuracy", "chance", "chance_uniform", "ci95",
+        "labels", "confusion": {true: {pred: n}}}`` (:func:`chance_figures`: chance is the
+        majority class's share of the scored events); retrieval ``{"n", "top1", "top_k",
+        "k"}``."""
         return {name: self._entry(e) for name, e in self.scores.items() if e["n"]}
 
     @staticmethod
@@ -96,7 +136,9 @@ class Scorer(Sink):
         if e["kind"] == "retrieval":
             return {"n": e["n"], "top1": e["correct"] / e["n"], "top_k": e["in_top_k"] / e["n"],
                     "k": e["k"]}
-        return {"n": e["n"], "accuracy": e["correct"] / e["n"], "chance": 1.0 / len(e["labels"]),
+        counts = [sum(row.values()) for row in e["confusion"].values()]
+        return {"n": e["n"], "accuracy": e["correct"] / e["n"],
+                **chance_figures(e["correct"], counts, len(e["labels"])),
                 "labels": e["labels"], "confusion": e["confusion"]}
 
 
@@ -107,6 +149,67 @@ def read_replay(files: list) -> Recording:
     from rtbci.export import expand_data
 
     return merge_recordings([read_recording(f) for f in expand_data(files)])
+
+
+def file_digest(path: Path) -> str | None:
+    """The SHA-256 of a file's bytes (hex), None for a directory (a session) or an
+    unreadable path: how a checkpoint recognises its training files wherever they are."""
+    import hashlib
+
+    path = Path(path)
+    if not path.is_file():
+        return None
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def training_files(config: Config) -> dict[str, tuple[set[str], set[str]]]:
+    """Per decoder of ``config`` with a checkpoint that lists its training data
+    (``contract.training``): the resolved paths and the SHA-256 digests of those files."""
+    from rtbci.models import checkpoint_path, is_checkpoint
+    from rtbci.models.runtimes.select import importable
+
+    out: dict[str, tuple[set[str], set[str]]] = {}
+    if not importable("torch"):
+        return out
+    from rtbci.models.checkpoint import load_checkpoint
+
+    for dec in config.decoders:
+        if not is_checkpoint(dec.model):
+            continue
+        try:
+            ckpt = load_checkpoint(checkpoint_path(dec.model, config.base_dir))
+        except RtbciError:
+            continue  # the engine names an unreadable checkpoint itself
+        training = ckpt.contract.training
+        if training.get("data"):
+            out[dec.name] = ({str(Path(f).resolve()) for f in training["data"]},
+                             {d for d in training.get("data_sha256", []) if d})
+    return out
+
+
+def mark_trained_on(config: Config, files: list[Path], scores: dict) -> list[str]:
+    """Set ``trained_on`` in each scored decoder's entry of ``scores`` whose checkpoint lists
+    its training files: True when one of the replayed ``files`` is among them (same path or
+    same bytes). Returns one warning line per such decoder."""
+    known = training_files(config)
+    digests: dict[Path, str | None] = {}
+    lines = []
+    for name, (paths, hashes) in known.items():
+        hits = []
+        for f in files:
+            if str(Path(f).resolve()) in paths or (
+                    hashes and digests.setdefault(f, file_digest(f)) in hashes):
+                hits.append(Path(f).name)
+        if name in scores:
+            scores[name]["trained_on"] = bool(hits)
+        if hits:
+            lines.append(f"decoder {name!r}: {', '.join(hits)} is training data of its "
+                         "checkpoint: its scores here are not a test (trained_on: true)")
+    return lines
 
 
 def score_replay(config: Config, recording: Recording, speed: float | None = None,

@@ -97,7 +97,10 @@ def test_ray_report_equals_the_serial_replay_report(study, local_ray, tmp_path):
     trial = report["decoders"]["trial"]
     assert trial["files"] == 3 and trial["failed"] == []
     assert trial["accuracy"]["mean"] == pytest.approx(sum(accuracies) / 3)
-    assert trial["chance"]["mean"] == 0.5
+    majority = [max(sum(row.values()) for row in d["confusion"].values()) / d["n"]
+                for d in (e["decoders"]["trial"] for e in report["files"])]
+    assert trial["chance"]["mean"] == pytest.approx(sum(majority) / 3)  # majority class
+    assert trial["pooled"]["n"] == sum(e["decoders"]["trial"]["n"] for e in report["files"])
     assert report["decoders"]["bandpower"] == {"files": 0, "failed": []}
     with (tmp_path / "ray" / "report.csv").open() as f:
         rows = list(csv.DictReader(f))

@@ -108,7 +108,8 @@ def _assert_cards(cards) -> None:
     assert clf.bars["right"].value() == 800 and clf.bars["left"].value() == 200
     assert clf.values["right"].text() == " 80.0 %" and clf.argmax == "right"
     assert clf.bars["right"].property("argmax") and not clf.bars["left"].property("argmax")
-    assert clf.trial.text() == "marker stim/right → right ✓ · accuracy 100 % (1 trials)"
+    assert clf.trial.text() == ("marker stim/right → right ✓ · accuracy 100 % (95 % CI 3–100) "
+                                "· chance 100 % (majority class; 1/n 50 %) · 1 trial")
     assert clf.importance.text() == "importance Cz 50 % · Pz 25 % · C4 15 %"
     assert "on marker 'stim'" in clf.info.text() and clf.meta.text().startswith("seq 0")
     assert [label for label, _ in ret.shown][:2] == ["cat", "dog"]

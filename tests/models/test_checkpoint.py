@@ -59,7 +59,8 @@ def test_contract_round_trips(trained):
     assert c.input.preprocess["bandpass"] == [1.0, 40.0]
     assert c.input.preprocess["resample_hz"] == 250.0 and "picks" not in c.input.preprocess
     metrics = json.loads(ckpt_path.with_name("motor.pt.metrics.json").read_text())
-    assert c.metrics == metrics and set(metrics["val"]) == {"accuracy", "n_val", "chance"}
+    assert c.metrics == metrics and set(metrics["val"]) == {"accuracy", "n_val", "chance",
+                                                             "chance_uniform", "ci95"}
     model = ckpt.build_model()
     for name, tensor in model.state_dict().items():
         torch.testing.assert_close(tensor, ckpt.state_dict[name], rtol=0, atol=0)
