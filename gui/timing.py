@@ -144,7 +144,8 @@ class DecoderTiming(QtWidgets.QWidget):
         self._show_counters()
         lat = entry.get("latency_ms") or {}
         self.engine_figures.setText(f"engine statistics: latency p50 {_ms(lat.get('p50'))} · "
-                                    f"p99 {_ms(lat.get('p99'))} · max {_ms(lat.get('max'))} ms")
+                                    f"p99 {_ms(lat.get('p99'))} · max {_ms(lat.get('max'))} ms"
+                                    + worker_text(entry.get("worker")))
 
 
     def _show_counters(self) -> None:
@@ -155,6 +156,19 @@ class DecoderTiming(QtWidgets.QWidget):
                          f"{'–' if value is None else value}</span>")
         self.header.setText(f"<span style='font-size:11pt; font-weight:600'>{self.name}</span>"
                             f" &nbsp; {' · '.join(parts)}")
+
+
+def worker_text(worker: dict | None) -> str:
+    """`` · worker pid 4242 running, restarts 1, kills 0, 338 MB, 4 % CPU, hop p99 0.60 ms``
+    for a decoder in its own process (``worker`` in its statistics), else ``""``."""
+    if not worker:
+        return ""
+    hop = (worker.get("hop_ms") or {}).get("p99")
+    last = f" (last: {worker['last_exit']})" if worker.get("last_exit") else ""
+    return (f" · worker pid {worker.get('pid')} {worker.get('state')}, restarts "
+            f"{worker.get('restarts')}, kills {worker.get('kills')}{last}, "
+            f"{worker.get('rss_mb', 0):.0f} MB, {worker.get('cpu_percent', 0):.0f} % CPU, "
+            f"hop p99 {_ms(hop)} ms")
 
 
 def _wrapping_label(text: str = "") -> QtWidgets.QLabel:

@@ -139,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, help="Adam learning rate (default: the family's)")
     p.add_argument("--seed", type=int, default=0, help="seed of split, init and batches")
     p.add_argument("--val-fraction", type=float, default=0.2,
-                   help="share of trials (classes) or items (retrieval) held out (default 0.2)")
+                   help="share of trials (classes) or items (retrieval) held out (default "
+                        "0.2); 0 fits on every trial and scores nothing")
     p.add_argument("--channels", type=_names,
                    metavar="NAMES", help="comma-separated channel names or globs (e.g. 'A*')")
     p.add_argument("--window", type=float, nargs=2, metavar=("START", "END"),
@@ -159,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="speech: store time-pooled candidates (dim instead of dim × time: "
                         "smaller and faster on a CPU; the metrics say what it costs)")
     p.add_argument("--stream", help="name of the signal stream in multi-stream files (XDF)")
+    p.add_argument("--keep-bad", action="store_true",
+                   help="keep windows that touch BAD_* annotations (dropped by default, as "
+                        "MNE's reject_by_annotation does)")
     p.add_argument("--folds", type=int, default=5,
                    help="auto: cross-validation folds (default 5; grouped by file when "
                         "several --data files are given)")
@@ -383,7 +387,68 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="measure rtbci against its peers (latency, CPU, loss)")
     _add_bench_options(p)
+    _add_ctl_parser(sub)
     return parser
+
+
+def _add_ctl_parser(sub) -> None:
+    p = sub.add_parser(
+        "ctl", help="control a running engine: status, reload a decoder",
+        description="Control the engine that runs SESSION on this machine, through its control "
+                    "socket ($XDG_RUNTIME_DIR/rtbci/SESSION.sock, else "
+                    "/tmp/rtbci-UID/SESSION.sock; only the user who runs the engine may use "
+                    "it). Exit status: 0 done, 1 refused by the engine (the reason on stderr), "
+                    "2 no engine runs SESSION here or a bad argument.",
+        epilog="Example: rtbci ctl demo reload bp --set options.bands='[[8, 12], [18, 26]]' "
+               "--set budget_ms=20")
+    p.add_argument("session", metavar="SESSION", help="the engine's [engine] session")
+    p.add_argument("--timeout", type=_positive, default=120.0,
+                   help="seconds to wait for the engine's answer (default 120: a reload "
+                        "builds and warms up the new decoder first)")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    actions.add_parser("status", help="one line per decoder: state, model hash, model, "
+                                      "reloads, results")
+    r = actions.add_parser(
+        "reload", help="swap a decoder's checkpoint or options while the engine runs",
+        description="Build DECODER again from its config with --model and --set applied, while "
+                    "the old one keeps decoding, then swap it in between two windows: no "
+                    "window of the other decoders is lost. The new one must take the same "
+                    "windows (window_ms, every_ms, on_marker and channels stay). Each result "
+                    "names its model's hash (the 'model' field).")
+    r.add_argument("decoder", metavar="DECODER", help="the decoder's name")
+    r.add_argument("--model", metavar="CKPT",
+                   help="the new model: a checkpoint file (relative to this directory), "
+                        "builtin:… or python:MODULE:FACTORY")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a [[decoders]] key (budget_ms=20) or option (options.alpha=0.5); "
+                        "VALUE is read as TOML (0.5 a float, [8, 12] a list, a bare word a "
+                        "string); repeatable")
+    p.set_defaults(func=cmd_ctl)
+
+
+def cmd_ctl(args: argparse.Namespace) -> int:
+    from rtbci.control import parse_settings, request
+    from rtbci.models import is_checkpoint
+
+    if args.action == "status":
+        reply = request(args.session, {"op": "status"}, args.timeout)
+    else:
+        model = args.model
+        if model and is_checkpoint(model) and not model.startswith("demo:"):
+            model = str(Path(model).expanduser().resolve())  # the engine's folder may differ
+        reply = request(args.session, {"op": "reload", "decoder": args.decoder, "model": model,
+                                       "set": parse_settings(args.set)}, args.timeout)
+    if not reply.get("ok"):
+        print(f"rtbci: error: {reply.get('error')}", file=sys.stderr)
+        return 1
+    if args.action == "status":
+        for d in reply.get("decoders", []):
+            print(f"{d.get('name')}  {d.get('state')}  model {d.get('model') or '-'}  "
+                  f"{d.get('spec')}  reloads {d.get('reloads')}  results {d.get('results')}")
+    else:
+        print(f"decoder {reply['decoder']!r} reloaded: {reply['old']} → {reply['new']} "
+              f"({reply['spec']})")
+    return 0
 
 
 def _add_bench_options(p: argparse.ArgumentParser) -> None:
@@ -442,12 +507,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for name, summary in report["decoders"].items():
         scores = "  ".join(f"{key} {summary[key]['mean']:.3f} ± {summary[key]['sd']:.3f}"
                            for key in ("accuracy", "top1", "top_k") if key in summary)
+        pooled = summary.get("pooled")
+        if pooled:
+            from rtbci.report import format_accuracy
+
+            scores += f"  pooled {format_accuracy(pooled['accuracy'], pooled)}"
         print(f"{name:<12} {summary['files']:>4} files  {scores or 'no scored events'}"
               + (f"  failed {len(summary['failed'])}" if summary["failed"] else ""))
     ex = report["executor"]
     print(f"{len(files)} files in {ex['wall_s']:.1f} s on {ex['workers']} "
           f"{'Ray workers' if ex['kind'] == 'ray' else 'process (serial)'} (serial estimate "
           f"{ex['serial_s_estimate']:.1f} s); wrote {', '.join(str(p) for p in written)}")
+    for entry in report["files"]:
+        for line in entry.get("warnings", []):
+            log.warning("%s: %s", entry["file"], line)
     for entry in report["failed"]:
         print(f"rtbci: error: {entry['file']}: {entry['error']}", file=sys.stderr)
     return 1 if report["failed"] else 0
@@ -563,7 +636,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         window=tuple(args.window) if args.window else None, size=args.size, hparams=hparams,
         subject_per_file=args.subject_per_file, pretrain=args.pretrain,
         pretrain_epochs=args.pretrain_epochs, pool_bank=args.pool_bank, stream=args.stream,
-        preprocess=preprocess_overrides(args), baseline=_seconds(args.baseline, "--baseline"))
+        keep_bad=args.keep_bad, preprocess=preprocess_overrides(args),
+        baseline=_seconds(args.baseline, "--baseline"))
     from rtbci.cluster import connect, disconnect
 
     connect(args.ray, args.workers)  # Ray: each file's loading and each candidate a task
@@ -575,7 +649,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         disconnect()
     print(f"wrote {args.out} ({metrics['parameters']:,} parameters; {metrics['n_train']} "
           f"training / {metrics['n_val']} validation windows)")
-    for name in ("val", "linear"):
+    if metrics["val"] is None:
+        print(f"  no validation (--val-fraction 0): fitted on all {metrics['n_train']} windows")
+    for name in ("val", "linear") if metrics["val"] is not None else ():
         print(f"  {name:<7} {format_score(metrics[name])}")
     print(f"  metrics in {args.out.name}.metrics.json, plot in {args.out.name}.png")
     return 0
@@ -665,8 +741,9 @@ def preprocess_overrides(args: argparse.Namespace) -> dict:
 def format_score(m: dict) -> str:
     """One line of a metrics entry: accuracy or top-k, with chance and the multiple of it."""
     if "accuracy" in m:
-        return (f"accuracy {m['accuracy']:.3f} (chance {m['chance']:.3f}, "
-                f"{m['accuracy'] / m['chance']:.1f}×) on {m['n_val']} windows")
+        from rtbci.report import format_accuracy
+
+        return f"{format_accuracy(m['accuracy'], m)} on {m['n_val']} windows"
     return (f"top-1 {m['top1']:.3f}  top-5 {m['top5']:.3f}  top-10 {m['top10']:.3f} among "
             f"{m['n_candidates']} unseen candidates (chance {m['chance']:.3f}, "
             f"{m['top1'] / m['chance']:.1f}×)")
@@ -882,6 +959,10 @@ def _run_offline(config, args: argparse.Namespace) -> int:
                                              "[{elapsed}<{remaining}]") as bar:
         engine, stats, scores = score_replay(config, recording, args.speed, bar.update)
     wall = time.perf_counter() - started
+    from rtbci.report import mark_trained_on
+
+    for line in mark_trained_on(config, args.replay, scores):
+        log.warning(line)
     stats["replay"] = {"file": " ".join(map(str, args.replay)), "duration_s": round(duration, 3),
                        "wall_s": round(wall, 3), "speed": round(duration / wall, 1)}
     if not args.quiet:
@@ -898,8 +979,10 @@ def _run_offline(config, args: argparse.Namespace) -> int:
                 print(f"{name}: top-1 {entry['top1']:.3f}, top-{entry['k']} "
                       f"{entry['top_k']:.3f} on {entry['n']} events")
             else:
-                print(f"{name}: accuracy {entry['accuracy']:.3f} on {entry['n']} events "
-                      f"(chance {entry['chance']:.3f})")
+                from rtbci.report import format_accuracy
+
+                print(f"{name}: {format_accuracy(entry['accuracy'], entry)} on "
+                      f"{entry['n']} events")
     if args.stats_json:
         args.stats_json.write_text(json.dumps(_finite(stats), indent=2) + "\n")
     return _report_problems(engine, stats)

@@ -6,6 +6,7 @@ Every error names the key path (``sources[0].stream.name``) and says what was ex
 from __future__ import annotations
 
 import math
+import os
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -188,6 +189,18 @@ class DecoderConfig(_Strict):
         "acquisition thread, right after the chunk that completes its window (no wake-up, no "
         "window copy, a read-only view; for decoders far faster than a chunk period): builtin: "
         "models only, never user code (python:, checkpoints)")
+    isolation: Literal["thread", "process"] = Field(
+        "thread", description="thread: a worker thread in the engine; process: its own worker "
+        "process, supervised (restarted when it dies, killed past kill_after × budget_ms or "
+        "max_memory_mb); docs/latency.md")
+    kill_after: float = Field(10.0, gt=1, description="process: kill and restart a call "
+                              "running past this many times budget_ms")
+    max_memory_mb: float | None = Field(None, gt=0, description="process: kill and restart "
+                                        "the worker past this RSS, MB")
+    cpu: list[int] | None = Field(None, min_length=1, description="process: the CPU cores "
+                                  "its worker may run on (affinity), e.g. [1]")
+    nice: int | None = Field(None, ge=0, le=19, description="process: its worker's niceness "
+                             "(0 = as the engine, 19 = the lowest priority)")
     options: dict[str, Any] = {}
 
     @field_validator("name")
@@ -198,6 +211,24 @@ class DecoderConfig(_Strict):
                              f"rtbci/<session>/{name} (reserved: "
                              + ", ".join(RESERVED_DECODER_NAMES) + ")")
         return name
+
+    @model_validator(mode="after")
+    def _isolation(self) -> DecoderConfig:
+        if self.isolation == "process" and self.thread == "source":
+            raise ValueError('thread = "source" runs on the acquisition thread: it cannot be '
+                             'isolation = "process"')
+        if self.isolation == "thread":
+            given = [k for k in ("max_memory_mb", "cpu", "nice") if getattr(self, k) is not None]
+            if given:
+                raise ValueError(f"{given[0]}: only for isolation = \"process\" (a worker "
+                                 "thread shares the engine's memory and cores)")
+        if self.cpu is not None:
+            cores = sorted(os.sched_getaffinity(0))
+            bad = [c for c in self.cpu if c not in cores]
+            if bad:
+                raise ValueError(f"cpu: core {bad[0]} is not one the engine may use here "
+                                 f"({', '.join(map(str, cores))})")
+        return self
 
     @model_validator(mode="after")
     def _one_trigger(self) -> DecoderConfig:

@@ -16,6 +16,7 @@ import numpy as np
 from rtbci import __version__
 from rtbci.acquisition import Acquisition
 from rtbci.config import Config, DecoderConfig, SourceConfig
+from rtbci.control import ControlServer, model_hash, updated_config, window_change
 from rtbci.devices import make_source
 from rtbci.devices.lsl import MarkerReader
 from rtbci.devices.recording import Recording
@@ -29,7 +30,8 @@ from rtbci.models import checkpoint_path, is_checkpoint, load_decoder
 from rtbci.models.checkpoint import load_checkpoint
 from rtbci.preprocess import PreprocessConfig, Preprocessor
 from rtbci.presence import SessionPresence
-from rtbci.scheduler import DecoderTask, Scheduler, TriggerSpec
+from rtbci.scheduler import DecoderTask, Scheduler, Swap, TriggerSpec
+from rtbci.scheduler.process import ProcessDecoder
 from rtbci.sinks import Sink, make_sink
 from rtbci.stream import Stream, StreamInfo
 
@@ -38,6 +40,7 @@ log = logging.getLogger("rtbci.engine")
 WATCHDOG_S = 0.05
 FIRST_LOOK_S = 0.15  # start-up: how long to look for an earlier engine before publishing
 SESSION_SINKS = ("mqtt", "lsl")  # sinks that publish under the session's name on the network
+RELOAD_WAIT_S = 10.0  # a reload waits this long (at least) for the decoder's running window
 MARKER_HINT_AFTER = 10  # markers on a source before saying an on_marker decoder matched none
 
 
@@ -85,6 +88,9 @@ class Engine:
         self.preprocess = {cfg.name: source_preprocess(cfg, config) for cfg in config.sources}
         self.health = HealthWatch(on_change=self._health_changed)
         self._loop_beat = Heartbeat()
+        self._control: ControlServer | None = None  # live runs: rtbci ctl's socket
+        self._reloaded: dict[str, DecoderConfig] = {}  # decoder → its config since a reload
+        self._reloading: set[str] = set()  # decoders being reloaded now
 
     def __repr__(self) -> str:
         return f"<Engine: session {self.session} | streams {list(self.streams)}>"
@@ -165,6 +171,7 @@ class Engine:
             where = f"decoders[{i}]"
             try:
                 decoder, trigger = await _in_daemon_thread(self._build, cfg, stream, where)
+                model = await _in_daemon_thread(model_hash, cfg, self.config.base_dir)
             except _BuildCancelled:
                 self.decoder_states[cfg.name] = "cancelled"
                 continue
@@ -175,7 +182,7 @@ class Engine:
                 self.decoder_status[cfg.name] = {"error": message}
                 self.decoder_states[cfg.name] = "failed"
                 continue
-            self._register_decoder(cfg, decoder, trigger, stream)
+            self._register_decoder(cfg, decoder, trigger, stream, model)
 
     def _build(self, cfg: DecoderConfig, stream: Stream, where: str):
         """Load and warm up a decoder, and work out its trigger in samples (any thread).
@@ -183,8 +190,12 @@ class Engine:
         Raises :class:`_BuildCancelled` instead when the engine stops before it starts."""
         self._acquire_build_lock()
         try:
-            decoder = load_decoder(cfg, stream.info, where, self.config.base_dir,
-                                   self.preprocess[cfg.source])
+            if cfg.isolation == "process":  # built and warmed up in its worker process
+                decoder = ProcessDecoder(cfg, stream.info, where, self.config.base_dir,
+                                         self.preprocess[cfg.source]).start()
+            else:
+                decoder = load_decoder(cfg, stream.info, where, self.config.base_dir,
+                                       self.preprocess[cfg.source])
             start, length = decoder.window_start, decoder.n_samples
             decoder(np.zeros((length, stream.info.n_channels), np.float32))  # warm-up
         finally:
@@ -207,20 +218,24 @@ class Engine:
             raise _BuildCancelled
 
     def _register_decoder(self, cfg: DecoderConfig, decoder, trigger: TriggerSpec,
-                          stream: Stream) -> None:
+                          stream: Stream, model: str | None = None) -> None:
         start, length, every = trigger.start, trigger.length, trigger.every
         task = DecoderTask(cfg.name, decoder, stream, trigger, cfg.budget_ms, cfg.timeout_ms,
-                           self.session, cfg.thread)
+                           self.session, cfg.thread, model)
         self.scheduler.add(task, cfg.device)
         worker = self.scheduler.workers.get(cfg.name)
         if worker is not None and self._loop is not None and not self.scheduler.inline:
             self.health.add(watch_thread("worker", cfg.name, worker.thread))
+            supervisor = self.scheduler.pool.supervisor
+            if isinstance(decoder, ProcessDecoder) and supervisor.decoders == [decoder]:
+                self.health.add(watch_thread("supervisor", "", supervisor.thread))
         self.decoder_states[cfg.name] = "running"
         self.decoder_status[cfg.name] = {
             "source": cfg.source, "kind": decoder.kind, "labels": decoder.labels,
             "output_size": decoder.output_size, "window": [start, length],
             "every": every, "on_marker": cfg.on_marker, "budget_ms": cfg.budget_ms,
-            "runtime": decoder.describe(), "channels": getattr(decoder, "channel_names", None)}
+            "runtime": decoder.describe(), "channels": getattr(decoder, "channel_names", None),
+            "model": model, "spec": cfg.model}
         log.info("decoder %r on %r: %s, window %d samples, %s, budget %g ms, %s", cfg.name,
                  cfg.source, decoder.kind, length,
                  f"every {every} samples" if every else f"on marker {cfg.on_marker!r}",
@@ -322,11 +337,11 @@ class Engine:
         sinks and the other decoders need."""
         from threadpoolctl import threadpool_limits
 
-        cpu = [d.threads or 1 for d in self.config.decoders if d.device == "cpu"]
+        here = [d for d in self.config.decoders if d.isolation == "thread"]  # the others:
+        cpu = [d.threads or 1 for d in here if d.device == "cpu"]  # their own process's cap
         self.blas_threads = max(cpu, default=1)
         threadpool_limits(self.blas_threads, user_api="blas")
-        users = [d.name for d in self.config.decoders
-                 if d.model.startswith("python:") and d.threads is None]
+        users = [d.name for d in here if d.model.startswith("python:") and d.threads is None]
         if users:  # their numpy runs with the cap too: say so, once
             log.warning("numpy's BLAS is capped at %d thread(s) for the whole engine, the "
                         "python: decoder(s) %s included; set a decoder's threads to raise it",
@@ -354,6 +369,7 @@ class Engine:
         self.health.start()  # before any thread starts: a crash at once is still named
         try:
             self._presence = await self._announce(stop)
+            self._control = await ControlServer(self).start()
             for sink in self.sinks:
                 await sink.start(self.status())
             self._start_sources()
@@ -405,6 +421,129 @@ class Engine:
             if on_tick is not None:
                 on_tick(self)
 
+    # --- control (rtbci ctl: rtbci.control) ----------------------------------------------
+
+    def control_status(self) -> list[dict]:
+        """Each configured decoder: name, state, model hash, model spec, reloads, results."""
+        tasks = self.scheduler.tasks if self.scheduler else {}
+        out = []
+        for name, state in self.decoder_states.items():
+            task = tasks.get(name)
+            out.append({"name": name, "state": state, "model": task.model if task else None,
+                        "spec": self._decoder_config(name)[1].model,
+                        "reloads": task.reloads if task else 0,
+                        "results": task.results if task else 0})
+        return out
+
+    def _decoder_config(self, name: str) -> tuple[int, DecoderConfig]:
+        """``(index in [[decoders]], config now)`` of decoder ``name`` (a reload's, if any)."""
+        i = next(i for i, cfg in enumerate(self.config.decoders) if cfg.name == name)
+        return i, self._reloaded.get(name, self.config.decoders[i])
+
+    async def reload(self, name: str, model: str | None = None,
+                     settings: dict | None = None) -> dict:
+        """Swap running decoder ``name`` for one built from its config with ``model`` and
+        ``settings`` (decoder keys or ``options.KEY``) applied, without stopping anything.
+
+        The new decoder is built off the loop while the old one keeps decoding; it must take
+        the same windows; it replaces the old one between two windows (none is lost or decoded
+        half by each: :meth:`DecoderTask.swap`), and the old one is closed. Returns
+        ``{"decoder", "old", "new", "spec"}`` (model hashes); raises :class:`RtbciError` (one
+        line) and keeps the old decoder on any problem.
+        """
+        task = self.scheduler.tasks.get(name) if self.scheduler else None
+        if task is None or self.decoder_states.get(name) != "running":
+            raise RtbciError(f"no running decoder {name!r} (running: "
+                             + (", ".join(map(repr, self.scheduler.tasks if self.scheduler
+                                              else ())) or "none") + ")")
+        if name in self._reloading:
+            raise RtbciError(f"decoder {name!r}: a reload is under way already")
+        self._reloading.add(name)
+        try:
+            i, cfg = self._decoder_config(name)
+            where = f"decoders[{i}]"
+            new_cfg = updated_config(cfg, model, settings or {}, where)
+            decoder, identity = await self._build_reload(new_cfg, task, where)
+            old_model, old = task.model, await self._swap_in(task, decoder, identity, new_cfg)
+        finally:
+            self._reloading.discard(name)
+        self._reloaded[name] = new_cfg
+        self.decoder_status[name] = {**self.decoder_status[name], "kind": decoder.kind,
+                                     "labels": decoder.labels,
+                                     "output_size": decoder.output_size,
+                                     "budget_ms": new_cfg.budget_ms,
+                                     "runtime": decoder.describe(), "model": identity,
+                                     "spec": new_cfg.model}
+        log.info("decoder %r reloaded: %s → %s (%s)", name, old_model, identity, new_cfg.model)
+        self._push_status()
+        await self._close_decoder(name, old)
+        return {"decoder": name, "old": old_model, "new": identity, "spec": new_cfg.model}
+
+    async def _build_reload(self, cfg: DecoderConfig, task: DecoderTask, where: str):
+        """Build ``cfg``'s decoder off the loop (:meth:`_build`) and its model hash; refuse
+        one that would take other windows than ``task``'s."""
+        built = _in_daemon_thread(self._build, cfg, task.stream, where)
+        try:
+            decoder, trigger = await asyncio.shield(built)
+        except asyncio.CancelledError:  # the engine stops: close what the build still makes
+            built.add_done_callback(_close_built)
+            raise
+        except _BuildCancelled:
+            raise RtbciError("the engine is stopping") from None
+        except RtbciError:
+            raise
+        except Exception as exc:
+            raise RtbciError(f"{where} ({cfg.name!r}): failed to start: "
+                             f"{type(exc).__name__}: {exc}") from None
+        problem = window_change(task, decoder, trigger)
+        try:
+            if problem:
+                raise RtbciError(f"decoder {cfg.name!r} not reloaded: {problem}")
+            return decoder, await _in_daemon_thread(model_hash, cfg, self.config.base_dir)
+        except BaseException:
+            await self._close_decoder(cfg.name, decoder)
+            raise
+
+    async def _swap_in(self, task: DecoderTask, decoder, identity: str,
+                       cfg: DecoderConfig):
+        """Put ``decoder`` in ``task``'s place between two windows; the decoder it replaced.
+        One still busy after ``RELOAD_WAIT_S`` (or twice its ``timeout_ms``) keeps its own."""
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+
+        def applied(swap: Swap) -> None:  # under the scheduler's lock, any thread
+            with contextlib.suppress(RuntimeError):  # the loop closed: the engine stopped
+                loop.call_soon_threadsafe(lambda: done.done() or done.set_result(swap.old))
+
+        swap = Swap(decoder, identity, cfg.budget_ms, cfg.timeout_ms, applied)
+        self.scheduler.swap(task.name, swap)
+        wait_s = max(RELOAD_WAIT_S, 2e-3 * task.timeout_ms)
+        try:
+            old = await asyncio.wait_for(asyncio.shield(done), wait_s)
+        except asyncio.CancelledError:  # the engine stops: the task keeps what it has
+            if self.scheduler.cancel_swap(task.name, swap):
+                _close_built_decoder(decoder)
+            raise
+        except TimeoutError:
+            if not self.scheduler.cancel_swap(task.name, swap):
+                return await done  # applied meanwhile
+            await self._close_decoder(task.name, decoder)
+            raise RtbciError(f"decoder {task.name!r} not reloaded: still busy with a window "
+                             f"after {wait_s:g} s; the old one keeps running") from None
+        self.scheduler.pool.supervise(task)  # a decoder in a worker process is supervised
+        self.scheduler.pool.supervisor.remove(old)
+        return old
+
+    async def _close_decoder(self, name: str, decoder) -> None:
+        """``decoder.close()`` if it has one (a worker process's), off the loop; logged."""
+        close = getattr(decoder, "close", None)
+        if not callable(close):
+            return
+        try:
+            await _in_daemon_thread(close)
+        except Exception as exc:
+            log.error("decoder %r: closing the replaced decoder failed: %s", name, exc)
+
     # --- offline replay -------------------------------------------------------------------
 
     async def run_offline(self, recording: Recording, speed: float | None = None,
@@ -428,28 +567,31 @@ class Engine:
         self._limit_blas()
         for sink in self.sinks:
             await sink.start(self.status())
-        streams, routes = await self._offline_streams(recording)
-        started, previous = time.perf_counter(), recording.start
-        for n, event in enumerate(schedule(recording)):
-            clock.set(event[0])
-            if event[1] == "marker":
-                for name in routes[event[2]]:
-                    self._on_marker(name, event[4], event[3], direct=True)
-            else:
-                _, _, i, start, stop = event
-                source = recording.streams[i]
-                for stream in streams[i]:
-                    stream.ingest(source.data[start:stop], source.times[start:stop])
-            if progress is not None:
-                progress(event[0] - previous)
-                previous = event[0]
-            if speed is not None:
-                await asyncio.sleep(max(0.0, (event[0] - recording.start) / speed
-                                        - (time.perf_counter() - started)))
-            elif n % 100 == 0:
-                await asyncio.sleep(0)  # let network sinks send
-        await self._close_sinks()
-        return self.stats()
+        try:
+            streams, routes = await self._offline_streams(recording)
+            started, previous = time.perf_counter(), recording.start
+            for n, event in enumerate(schedule(recording)):
+                clock.set(event[0])
+                if event[1] == "marker":
+                    for name in routes[event[2]]:
+                        self._on_marker(name, event[4], event[3], direct=True)
+                else:
+                    _, _, i, start, stop = event
+                    source = recording.streams[i]
+                    for stream in streams[i]:
+                        stream.ingest(source.data[start:stop], source.times[start:stop])
+                if progress is not None:
+                    progress(event[0] - previous)
+                    previous = event[0]
+                if speed is not None:
+                    await asyncio.sleep(max(0.0, (event[0] - recording.start) / speed
+                                            - (time.perf_counter() - started)))
+                elif n % 100 == 0:
+                    await asyncio.sleep(0)  # let network sinks send
+            await self._close_sinks()
+            return self.stats()
+        finally:
+            self.scheduler.close()  # worker processes stop
 
     async def _offline_streams(self, recording: Recording) -> tuple[dict, list[list[str]]]:
         """Build each bound source's Stream from its recorded stream.
@@ -487,6 +629,8 @@ class Engine:
     async def shutdown(self) -> None:
         self._stopping.set()  # decoder builds not started yet never start
         self.health.stop()  # from here on threads end on purpose
+        if self._control is not None:
+            await self._control.stop()
         if self._presence is not None:
             await asyncio.to_thread(self._presence.stop)
         stoppers = [*self.acquisitions.values(), *self._marker_readers]
@@ -527,6 +671,9 @@ class Engine:
         for name in [*self.decoder_states, *(n for n in tasks if n not in self.decoder_states)]:
             entry = tasks[name].stats() if name in tasks else {"results": 0}
             entry["state"] = self.decoder_states.get(name, "running")
+            if entry.get("worker", {}).get("state") == "failed":  # its process kept dying
+                entry["state"] = "failed"
+                entry["error"] = tasks[name].decoder.down_reason()
             if "error" in self.decoder_status.get(name, {}):
                 entry["error"] = self.decoder_status[name]["error"]
             runtime = self.decoder_status.get(name, {}).get("runtime")
@@ -558,7 +705,10 @@ class Engine:
         lines += [f"{sink.kind}[{i}]: {problem}" for i, sink in enumerate(self.sinks)  # lost
                   if (problem := getattr(sink, "problem", lambda: None)())]  # data (record)
         for cfg in self.config.decoders:
-            if stats["decoders"].get(cfg.name, {}).get("results", 0) == 0:
+            entry = stats["decoders"].get(cfg.name, {})
+            if entry.get("worker", {}).get("state") == "failed":
+                lines.append(f"decoder {cfg.name!r}: its {entry['error']}")
+            elif entry.get("results", 0) == 0:
                 lines.append(f"decoder {cfg.name!r} produced no results ({self._why(cfg)})")
         return lines
 
@@ -604,6 +754,19 @@ class VirtualClock:
 
     def __call__(self) -> float:
         return self._at + (time.perf_counter() - self._since)
+
+
+def _close_built(built: asyncio.Future) -> None:
+    """Done-callback of a build nobody awaits any more: close the decoder it made."""
+    if not built.cancelled() and built.exception() is None:
+        _close_built_decoder(built.result()[0])
+
+
+def _close_built_decoder(decoder) -> None:
+    """``decoder.close()`` (a worker process's) in a daemon thread, not awaited."""
+    close = getattr(decoder, "close", None)
+    if callable(close):
+        threading.Thread(target=close, name="rtbci-close", daemon=True).start()
 
 
 class _BuildCancelled(Exception):

@@ -27,6 +27,7 @@ _LABELS = {"acquisition": "acquisition thread of source {name!r}",
            "markers": "marker reader of source {name!r}",
            "worker": "worker thread of decoder {name!r}",
            "presence": "the check for other engines on session {name!r}",
+           "supervisor": "the supervisor of the decoders' worker processes",
            "sink": "sink {name}", "loop": "the engine's event loop"}
 
 

@@ -61,6 +61,10 @@ class Result:
         The decoder's latency budget; ``late`` is ``t_published - t_arrived > budget_ms``.
     late : bool
     session : str
+    model : str | None
+        The identity of the model that produced it (:func:`rtbci.control.model_hash`: 12 hex
+        characters); it changes when the decoder is reloaded (``rtbci ctl``). None in
+        messages from before it existed.
     """
 
     decoder: str
@@ -86,6 +90,7 @@ class Result:
     importance: np.ndarray | None = None
     importance_seq: int | None = None
     session: str = ""
+    model: str | None = None
     version: int = field(default=SCHEMA_VERSION)
 
     @property
@@ -135,7 +140,7 @@ DECODER_NAME = re.compile(r"[A-Za-z0-9_.-]{1,255}")  # a config's names, length-
 MAX_DECODER_NAMES = 256  # distinct decoder names a consumer (listen, the display) tracks
 _TIMES = ("window_end", "t_published", "t_arrived")
 _OPTIONAL = ("kind", "marker", "label", "labels", "probabilities", "ids", "scores",
-             "embedding", "importance", "importance_seq")
+             "embedding", "importance", "importance_seq", "model")
 _NUMERIC, _INTEGER = "iuf", "iu"  # numpy dtype kinds
 
 
@@ -155,7 +160,8 @@ def result_problem(message: Any) -> str | None:
     (``[A-Za-z0-9_.-]``, at most 255 characters); ``seq`` an int; ``late`` a bool; the times
     finite numbers; ``labels`` a list of str; ``probabilities`` 1-D numeric (as many as
     ``labels``); ``ids`` 1-D int with ``scores`` 1-D numeric of the same length;
-    ``embedding`` numeric; ``importance`` 1-D numeric; ``kind``, ``marker``, ``label`` str.
+    ``embedding`` numeric; ``importance`` 1-D numeric; ``kind``, ``marker``, ``label``,
+    ``model`` str.
     Optional fields may be missing or None.
     """
     if not isinstance(message, dict):
@@ -170,7 +176,7 @@ def result_problem(message: Any) -> str | None:
     for name in _TIMES:
         if not _number(get(name)):
             return name
-    for name in ("kind", "marker", "label"):
+    for name in ("kind", "marker", "label", "model"):
         if get(name) is not None and not isinstance(get(name), str):
             return name
     labels = get("labels")

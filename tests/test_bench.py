@@ -55,7 +55,8 @@ def test_quick_run_schema_and_plausible_figures(quick):
         assert row["lost"] <= 0.2 * row["expected"]
     for name in ("rtbci", "pylsl-naive"):  # always installed
         assert "status" not in rows[name]
-    assert "thread = source" in rows["rtbci"]["settings"]  # the decoder on the source's thread
+    assert "defaults" in rows["rtbci"]["settings"]  # the headline row: the engine's defaults
+    assert "thread = source" in rows["rtbci-source"]["settings"]  # a tuned row, named
 
 
 @pytest.mark.slow

@@ -18,19 +18,23 @@ from rtbci.bench import gpu, report, run, sweeps, timeflux
 from rtbci.errors import RtbciError
 from rtbci.latency import summary
 
-ROWS = ("rtbci", "rtbci-mqtt", "pylsl-naive", "mne-lsl", "timeflux")
+ROWS = ("rtbci", "rtbci-source", "rtbci-mqtt", "pylsl-naive", "mne-lsl", "timeflux",
+        "timeflux-rate")
 EXTRA_ROWS = ("null",)  # on request only: reads the stream, sends nothing
 SETTINGS = {
-    "rtbci": "rtbci engine, LSL source (clocksync), builtin:bandpower (numpy, thread = "
-             "{thread}), LSL result sink",
-    "rtbci-mqtt": "rtbci engine, same decoder (thread = {thread}), MQTT sink (QoS 0) → mosquitto "
+    "rtbci": "rtbci engine with its defaults: LSL source (clocksync), builtin:bandpower "
+             "(runtime auto, its own worker thread, isolation thread), LSL result sink",
+    "rtbci-source": "tuned: the same with thread = source, runtime = numpy (the decoder on "
+                    "its source's acquisition thread)",
+    "rtbci-mqtt": "rtbci engine with its defaults, MQTT sink (QoS 0) → mosquitto "
                   "(set_tcp_nodelay) → paho subscriber",
     "pylsl-naive": "pylsl pull_chunk(timeout=0.2, min_samples=1) + the same numpy band power, "
                    "LSL outlet",
     "mne-lsl": "mne-lsl StreamLSL (1 ms acquisition thread, clocksync), polled every 1 ms, "
                "get_data(0.5 s) + the same band power, LSL outlet",
     "timeflux": "Timeflux 0.17.2 graph, rate 0: lsl.Receive → window.Slide → log band power "
-                "node → lsl.Send (own virtualenv, pylsl 1.16.2 + liblsl 1.18)",
+                "node → lsl.Send (own virtualenv, pylsl 1.16.2 + liblsl 1.18; BLAS 1 thread)",
+    "timeflux-rate": f"the same Timeflux graph at rate {timeflux.GRAPH_RATE} (Hz)",
     "null": "reads the stream like pylsl-naive, sends nothing (checks loss reporting)",
 }
 QUICK = {"duration": 4.0, "repeats": 1}
@@ -43,7 +47,7 @@ def missing(row: str) -> str | None:
         return "not installed (mosquitto)"
     if row == "mne-lsl" and importlib.util.find_spec("mne_lsl") is None:
         return "not installed (pip install 'rtbci[peers]')"
-    if row == "timeflux" and timeflux.python() is None:
+    if row.startswith("timeflux") and timeflux.python() is None:
         return f"not installed (rtbci bench --setup-timeflux builds {timeflux.venv()})"
     return None
 
@@ -81,16 +85,15 @@ def machine() -> dict:
             "date": time.strftime("%Y-%m-%d %H:%M")}
 
 
-def row_figures(system: str, figures: dict, thread: str = "source") -> dict:
-    return {"system": system, "settings": SETTINGS.get(system, system).format(thread=thread),
+def row_figures(system: str, figures: dict) -> dict:
+    return {"system": system, "settings": SETTINGS.get(system, system),
             "results_per_s": round(figures["results_per_s"], 2),
             "latency_ms": summary(figures["latencies"]),
             "cpu_percent": round(figures["cpu_percent"], 1), "lost": figures["lost"],
             "expected": figures["expected"], "received": figures["received"]}
 
 
-def compare(rows: list[str], duration: float, repeats: int, workdir: Path,
-            thread: str = "source") -> tuple:
+def compare(rows: list[str], duration: float, repeats: int, workdir: Path) -> tuple:
     """Every row, interleaved, ``repeats`` times, against one sender; rows and raw data."""
     sender = run.Sender()
     runnable = [r for r in rows if missing(r) is None]
@@ -106,8 +109,7 @@ def compare(rows: list[str], duration: float, repeats: int, workdir: Path,
             for row in runnable:
                 print(f"[{rep + 1}/{repeats}] {row}: {duration:g} s …", flush=True)
                 segments[row].append(run.run_segment(row, sender, duration,
-                                                 mqtt_port=port if row == "rtbci-mqtt" else None,
-                                                 thread=thread))
+                                                 mqtt_port=port if row == "rtbci-mqtt" else None))
     finally:
         for proc in (sender_proc, broker):
             if proc is not None:
@@ -117,12 +119,12 @@ def compare(rows: list[str], duration: float, repeats: int, workdir: Path,
     for row in rows:
         why = missing(row)
         if why:
-            out.append({"system": row, "settings": SETTINGS[row].format(thread=thread),
+            out.append({"system": row, "settings": SETTINGS[row],
                         "status": why, "results_per_s": None, "latency_ms": None,
                         "cpu_percent": None, "lost": None})
             continue
         figures = run.latencies(segments[row])
-        out.append(row_figures(row, figures, thread))
+        out.append(row_figures(row, figures))
         raw[row] = figures["latencies"]
     stage = {r: run.stages(segments[r]) for r in ("rtbci", "rtbci-mqtt") if r in segments}
     return out, raw, {r: s for r, s in stage.items() if s is not None}
@@ -143,7 +145,7 @@ def run_gpu(duration: float, workdir: Path) -> list[dict]:
 
 
 def bench(out: Path, quick: bool = False, peers: str | None = None,
-          duration: float | None = None, thread: str = "source") -> dict:
+          duration: float | None = None) -> dict:
     """Run the bench; write ``out``/bench.json, bench.md and the PNGs; return the document."""
     rows = parse_peers(peers)
     mode = QUICK if quick else FULL
@@ -153,12 +155,12 @@ def bench(out: Path, quick: bool = False, peers: str | None = None,
     doc = {"mode": "quick" if quick else "full", "duration_s": duration,
            "repeats": mode["repeats"], "machine": machine()}
     with tempfile.TemporaryDirectory(prefix="rtbci-bench-") as tmp:
-        doc["rows"], raw, stage = compare(rows, duration, mode["repeats"], Path(tmp), thread)
+        doc["rows"], raw, stage = compare(rows, duration, mode["repeats"], Path(tmp))
         doc["stages_ms"] = {r: report.stage_summary(s) for r, s in stage.items()}
         doc["gpu"] = gpu.status_line() or "CUDA available"
         doc["gpu_rows"] = run_gpu(duration, Path(tmp))
         if not quick:
-            doc["sweeps"] = sweeps.run_all(min(duration, 6.0), Path(tmp))
+            doc["sweeps"] = sweeps.run_all(sweeps.SWEEP_S, Path(tmp))
     print(doc["gpu"], flush=True)
     doc["elapsed_s"] = round(time.monotonic() - started, 1)
     report.write(out, doc, raw, stage)
@@ -181,10 +183,6 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                                    "also 'null', a processor that sends nothing)")
     p.add_argument("--duration", type=float,
                    help="seconds measured per row and repeat (default 12; --quick 4)")
-    p.add_argument("--thread", choices=["source", "own"], default="source",
-                   help="where the rtbci rows' decoder runs: its source's acquisition thread "
-                        "(default) or its own worker thread (the engine's default for a "
-                        "config; docs/latency.md)")
     p.add_argument("--loopback", action="store_true",
                    help="instead: measure the software part of a hardware loopback (a second "
                         "process plays the amplifier and writes a TTL back; docs/latency.md)")
@@ -211,7 +209,7 @@ def run_args(args: argparse.Namespace) -> int:
 
         loopback.run(args.out, args.duration or (5.0 if args.quick else 30.0))
         return 0
-    doc = bench(args.out, args.quick, args.peers, args.duration, args.thread)
+    doc = bench(args.out, args.quick, args.peers, args.duration)
     print(report.table(doc))
     print(f"wrote {args.out / 'bench.json'}, bench.md and PNGs ({doc['elapsed_s']:g} s)")
     return 0

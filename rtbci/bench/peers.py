@@ -59,13 +59,26 @@ def job(n_channels: int, srate: float):
 
 # --- rtbci ---------------------------------------------------------------------------------
 
+# where the band-power decoders run (config keys): the engine's defaults (its own worker
+# thread, runtime auto, isolation thread), or a tuned setting, named by what it changes
+PLACEMENTS = {
+    "defaults": {},
+    "source": {"thread": "source", "runtime": "numpy"},
+    "own": {"thread": "own", "runtime": "numpy"},
+    "process": {"isolation": "process"},
+    "slow-process": {},  # defaults; the slow neighbour runs in its own process
+}
+
+
 def rtbci_config(streams: list[str], decoders: int, out: str, mqtt_port: int | None,
-                 slow_ms: float = 0.0, thread: str = "source") -> dict:
+                 slow_ms: float = 0.0, placement: str = "defaults",
+                 decoder: dict | None = None) -> dict:
     """The engine config of a row: a source per stream, ``decoders`` band-power decoders each,
-    on the source's thread (``thread = "source"``) or each on its own (``"own"``).
+    placed as ``PLACEMENTS[placement]`` says; ``decoder``: keys that replace the band power's
+    (``window_ms``, ``every_ms``).
 
     ``slow_ms`` > 0 adds a decoder that takes that long per window on the first stream (the
-    fast-next-to-slow check)."""
+    fast-next-to-slow check; in its own process with ``slow-process``)."""
     sources, decs = [], []
     for i, name in enumerate(streams):
         sources.append({"name": f"s{i}", "kind": "lsl", "stream": {"name": name},
@@ -73,12 +86,12 @@ def rtbci_config(streams: list[str], decoders: int, out: str, mqtt_port: int | N
         for d in range(decoders):
             decs.append({"name": f"bp{i}x{d}", "model": "builtin:bandpower", "source": f"s{i}",
                          "window_ms": WINDOW_S * 1e3, "every_ms": EVERY_S * 1e3,
-                         "budget_ms": 50, "runtime": "numpy",
-                         "thread": thread})
+                         "budget_ms": 50, **PLACEMENTS[placement], **(decoder or {})})
     if slow_ms:
         decs.append({"name": "slow", "model": "python:rtbci.bench.peers:slow_decoder",
                      "source": "s0", "window_ms": 500, "every_ms": 47, "budget_ms": 200,
-                     "options": {"ms": slow_ms}})
+                     "options": {"ms": slow_ms},
+                     **({"isolation": "process"} if placement == "slow-process" else {})})
     sinks = [{"kind": "mqtt", "url": f"mqtt://127.0.0.1:{mqtt_port}", "qos": 0}
              if mqtt_port else {"kind": "lsl", "prefix": out}]
     return {"engine": {"session": "bench"}, "sources": sources, "decoders": decs,
@@ -112,8 +125,10 @@ def slow_decoder(n_samples: int, n_channels: int, srate: float, ms: float = 30.0
 
 def run_rtbci(streams: list[str], out: str, duration: float, decoders: int = 1,
               mqtt_port: int | None = None, timing: Path | None = None,
-              slow_ms: float = 0.0, config: dict | None = None, thread: str = "source") -> None:
-    """The engine with an LSL (or MQTT) sink; ``timing`` gets every result's ``t_*`` fields.
+              slow_ms: float = 0.0, config: dict | None = None, placement: str = "defaults",
+              decoder: dict | None = None) -> None:
+    """The engine with an LSL (or MQTT) sink; ``timing`` gets every result's ``t_*`` fields,
+    and ``timing`` with the suffix ``.stats.json`` the engine's statistics at the end.
 
     ``config`` replaces the generated engine config (the GPU rows)."""
     from rtbci.config import parse_config
@@ -135,7 +150,7 @@ def run_rtbci(streams: list[str], out: str, duration: float, decoders: int = 1,
 
     keep = Timing()
     config = parse_config(config or rtbci_config(streams, decoders, out, mqtt_port, slow_ms,
-                                                 thread))
+                                                 placement, decoder))
     engine = Engine(config, sinks=[keep])
 
     async def main() -> None:
@@ -146,6 +161,7 @@ def run_rtbci(streams: list[str], out: str, duration: float, decoders: int = 1,
     asyncio.run(main())
     if timing is not None:
         timing.write_text(json.dumps(keep.rows))
+        timing.with_suffix(".stats.json").write_text(json.dumps(engine.stats()))
 
 
 # --- peers ---------------------------------------------------------------------------------
@@ -233,7 +249,8 @@ def run_mne_lsl(stream: str, out: str, duration: float) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="run one bench row's processor")
-    p.add_argument("row", choices=["rtbci", "rtbci-mqtt", "pylsl-naive", "mne-lsl", "null"])
+    p.add_argument("row", choices=["rtbci", "rtbci-source", "rtbci-mqtt", "pylsl-naive",
+                                   "mne-lsl", "null"])
     p.add_argument("--streams", required=True, help="comma-separated input stream names")
     p.add_argument("--out", required=True, help="result outlet name prefix")
     p.add_argument("--duration", type=float, required=True)
@@ -242,14 +259,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--timing", type=Path)
     p.add_argument("--slow-ms", type=float, default=0.0)
     p.add_argument("--config", type=Path, help="an engine config (JSON) for the rtbci row")
-    p.add_argument("--thread", choices=["source", "own"], default="source",
+    p.add_argument("--placement", choices=list(PLACEMENTS), default="defaults",
                    help="where the rtbci row's band-power decoders run")
+    p.add_argument("--decoder", type=json.loads, help="band-power config keys (JSON)")
     a = p.parse_args(argv)
     streams = a.streams.split(",")
     if a.row.startswith("rtbci"):
         config = json.loads(a.config.read_text()) if a.config else None
         run_rtbci(streams, a.out, a.duration, a.decoders, a.mqtt_port, a.timing, a.slow_ms,
-                  config, a.thread)
+                  config, a.placement, a.decoder)
     elif a.row == "pylsl-naive":
         run_pylsl(streams[0], a.out, a.duration, decoders=a.decoders)
     elif a.row == "null":

@@ -59,12 +59,15 @@ def sweep_tables(sweeps: dict) -> str:
     parts = []
     for sweep, s in sweeps.items():
         parts += [f"### {sweep}", "",
-                  "| point | p50 / p99 (ms) | end to end − inference p99, first decoder (ms) "
-                  "| engine's share p99, all decoders (ms) | CPU | lost / expected |",
-                  "|---|---:|---:|---:|---:|---:|"]
+                  "| point | results | p50 / p99 (ms) | end to end − inference p99, first "
+                  "decoder (ms) | engine's share p99, all decoders (ms) | process hop p99 "
+                  "(ms) | CPU | lost / expected |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for p in s["points"]:
-            parts.append(f"| {p['label']} | {_fmt(p['p50_ms'])} / {_fmt(p['p99_ms'])} | "
+            parts.append(f"| {p['label']} | {p.get('results', '–')} | "
+                         f"{_fmt(p['p50_ms'])} / {_fmt(p['p99_ms'])} | "
                          f"{_fmt(p['overhead_p99_ms'])} | {_fmt(p.get('engine_p99_ms'))} | "
+                         f"{_fmt(p.get('hop_p99_ms'), 3)} | "
                          f"{p['cpu_percent']:.1f} % | "
                          f"{p['lost']} / {p['expected']} |")
         where = s["saturates_at"]

@@ -61,6 +61,7 @@ class Segment:
     cpu_percent: float
     outlets: int
     timing: list | None = None  # rtbci rows: (decoder, seq, window_end, t_arrived … t_published)
+    stats: dict | None = None  # rtbci rows: the engine's statistics at the end
 
 
 def free_port() -> int:
@@ -94,16 +95,22 @@ def start_mosquitto(workdir: Path, port: int) -> subprocess.Popen:
 def processor_command(row: str, sender: Sender, out: str, workdir: Path, duration: float,
                       decoders: int = 1, mqtt_port: int | None = None,
                       slow_ms: float = 0.0, config: dict | None = None,
-                      thread: str = "source") -> tuple[list[str], dict | None]:
+                      placement: str = "defaults",
+                      decoder: dict | None = None) -> tuple[list[str], dict | None]:
     """The command line (and environment) of ``row``'s processor process; ``config``: an
     engine config for the rtbci row (its LSL sink's prefix is set to ``out``)."""
-    if row == "timeflux":
-        return timeflux.command(workdir, sender.names()[0], out, sender.rate)
+    if row.startswith("timeflux"):
+        return timeflux.command(workdir, sender.names()[0], out, sender.rate,
+                                timeflux.GRAPH_RATE if row == "timeflux-rate" else 0)
     cmd = [sys.executable, "-m", "rtbci.bench.peers", row, "--streams", ",".join(sender.names()),
            "--out", out, "--duration", str(duration), "--decoders", str(decoders)]
     if row.startswith("rtbci"):
+        import json
+
         cmd += ["--timing", str(workdir / "timing.json"), "--slow-ms", str(slow_ms),
-                "--thread", thread]
+                "--placement", "source" if row == "rtbci-source" else placement]
+        if decoder:
+            cmd += ["--decoder", json.dumps(decoder)]
     if mqtt_port:
         cmd += ["--mqtt-port", str(mqtt_port)]
     if config is not None:
@@ -129,10 +136,12 @@ def cpu_seconds(proc: psutil.Process) -> float:
 
 def run_segment(row: str, sender: Sender, duration: float, decoders: int = 1,
                 mqtt_port: int | None = None, slow_ms: float = 0.0,
-                config: dict | None = None, thread: str = "source") -> Segment:
+                config: dict | None = None, placement: str = "defaults",
+                decoder: dict | None = None) -> Segment:
     """Run ``row`` against the running ``sender`` for ``duration`` s of measurement
-    (``config``: an engine config with one decoder, which brings its own source; ``thread``:
-    where the rtbci rows' band-power decoders run)."""
+    (``config``: an engine config with one decoder, which brings its own source; ``placement``:
+    where the rtbci rows' band-power decoders run, see ``rtbci.bench.peers.PLACEMENTS``;
+    ``decoder``: band-power keys replaced)."""
     import json
 
     outlets = 1 if config else sender.streams * decoders + (1 if slow_ms else 0)
@@ -141,7 +150,7 @@ def run_segment(row: str, sender: Sender, duration: float, decoders: int = 1,
         out = f"r{uuid.uuid4().hex[:6]}"
         lifetime = duration + WARMUP_S + 60
         cmd, env = processor_command(row, sender, out, workdir, lifetime, decoders, mqtt_port,
-                                     slow_ms, config, thread)
+                                     slow_ms, config, placement, decoder)
         # its own session: Timeflux runs its graph in child processes, stopped with it
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, start_new_session=True)
         listen = ["--mqtt", str(mqtt_port)] if mqtt_port else ["--lsl", out, "--outlets",
@@ -162,7 +171,9 @@ def run_segment(row: str, sender: Sender, duration: float, decoders: int = 1,
         rows = np.load(workdir / "rx.npy") if (workdir / "rx.npy").exists() else np.zeros((0, 4))
         timing_file = workdir / "timing.json"
         timing = json.loads(timing_file.read_text()) if timing_file.exists() else None
-    return Segment(rows, t0, t1, 100.0 * (c1 - c0) / (t1 - t0), outlets, timing)
+        stats_file = timing_file.with_suffix(".stats.json")
+        stats = json.loads(stats_file.read_text()) if stats_file.exists() else None
+    return Segment(rows, t0, t1, 100.0 * (c1 - c0) / (t1 - t0), outlets, timing, stats)
 
 
 def stop(proc: subprocess.Popen, receiver: subprocess.Popen) -> None:

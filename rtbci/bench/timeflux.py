@@ -61,7 +61,7 @@ class LogBandPower(Node):
 GRAPH = """\
 graphs:
   - id: bench
-    rate: 0
+    rate: {graph_rate}
     nodes:
       - id: receive
         module: timeflux.nodes.lsl
@@ -137,10 +137,17 @@ def liblsl() -> str:
     return str(found[0].resolve())
 
 
-def command(workdir: Path, stream: str, out: str, rate: float) -> tuple[list[str], dict]:
-    """The command line and environment that run the graph on ``stream``."""
+GRAPH_RATE = 1000  # the timeflux-rate row's graph rate, Hz (Timeflux's own setting)
+
+
+def command(workdir: Path, stream: str, out: str, rate: float,
+            graph_rate: float = 0) -> tuple[list[str], dict]:
+    """The command line and environment that run the graph on ``stream`` (``graph_rate``:
+    the graph's ``rate``, 0 = as fast as it can); numpy's BLAS at one thread, as the other
+    rows run it (idle OpenBLAS threads spin)."""
     (workdir / "rtbci_bench_node.py").write_text(NODE)
     graph = workdir / "timeflux.yaml"
-    graph.write_text(GRAPH.format(stream=stream, out=out, rate=rate))
-    env = {**os.environ, "PYTHONPATH": str(workdir), "TIMEFLUX_LOG_LEVEL_CONSOLE": "WARNING"}
+    graph.write_text(GRAPH.format(stream=stream, out=out, rate=rate, graph_rate=graph_rate))
+    env = {**os.environ, "PYTHONPATH": str(workdir), "TIMEFLUX_LOG_LEVEL_CONSOLE": "WARNING",
+           "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     return [str(python()), "-m", "timeflux", str(graph)], env

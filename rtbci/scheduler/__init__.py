@@ -19,13 +19,13 @@ from collections.abc import Callable
 
 from rtbci.messages import Result
 from rtbci.scheduler.routing import Direct, Router
-from rtbci.scheduler.task import LATENCY_WINDOW, DecoderTask, Job
+from rtbci.scheduler.task import LATENCY_WINDOW, DecoderTask, Job, Swap
 from rtbci.scheduler.triggers import MAX_PENDING_MARKERS, MAX_QUEUED_WINDOWS, Triggers, TriggerSpec
 from rtbci.scheduler.workers import SOURCE_THREAD_MAX_MS, SOURCE_THREAD_STRIKES, Worker, Workers
 from rtbci.stream import Stream
 
 __all__ = ["LATENCY_WINDOW", "MAX_PENDING_MARKERS", "MAX_QUEUED_WINDOWS", "SOURCE_THREAD_MAX_MS",
-           "SOURCE_THREAD_STRIKES", "DecoderTask", "Job", "Scheduler", "TriggerSpec"]
+           "SOURCE_THREAD_STRIKES", "DecoderTask", "Job", "Scheduler", "Swap", "TriggerSpec"]
 
 
 class Scheduler:
@@ -73,6 +73,7 @@ class Scheduler:
         with self.triggers.lock:
             if not self.inline:
                 self.pool.add(task, device, self.router.work)
+            self.pool.supervise(task)
             self.triggers.add(task)
 
     def on_data(self, stream: Stream) -> None:
@@ -85,11 +86,23 @@ class Scheduler:
         """A marker on ``stream``'s marker stream: queue its window for matching decoders."""
         self.triggers.on_marker(stream, timestamp, text)
 
+    def swap(self, name: str, swap: Swap) -> None:
+        """Put ``swap.decoder`` in place of decoder ``name``'s between two of its windows
+        (:meth:`DecoderTask.swap`; any thread): ``swap.applied`` says when."""
+        with self.triggers.lock:
+            self.tasks[name].swap(swap)
+
+    def cancel_swap(self, name: str, swap: Swap) -> bool:
+        """Withdraw a swap not applied yet (True), else False (any thread)."""
+        with self.triggers.lock:
+            return self.tasks[name].cancel_swap(swap)
+
     def check_hung(self) -> None:
         """Report (once) each decoder running past its ``timeout_ms`` (on the loop)."""
         self.pool.check_hung()
 
     def close(self) -> None:
+        """No more jobs: workers end, worker processes stop (online and offline)."""
         self.pool.close()
 
     def _dispatch(self, job: Job) -> None:

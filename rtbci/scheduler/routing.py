@@ -21,6 +21,7 @@ import numpy as np
 
 from rtbci.messages import Result
 from rtbci.models.base import DecoderOutput
+from rtbci.scheduler.process import SUPERVISOR_SAID
 from rtbci.scheduler.task import DecoderTask, Job
 from rtbci.scheduler.workers import describe_exception, output_problem, run_explain, run_job
 
@@ -137,7 +138,8 @@ class Router:
     @staticmethod
     def _error(task: DecoderTask, seq: int, error: str) -> None:
         task.errors += 1
-        if task.last_error != error:
+        said = error.startswith(SUPERVISOR_SAID)  # the supervisor logged the death already
+        if task.last_error != error and not said:
             log.error("decoder %r failed on window %d: %s", task.name, seq, error)
         task.last_error = error
 

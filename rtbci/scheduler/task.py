@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -43,6 +44,22 @@ class Job:
     on_source: bool = False  # runs on its source's thread, on a view of the ring buffer
 
 
+@dataclass
+class Swap:
+    """A decoder to put in place of a task's (:meth:`DecoderTask.swap`).
+
+    ``applied(swap)`` is called under the scheduler's lock, on whichever thread freed the
+    task, once ``old`` holds the decoder it replaced.
+    """
+
+    decoder: Decoder
+    model: str
+    budget_ms: float
+    timeout_ms: float
+    applied: Callable[[Swap], None]
+    old: Decoder | None = None
+
+
 class DecoderTask:
     """One decoder's scheduling state and counters.
 
@@ -59,12 +76,18 @@ class DecoderTask:
       needs the loop, the thread that decoded (its worker, or its source's thread);
       ``timeouts``: the loop (the hung-decoder check);
     - ``thread`` and ``strikes``: its source's acquisition thread (the strike policy);
+    - ``decoder``, ``model``, ``budget_ms``, ``timeout_ms``, ``reloads``: replaced only by
+      :meth:`swap` / :meth:`release` under the scheduler's lock, while no window is claimed;
     - :meth:`stats`: the loop (a snapshot of the counters).
     """
 
     def __init__(self, name: str, decoder: Decoder, stream: Stream, trigger: TriggerSpec,
-                 budget_ms: float, timeout_ms: float, session: str = "", thread: str = "own"):
+                 budget_ms: float, timeout_ms: float, session: str = "", thread: str = "own",
+                 model: str | None = None):
         self.name, self.decoder, self.stream, self.trigger = name, decoder, stream, trigger
+        self.model = model  # the decoder's identity (rtbci.control.model_hash), on each result
+        self.reloads = 0  # decoders swapped in while running (rtbci ctl … reload)
+        self._swap: Swap | None = None  # staged while busy: applied by release()
         self.budget_ms, self.timeout_ms, self.session = budget_ms, timeout_ms, session
         self.explains = bool(getattr(decoder, "explains", False))
         if thread == "source" and self.explains:
@@ -72,7 +95,10 @@ class DecoderTask:
                         "thread = 'source' ignored", name)
         self.thread = "own" if self.explains else thread  # "own" | "source"
         self.strikes = 0  # windows in a row over SOURCE_THREAD_MAX_MS on the source's thread
-        self.window = np.zeros((trigger.length, stream.info.n_channels), dtype=np.float32)
+        shape = (trigger.length, stream.info.n_channels)
+        shared = getattr(decoder, "input_buffer", None)  # a worker process's mapped window
+        self.window = shared if shared is not None and shared.shape == shape else \
+            np.zeros(shape, dtype=np.float32)
         # Sliding windows end at counters length + k * every; start at the first one still to
         # come (a decoder attached to a running stream has missed nothing it could have seen).
         k = 0
@@ -106,14 +132,49 @@ class DecoderTask:
 
     def release(self) -> Job | None:
         """The decoder finished a window (under the scheduler's lock): the next queued marker
-        window, which the caller runs (the decoder stays busy), else None (it is free)."""
+        window, which the caller runs (the decoder stays busy), else None (it is free; a
+        staged :class:`Swap` is applied now, between two windows)."""
         if self.queued:
             return self.queued.popleft()
         self._busy = False
+        if self._swap is not None:
+            self._apply(self._swap)
         return None
 
+    def swap(self, swap: Swap) -> None:
+        """Replace the decoder (under the scheduler's lock): now if it is free, else when it
+        finished the windows it holds (:meth:`release`): a window is decoded wholly by the old
+        decoder or wholly by the new one, and its result names that one's ``model``."""
+        if self._busy:
+            self._swap = swap
+        else:
+            self._apply(swap)
+
+    def cancel_swap(self, swap: Swap) -> bool:
+        """Withdraw ``swap`` if it is still staged (under the scheduler's lock); False once it
+        was applied."""
+        if self._swap is swap:
+            self._swap = None
+            return True
+        return False
+
+    def _apply(self, swap: Swap) -> None:
+        self._swap = None
+        swap.old, self.decoder, self.model = self.decoder, swap.decoder, swap.model
+        self.budget_ms, self.timeout_ms = swap.budget_ms, swap.timeout_ms
+        self.explains = bool(getattr(swap.decoder, "explains", False))
+        if self.explains:
+            self.thread = "own"
+        self.importance = None  # computed by the old decoder: not sent with the new one's
+        shared = getattr(swap.decoder, "input_buffer", None)  # a worker process's mapped window
+        self.window = shared if shared is not None and shared.shape == self.window.shape else \
+            np.zeros_like(self.window)
+        self.reloads += 1
+        swap.applied(swap)
+
     def stats(self) -> dict:
-        out = {"thread": self.thread, "results": self.results, "late": self.late,
+        out = {"thread": self.thread, "model": self.model, "reloads": self.reloads,
+               "results": self.results, "late": self.late,
                "skipped": self.skipped,
                "errors": self.errors, "timeouts": self.timeouts,
                "invalid_windows": self.invalid_windows,
@@ -124,4 +185,8 @@ class DecoderTask:
                        dropped_markers=self.dropped_markers)
         if self.last_error:
             out["last_error"] = self.last_error
+        worker_stats = getattr(self.decoder, "worker_stats", None)  # isolation = "process"
+        out["isolation"] = "process" if worker_stats else "thread"
+        if worker_stats:
+            out["worker"] = worker_stats()
         return out

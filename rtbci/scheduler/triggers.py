@@ -298,7 +298,7 @@ class Triggers:
                         label=label, window_start=float(times[0]),
                         window_end=float(times[-1]), kind=task.decoder.kind,
                         t_arrived=arrived, t_queued=self.clock(),
-                        budget_ms=task.budget_ms, session=task.session)
+                        budget_ms=task.budget_ms, session=task.session, model=task.model)
         if not stream.clean(start, end):  # after the copy: non-finite input, a clock jump, torn
             task.invalid_windows += 1
             return None

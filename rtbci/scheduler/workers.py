@@ -35,6 +35,7 @@ from collections.abc import Callable
 import numpy as np
 
 from rtbci.models.base import Decoder, DecoderOutput
+from rtbci.scheduler.process import ProcessDecoder, Supervisor, WorkerFault
 from rtbci.scheduler.task import DecoderTask, Job
 
 log = logging.getLogger("rtbci.scheduler")
@@ -71,8 +72,11 @@ def run_explain(job: Job) -> tuple[np.ndarray | None, str | None]:
 
 
 def describe_exception(exc: BaseException) -> str:
-    """``"ValueError: boom"``; the type alone when there is no message (``KeyboardInterrupt``)."""
+    """``"ValueError: boom"``; the type alone when there is no message (``KeyboardInterrupt``);
+    a worker process's fault as it says it."""
     text = str(exc)
+    if isinstance(exc, WorkerFault):
+        return text
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
@@ -205,10 +209,16 @@ class Workers:
     def __init__(self, clock: Callable[[], float]):
         self.clock = clock
         self.workers: dict[str, Worker] = {}  # by decoder name
+        self.supervisor = Supervisor()  # the process decoders' (rtbci.scheduler.process)
 
     def add(self, task: DecoderTask, device: str, work: Callable[[Job], None]) -> None:
         """A worker thread for ``task`` (named after it and ``device``) that runs ``work``."""
         self.workers[task.name] = ThreadWorker(f"{task.name}@{device}", self.clock, work)
+
+    def supervise(self, task: DecoderTask) -> None:
+        """Watch ``task``'s worker process, if its decoder runs in one (online and offline)."""
+        if isinstance(task.decoder, ProcessDecoder):
+            self.supervisor.add(task.decoder)
 
     def submit(self, job: Job) -> None:
         self.workers[job.task.name].submit(job)
@@ -247,5 +257,9 @@ class Workers:
                           task.timeout_ms)
 
     def close(self) -> None:
+        """No more jobs; the worker processes stop (a job still running in one fails)."""
+        self.supervisor.stop()
         for worker in self.workers.values():
             worker.close()
+        for decoder in self.supervisor.decoders:
+            decoder.close()

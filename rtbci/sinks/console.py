@@ -105,4 +105,8 @@ class ConsoleSink(Sink):
         if "stale_markers" in c:
             stale = c["stale_markers"] + c["future_markers"] + c["dropped_markers"]
             text += f"stale {stale:<3} "
+        worker = c.get("worker")  # isolation = "process"
+        if worker:
+            text += (f"proc {worker['state']} restarts {worker['restarts']} kills "
+                     f"{worker['kills']} rss {worker['rss_mb']:.0f} MB ")
         return text
