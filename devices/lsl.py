@@ -45,7 +45,8 @@ PROCESSING_FLAGS = {
 _LSL_TYPE = {"eeg": "EEG", "mag": "MEG", "grad": "MEG", "seeg": "SEEG", "ecog": "ECOG",
              "eog": "EOG", "ecg": "ECG", "emg": "EMG", "stim": "STIM", "misc": "MISC"}
 _MNE_TYPE = {"eeg": "eeg", "meg": "mag", "seeg": "seeg", "ecog": "ecog", "eog": "eog",
-             "ecg": "ecg", "emg": "emg", "stim": "stim", "misc": "misc", "dbs": "dbs"}
+             "ecg": "ecg", "emg": "emg", "stim": "stim", "misc": "misc", "dbs": "dbs",
+             "trigger": "stim", "syst": "syst", "resp": "resp"}  # trigger/status: not inputs
 
 
 def predicate(query: dict[str, str]) -> str:

@@ -16,6 +16,7 @@ and applies the contract's preprocessing to the source (``Preprocess`` below).
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -33,6 +34,8 @@ __all__ = ["CHECKPOINT_FORMAT", "BaselinedDecoder", "Checkpoint", "Contract", "I
            "subtract_baseline"]
 
 CHECKPOINT_FORMAT = 1
+log = logging.getLogger("rtbci.models.checkpoint")
+_WARNED: set[tuple] = set()  # warnings given once per process
 
 
 class InputContract(BaseModel):
@@ -47,6 +50,8 @@ class InputContract(BaseModel):
     preprocess : the source's streaming preprocessing (a :class:`PreprocessConfig` without picks)
     baseline_s : (start, end) s relative to the marker: each channel's mean over these
         samples of the window is subtracted from the window, in training and live; None: off
+    left_out : the recording's channels that are not inputs, {name: reason}
+        (:mod:`rtbci.models.channels`: stimulus, non-brain, flat or not named)
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -60,6 +65,7 @@ class InputContract(BaseModel):
     events: list[str] = []
     preprocess: dict[str, Any] = {}
     baseline_s: tuple[float, float] | None = None
+    left_out: dict[str, str] = {}
 
     def baseline_samples(self) -> slice | None:
         """The window's samples ``baseline_s`` covers (None when there is no baseline)."""
@@ -70,7 +76,9 @@ class InputContract(BaseModel):
     def channel_indices(self, info: StreamInfo, where: str) -> np.ndarray:
         """Indices of the contract's channels in a stream with ``info``, in contract order.
 
-        Raises a one-line :class:`RtbciError` on a different rate or a missing channel.
+        Raises a one-line :class:`RtbciError` on a different rate or a missing channel; warns
+        (once) when a stimulus or status channel is among them (a checkpoint trained on it,
+        with ``--channels`` or before rtbci left such channels out, may read the labels).
         """
         if abs(info.srate - self.srate) > 1e-6 * self.srate:
             raise RtbciError(f"{where}: stream {info.name!r} runs at {info.srate:g} Hz after "
@@ -81,7 +89,21 @@ class InputContract(BaseModel):
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
             raise RtbciError(f"{where}: stream {info.name!r} has no channel {missing[0]!r}"
                              f"{more} that the checkpoint needs")
-        return np.array([index[name] for name in self.ch_names], dtype=np.intp)
+        picks = np.array([index[name] for name in self.ch_names], dtype=np.intp)
+        self._warn_stimulus(info, picks, where)
+        return picks
+
+    def _warn_stimulus(self, info: StreamInfo, picks: np.ndarray, where: str) -> None:
+        from rtbci.models.channels import STIMULUS_TYPES
+
+        stim = [name for name, kind, i in zip(self.ch_names, self.ch_types, picks)
+                if kind in STIMULUS_TYPES or info.ch_types[i] in STIMULUS_TYPES]
+        if stim and (where, tuple(stim)) not in _WARNED:
+            _WARNED.add((where, tuple(stim)))
+            more = f" and {len(stim) - 1} more" if len(stim) > 1 else ""
+            log.warning("%s: the checkpoint's inputs include stimulus/status channel %r%s: "
+                        "it may decode the triggers, not the brain (retrain without them)",
+                        where, stim[0], more)
 
     def positions_array(self) -> np.ndarray | None:
         """Positions as an array (n_channels, 3), NaN for channels without one."""

@@ -26,6 +26,7 @@ from rtbci.models.training import (
     TrainOptions,
     Windows,
     _classes_task,
+    channel_table,
     class_metrics,
     count_parameters,
     fit_family,
@@ -156,7 +157,7 @@ def select(opts: TrainOptions, families: tuple[str, ...] = AUTO_FAMILIES, k: int
                         "choice": {"family": cand.family, "preprocessing": cand.preprocessing,
                                    "accuracy": best["accuracy"], "sd": best["sd"]},
                         "seconds": round(time.perf_counter() - started, 1)},
-               "n_train": len(win.x), "n_val": 0,
+               "n_train": len(win.x), "n_val": 0, "channels": channel_table(win),
                "parameters": count_parameters(model)}
     save_trained(replace(final, val_fraction=0.0), contract, model, task, metrics, started,
                  final.lr or family.lr)
@@ -227,8 +228,9 @@ def _chance(y: np.ndarray) -> float:
     return float(np.bincount(y).max() / len(y))
 
 
-def format_table(auto: dict) -> list[str]:
-    """The table as printed by ``rtbci train auto``: one line per candidate, best marked."""
+def format_table(auto: dict, channels: dict | None = None) -> list[str]:
+    """The table as printed by ``rtbci train auto``: one line per candidate, best marked,
+    then the input channels (``channels``: the metrics' ``used`` and ``left_out``)."""
     choice = auto["choice"]
     lines = [f"{'family':<10} {'preprocessing':<20} {'accuracy':>15}  {'time':>7}"]
     for r in auto["table"]:
@@ -240,6 +242,10 @@ def format_table(auto: dict) -> list[str]:
         lines.append(f"{r['family']:<10} {r['preprocessing']:<20} {score:>15}  {took:>7}{mark}")
     lines.append(f"chance {auto['chance']:.3f} (majority class); {auto['folds']}-fold "
                  f"cross-validation, {auto['seconds']:.0f} s in all")
+    if channels is not None:
+        from rtbci.models.channels import summary
+
+        lines.append(summary(channels["used"], channels["left_out"]))
     return lines
 
 

@@ -14,11 +14,10 @@ so every report shows the gain over linear, as the papers do.
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -46,6 +45,9 @@ class Windows:
     info : the preprocessed stream's info restricted to the chosen channels
     file : array (n_windows,) int, index of the recording (in ``--data``) it comes from
     dropped : windows of matching events left out, by reason (:data:`DROP_REASONS`)
+    left_out : channels that are not inputs, {name: reason} (:mod:`rtbci.models.channels`)
+    ranges : array (2, n_channels), the least and greatest raw sample of each chosen channel
+        (one file's, before the flat channels are left out; None after)
     """
 
     x: np.ndarray
@@ -54,6 +56,8 @@ class Windows:
     info: StreamInfo
     file: np.ndarray
     dropped: dict[str, int] = field(default_factory=dict)
+    left_out: dict[str, str] = field(default_factory=dict)
+    ranges: np.ndarray | None = None
 
 
 DROP_REASONS = {
@@ -80,6 +84,7 @@ class TrainOptions:
     seed: int = 0
     val_fraction: float = 0.2
     channels: list[str] | None = None
+    include_types: tuple[str, ...] = ()  # --include-types: eog, emg, … or flat as inputs
     window: tuple[float, float] | None = None
     size: str = "small"
     hparams: dict = field(default_factory=dict)
@@ -95,19 +100,6 @@ class TrainOptions:
 
 
 # --- data --------------------------------------------------------------------------------
-
-def _pick(info: StreamInfo, patterns: list[str] | None, file: Path) -> np.ndarray:
-    if not patterns:
-        return np.arange(info.n_channels)
-    chosen: list[int] = []
-    for pattern in patterns:
-        hits = [i for i, name in enumerate(info.ch_names)
-                if fnmatch.fnmatchcase(name, pattern) and i not in chosen]
-        if not hits:
-            raise RtbciError(f"--channels: {pattern!r} matches no channel of {file.name}")
-        chosen += hits
-    return np.array(chosen)
-
 
 OVERRIDE_FLAGS = {"bandpass": "--bandpass", "notch": "--notch", "resample_hz": "--resample"}
 
@@ -143,7 +135,8 @@ def window_baseline(opts: TrainOptions, family: Family, srate: float) -> slice |
 def load_windows(files: list[Path], family: Family, opts: TrainOptions) -> Windows:
     """Cut the windows of every event the patterns ``opts.events`` (or the family's prefix)
     select, labelled by :mod:`rtbci.events` (``word`` → ``word/w3`` is ``w3``), from each
-    file; channels chosen by name (``opts.channels``, glob patterns); preprocessed by
+    file; the data channels as inputs, or those ``opts.channels`` names (glob patterns),
+    flat ones left out (:mod:`rtbci.models.channels`); preprocessed by
     :func:`train_preprocess`, minus ``opts.baseline`` if set. Each file is read by
     :func:`file_windows`, as a Ray task when ``--ray`` opened a session
     (:func:`rtbci.cluster.parallel_map`)."""
@@ -157,8 +150,11 @@ def load_windows(files: list[Path], family: Family, opts: TrainOptions) -> Windo
                              f"{first.name} {srate:g} Hz (--resample HZ makes them equal)")
         if names != parts[0][1]:
             raise RtbciError(f"{file.name}: channels differ from {first.name}'s")
-    info = parts[-1][0].info
+    info, left_out = parts[-1][0].info, dict(parts[0][0].left_out)
     x = np.concatenate([p.x for p, _ in parts])
+    if "flat" not in opts.include_types:
+        x, info = _drop_flat(x, info, np.stack([p.ranges for p, _ in parts], 1), left_out,
+                             files)
     baseline = window_baseline(opts, family, info.srate)
     if baseline is not None:
         x = subtract_baseline(x, baseline)
@@ -166,7 +162,25 @@ def load_windows(files: list[Path], family: Family, opts: TrainOptions) -> Windo
                for reason in DROP_REASONS}
     return Windows(x, [label for p, _ in parts for label in p.labels],
                    np.concatenate([p.subject for p, _ in parts]), info,
-                   np.concatenate([p.file for p, _ in parts]), dropped)
+                   np.concatenate([p.file for p, _ in parts]), dropped, left_out)
+
+
+def _drop_flat(x: np.ndarray, info: StreamInfo, ranges: np.ndarray, left_out: dict[str, str],
+               files: list[Path]) -> tuple[np.ndarray, StreamInfo]:
+    """``x`` (n, n_samples, n_channels) and ``info`` without the channels that are flat over
+    every file (``ranges``: (2, n_files, n_channels) least and greatest raw samples); they
+    join ``left_out`` (in place) with their reason."""
+    from rtbci.models.channels import FLAT, flat_channels
+
+    flat = flat_channels(ranges[0], ranges[1])
+    if not flat.any():
+        return x, info
+    if flat.all():
+        raise RtbciError(f"{files[0].name}: every input channel is flat (constant); "
+                         "--channels or --include-types chooses others")
+    left_out.update({info.ch_names[i]: FLAT for i in np.flatnonzero(flat)})
+    keep = np.flatnonzero(~flat)
+    return np.ascontiguousarray(x[..., keep]), _picked_info(info, keep, info.srate)
 
 
 def file_windows(indexed: tuple[int, Path], family: Family,
@@ -174,6 +188,7 @@ def file_windows(indexed: tuple[int, Path], family: Family,
     """The windows of the ``k``-th file of ``--data`` (``indexed = (k, file)``), before the
     baseline, and its chosen channels' names."""
     from rtbci.devices.recording import read_recording
+    from rtbci.models.channels import data_channels
 
     k, file = indexed
     try:
@@ -189,7 +204,8 @@ def file_windows(indexed: tuple[int, Path], family: Family,
                     file.name, len(rec.streams), stream.info.name)
     data, times = preprocess_offline(config, stream.info, stream.data, stream.times)
     srate = config.resample_hz or stream.info.srate
-    picks = _pick(stream.info, opts.channels, file)
+    picks, left_out = data_channels(stream.info.ch_names, stream.info.ch_types,
+                                    opts.channels, opts.include_types, file.name)
     offset, length = round(start_s * srate), round((end_s - start_s) * srate)
     joins = np.array(sorted(t for t, text in rec.markers if text in BOUNDARY_MARKERS))
     bad = [] if opts.keep_bad else bad_spans(rec)
@@ -217,9 +233,11 @@ def file_windows(indexed: tuple[int, Path], family: Family,
                          f"{' or '.join(repr(p.pattern) for p in matcher.patterns)} "
                          "(--events)")
     n = len(xs)
+    ranges = np.stack([stream.data.min(0)[picks], stream.data.max(0)[picks]])  # no copy
     windows = Windows(np.stack(xs).astype(np.float32), labels,
                       np.full(n, k if opts.subject_per_file else 0), _picked_info(
-                          stream.info, picks, srate), np.full(n, k), dropped)
+                          stream.info, picks, srate), np.full(n, k), dropped, left_out,
+                      ranges)
     return windows, [stream.info.ch_names[i] for i in picks]
 
 
@@ -262,8 +280,6 @@ def spans_join(joins: np.ndarray, first: float, last: float, half: float) -> boo
 
 
 def _picked_info(info: StreamInfo, picks: np.ndarray, srate: float) -> StreamInfo:
-    from dataclasses import replace
-
     pos = None if info.positions is None else np.asarray(info.positions)[picks]
     return replace(info, srate=srate, ch_names=tuple(info.ch_names[i] for i in picks),
                    ch_types=tuple(info.ch_types[i] for i in picks),
@@ -440,7 +456,7 @@ def train(family_name: str, opts: TrainOptions) -> dict:
     scored = val.any()  # --val-fraction 0: every window trains, none is left to score
     metrics = {"val": task["score"](predict(model, win.x[val], win.subject[val]))
                if scored else None, "linear": task["linear"]() if scored else None,
-               "dropped_windows": win.dropped,
+               "dropped_windows": win.dropped, "channels": channel_table(win),
                "n_train": int((~val).sum()), "n_val": int(val.sum()),
                "parameters": count_parameters(model),
                "final_loss": losses[-1] if losses else None}
@@ -449,6 +465,11 @@ def train(family_name: str, opts: TrainOptions) -> dict:
     save_trained(opts, contract, model, task, metrics, started, opts.lr or family.lr)
     plot_training(opts.out.with_name(opts.out.name + ".png"), family.name, losses, metrics)
     return metrics
+
+
+def channel_table(win: Windows) -> dict:
+    """The metrics' ``channels``: ``used`` (input order) and ``left_out`` {name: reason}."""
+    return {"used": list(win.info.ch_names), "left_out": dict(win.left_out)}
 
 
 def make_contract(family: Family, win: Windows, opts: TrainOptions, task: dict):
@@ -468,7 +489,7 @@ def make_contract(family: Family, win: Windows, opts: TrainOptions, task: dict):
             positions=positions, srate=win.info.srate, n_samples=win.x.shape[1],
             window_start_s=start_s, events=opts.events or [family.events],
             preprocess=train_preprocess(family, opts).model_dump(exclude={"picks"}),
-            baseline_s=opts.baseline),
+            baseline_s=opts.baseline, left_out=dict(win.left_out)),
         output=OutputContract(kind=family.kind, labels=task["labels"],
                               pooled=task.get("pooled", False)))
 
@@ -486,7 +507,9 @@ def fit_family(family: Family, contract, win: Windows, task: dict, train_mask: n
     if hasattr(model, "fit_input"):
         model.fit_input(x)
     lr = opts.lr or family.lr
-    pretrained = _pretrain(model, module, family, opts, task, lr) if opts.pretrain else None
+    same = replace(opts, channels=list(contract.input.ch_names),  # the inputs, as chosen
+                   include_types=(*opts.include_types, "flat"))
+    pretrained = _pretrain(model, module, family, same, task, lr) if opts.pretrain else None
     if hasattr(model, "fit_closed_form"):  # linear, riemann: scikit-learn / pyriemann
         _fit_closed_form(model, module, family, x, target, contract.input.ch_names)
         return model, [], pretrained

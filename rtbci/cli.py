@@ -142,7 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="share of trials (classes) or items (retrieval) held out (default "
                         "0.2); 0 fits on every trial and scores nothing")
     p.add_argument("--channels", type=_names,
-                   metavar="NAMES", help="comma-separated channel names or globs (e.g. 'A*')")
+                   metavar="NAMES", help="the inputs: comma-separated channel names or globs "
+                        "(e.g. 'A*'), in that order (default: the data channels: EEG, MEG, "
+                        "sEEG, ECoG …; stimulus/trigger channels only when named here, with a "
+                        "warning; flat ones left out)")
+    p.add_argument("--include-types", type=lambda s: tuple(t for t in s.split(",") if t),
+                   default=(), metavar="T,…",
+                   help="also take channels of these types as inputs: eog, emg, ecg, misc, "
+                        "resp …, and flat for constant channels (left out by default)")
     p.add_argument("--window", type=float, nargs=2, metavar=("START", "END"),
                    help="seconds around the event (default: the family's)")
     p.add_argument("--size", choices=["small", "paper"], default="small",
@@ -616,6 +623,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not importable("torch") or not importable("sklearn"):
         raise RtbciError("train needs torch and scikit-learn: pip install 'rtbci[neural]'")
     _check_output(args.out, "--out")  # before minutes of training, not after
+    from rtbci.models.channels import check_include_types, summary
     from rtbci.models.training import TrainOptions, train
 
     hparams = {}
@@ -633,6 +641,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         data=expand_data(args.data), out=args.out, events=args.events, targets=args.targets,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
         val_fraction=args.val_fraction, channels=args.channels,
+        include_types=check_include_types(args.include_types),
         window=tuple(args.window) if args.window else None, size=args.size, hparams=hparams,
         subject_per_file=args.subject_per_file, pretrain=args.pretrain,
         pretrain_epochs=args.pretrain_epochs, pool_bank=args.pool_bank, stream=args.stream,
@@ -653,6 +662,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"  no validation (--val-fraction 0): fitted on all {metrics['n_train']} windows")
     for name in ("val", "linear") if metrics["val"] is not None else ():
         print(f"  {name:<7} {format_score(metrics[name])}")
+    print(f"  {summary(metrics['channels']['used'], metrics['channels']['left_out'])}")
     print(f"  metrics in {args.out.name}.metrics.json, plot in {args.out.name}.png")
     return 0
 
@@ -696,7 +706,7 @@ def _train_auto(opts, args: argparse.Namespace) -> int:
     if args.folds < 2:
         raise RtbciError(f"--folds: at least 2, got {args.folds}")
     metrics = select(opts, args.families or AUTO_FAMILIES, args.folds)
-    for line in format_table(metrics["auto"]):
+    for line in format_table(metrics["auto"], metrics["channels"]):
         print(line)
     choice = metrics["auto"]["choice"]
     print(f"wrote {args.out}: {choice['family']} with {choice['preprocessing']} preprocessing, "

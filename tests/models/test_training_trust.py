@@ -130,13 +130,14 @@ def test_cli_val_fraction_zero_says_nothing_was_held_out(tmp_path, capsys):
 def test_riemann_shrinks_and_names_flat_or_duplicate_channels(kind, named, tmp_path, caplog):
     raw = make_raw(["left", "right"] * 15, **{kind: [2] if kind == "flat" else [(0, 3)]})
     fif = save(raw, tmp_path / f"{kind}_raw.fif")
+    flat = {"include_types": ("flat",)}  # flat channels are left out unless opted in
     with caplog.at_level(logging.WARNING, logger="rtbci.models.training"):
-        metrics = train("riemann", options(fif, tmp_path / "r.pt"))  # lwf: it fits
+        metrics = train("riemann", options(fif, tmp_path / "r.pt", **flat))  # lwf: it fits
     assert metrics["n_train"] > 0
     assert any(named in r.getMessage() and "shrinkage estimator 'lwf'" in r.getMessage()
                for r in caplog.records), caplog.text
     with pytest.raises(RtbciError, match=f"riemann: singular covariance matrices: {named}; "):
-        train("riemann", options(fif, tmp_path / "s.pt", hparams={"estimator": "scm"}))
+        train("riemann", options(fif, tmp_path / "s.pt", hparams={"estimator": "scm"}, **flat))
 
 
 # --- point 7: annotations ----------------------------------------------------------------
