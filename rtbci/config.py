@@ -184,11 +184,12 @@ class DecoderConfig(_Strict):
     threads: int | None = Field(
         None, ge=1, description="inference threads (default: 1 on CPU); numpy's BLAS gets "
         "the most any CPU decoder asks, process-wide")
-    thread: Literal["own", "source"] = Field(
-        "own", description="own: the decoder's own worker thread; source: its source's "
-        "acquisition thread, right after the chunk that completes its window (no wake-up, no "
-        "window copy, a read-only view; for decoders far faster than a chunk period): builtin: "
-        "models only, never user code (python:, checkpoints)")
+    thread: Literal["auto", "own", "source"] = Field(
+        "auto", description="auto: source for a builtin: decoder measured at start under "
+        "INLINE_MAX_MS a window, else own; own: the decoder's own worker thread; source: its "
+        "source's acquisition thread, right after the chunk that completes its window (no "
+        "wake-up, no window copy, a read-only view; for decoders far faster than a chunk "
+        "period): builtin: models only, never user code (python:, checkpoints)")
     isolation: Literal["thread", "process"] = Field(
         "thread", description="thread: a worker thread in the engine; process: its own worker "
         "process, supervised (restarted when it dies, killed past kill_after × budget_ms or "

@@ -32,6 +32,7 @@ from rtbci.preprocess import PreprocessConfig, Preprocessor
 from rtbci.presence import SessionPresence
 from rtbci.scheduler import DecoderTask, Scheduler, Swap, TriggerSpec
 from rtbci.scheduler.process import ProcessDecoder
+from rtbci.scheduler.workers import choose_thread
 from rtbci.sinks import Sink, make_sink
 from rtbci.stream import Stream, StreamInfo
 
@@ -84,6 +85,7 @@ class Engine:
         # export) traces with process-wide state, and a module built or run by another build
         # meanwhile ended up in its graph ("Unexpected key _export_root.features")
         self._build_lock = threading.Lock()
+        self.placement: dict[str, tuple[str, str]] = {}  # decoder → (thread, why): its build
         self._stopping = threading.Event()  # set by shutdown: queued builds never start
         self.preprocess = {cfg.name: source_preprocess(cfg, config) for cfg in config.sources}
         self.health = HealthWatch(on_change=self._health_changed)
@@ -197,7 +199,9 @@ class Engine:
                 decoder = load_decoder(cfg, stream.info, where, self.config.base_dir,
                                        self.preprocess[cfg.source])
             start, length = decoder.window_start, decoder.n_samples
-            decoder(np.zeros((length, stream.info.n_channels), np.float32))  # warm-up
+            window = np.zeros((length, stream.info.n_channels), np.float32)
+            decoder(window)  # warm-up
+            self.placement[cfg.name] = choose_thread(cfg, decoder, window)
         finally:
             self._build_lock.release()
         every = round(cfg.every_ms * 1e-3 * stream.info.srate) if cfg.every_ms else 0
@@ -220,8 +224,9 @@ class Engine:
     def _register_decoder(self, cfg: DecoderConfig, decoder, trigger: TriggerSpec,
                           stream: Stream, model: str | None = None) -> None:
         start, length, every = trigger.start, trigger.length, trigger.every
+        thread, why = self.placement.get(cfg.name, (cfg.thread, "configured"))
         task = DecoderTask(cfg.name, decoder, stream, trigger, cfg.budget_ms, cfg.timeout_ms,
-                           self.session, cfg.thread, model)
+                           self.session, thread, model)
         self.scheduler.add(task, cfg.device)
         worker = self.scheduler.workers.get(cfg.name)
         if worker is not None and self._loop is not None and not self.scheduler.inline:
@@ -236,10 +241,10 @@ class Engine:
             "every": every, "on_marker": cfg.on_marker, "budget_ms": cfg.budget_ms,
             "runtime": decoder.describe(), "channels": getattr(decoder, "channel_names", None),
             "model": model, "spec": cfg.model}
-        log.info("decoder %r on %r: %s, window %d samples, %s, budget %g ms, %s", cfg.name,
-                 cfg.source, decoder.kind, length,
+        log.info("decoder %r on %r: %s, window %d samples, %s, budget %g ms, thread %s (%s), "
+                 "%s", cfg.name, cfg.source, decoder.kind, length,
                  f"every {every} samples" if every else f"on marker {cfg.on_marker!r}",
-                 cfg.budget_ms, decoder.describe())
+                 cfg.budget_ms, thread, why, decoder.describe())
 
     def _on_marker(self, source: str, timestamp: float, text: str, direct: bool = False) -> None:
         """Keep a marker and trigger event-locked decoders: from a marker reader thread (via

@@ -262,3 +262,46 @@ def test_the_display_shows_the_worker_process():
     assert worker_text(WORKER) == (" · worker pid 4242 running, restarts 1, kills 0 (last: "
                                    "killed by SIGSEGV), 338 MB, 4 % CPU, hop p99 0.60 ms")
     assert worker_text(None) == ""
+
+
+class _Timed:
+    """Stands in for a built decoder whose call takes ``ms``."""
+
+    explains = False
+
+    def __init__(self, ms):
+        self.ms = ms
+
+    def __call__(self, window):
+        import time
+
+        time.sleep(self.ms * 1e-3)
+
+
+@pytest.mark.parametrize("entry, ms, thread, why", [
+    ({}, 0.0, "source", "auto: 0.0"),  # a fast builtin: inline, measured
+    ({}, 3.0, "own", "≥ 0.5 ms"),  # a slow builtin: its own worker
+    ({"model": "python:mine:make"}, 0.0, "own", "user code"),
+    ({"isolation": "process"}, 0.0, "own", "isolation"),
+    ({"thread": "own"}, 0.0, "own", "configured"),
+])
+def test_thread_auto_puts_only_fast_builtin_decoders_on_the_source_thread(entry, ms, thread,
+                                                                         why):
+    """The default placement (``thread = "auto"``): the fast path for the engine's own
+    decoders, guarded by a cost measured before it may run inline."""
+    from rtbci.scheduler.workers import choose_thread
+
+    config = parse_config({"sources": [{"name": "eeg", "kind": "simulate"}], "decoders": [
+        {**decoder("bp", "builtin:bandpower", "thread"), **entry}]}).decoders[0]
+    assert config.thread == entry.get("thread", "auto")
+    got = choose_thread(config, _Timed(ms), np.zeros((10, 2), np.float32))
+    assert got[0] == thread and why in got[1], got
+
+
+@pytest.mark.slow
+def test_the_default_builtin_band_power_runs_inline_and_user_code_on_a_worker(
+        faulty, new_collector):
+    _, stats, _ = live([{**decoder("bp", "builtin:bandpower", "thread"), "runtime": "auto"},
+                        decoder("user", faulty, "thread")], 6.0, new_collector)
+    assert stats["decoders"]["bp"]["thread"] == "source"
+    assert stats["decoders"]["user"]["thread"] == "own"

@@ -23,7 +23,7 @@ ROWS = ("rtbci", "rtbci-source", "rtbci-mqtt", "pylsl-naive", "mne-lsl", "timefl
 EXTRA_ROWS = ("null",)  # on request only: reads the stream, sends nothing
 SETTINGS = {
     "rtbci": "rtbci engine with its defaults: LSL source (clocksync), builtin:bandpower "
-             "(runtime auto, its own worker thread, isolation thread), LSL result sink",
+             "(runtime auto, thread auto, isolation thread), LSL result sink",
     "rtbci-source": "tuned: the same with thread = source, runtime = numpy (the decoder on "
                     "its source's acquisition thread)",
     "rtbci-mqtt": "rtbci engine with its defaults, MQTT sink (QoS 0) → mosquitto "

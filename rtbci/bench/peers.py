@@ -59,8 +59,8 @@ def job(n_channels: int, srate: float):
 
 # --- rtbci ---------------------------------------------------------------------------------
 
-# where the band-power decoders run (config keys): the engine's defaults (its own worker
-# thread, runtime auto, isolation thread), or a tuned setting, named by what it changes
+# where the band-power decoders run (config keys): the engine's defaults (thread auto,
+# runtime auto, isolation thread), or a tuned setting, named by what it changes
 PLACEMENTS = {
     "defaults": {},
     "source": {"thread": "source", "runtime": "numpy"},

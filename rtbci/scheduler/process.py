@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import mmap
 import multiprocessing as mp
 import os
@@ -72,6 +73,9 @@ DEATH_WINDOW_S = 60.0
 _FIELDS = ("probabilities", "ids", "scores", "embedding", "importance")
 
 
+SPAWN_HINT = (" (its traceback is above; a Python script that starts an engine with isolation = "
+              "\"process\" must do so under `if __name__ == \"__main__\":`, as spawned "
+              "processes import the script)")
 SUPERVISOR_SAID = "worker process "  # how the faults the supervisor logged itself begin
 
 
@@ -173,14 +177,14 @@ class ProcessDecoder(Decoder):
             process.join(1.0)
             raise RtbciError(f"{self.where} ({self.name!r}): its worker process "
                              f"{describe_exit(process.exitcode) if ready else 'did not start'} "
-                             "while building the decoder")
+                             f"while building the decoder{SPAWN_HINT}")
         try:
             meta = msgpack.unpackb(parent.recv_bytes())
         except (EOFError, OSError):
             process.join(1.0)
             raise RtbciError(f"{self.where} ({self.name!r}): its worker process "
                              f"{describe_exit(process.exitcode)} while building the decoder"
-                             ) from None
+                             f"{SPAWN_HINT}") from None
         if "error" in meta:
             process.join(2.0)
             raise RtbciError(meta["error"])
@@ -224,8 +228,9 @@ class ProcessDecoder(Decoder):
         ready: list = []
         try:
             conn.send_bytes(msgpack.packb([op, self._seq]))
-            ready = wait([conn, process.sentinel], self.kill_after_s)
-            if conn in ready:
+            # the pipe alone: a child that dies closes it (readable, then EOFError)
+            ready = [conn] if conn.poll(self.kill_after_s) else []
+            if ready:
                 reply = msgpack.unpackb(conn.recv_bytes())
                 if reply.get("error") is not None:
                     raise WorkerFault(reply["error"])
@@ -246,8 +251,8 @@ class ProcessDecoder(Decoder):
         """The output's arrays from the result segment (copies: the next call overwrites)."""
         out = {}
         for name, dtype, shape, offset in reply.get("arrays", ()):
-            count = int(np.prod(shape))
-            out[name] = np.frombuffer(self._out, dtype, count, offset).reshape(shape).copy()
+            out[name] = np.frombuffer(self._out, dtype, math.prod(shape), offset).reshape(
+                shape).copy()
         return out
 
     # --- supervision ----------------------------------------------------------------------

@@ -42,6 +42,32 @@ log = logging.getLogger("rtbci.scheduler")
 
 SOURCE_THREAD_MAX_MS = 2.0  # a decoder on its source's thread taking longer …
 SOURCE_THREAD_STRIKES = 3  # … for this many windows in a row moves to its own worker
+INLINE_MAX_MS = 0.5  # thread = "auto": a builtin: decoder measured under this runs inline
+INLINE_CALLS = 5  # calls timed at start for that (their median)
+
+
+def choose_thread(config, decoder: Decoder, window: np.ndarray) -> tuple[str, str]:
+    """Where a decoder runs, and why: ``config.thread`` unless it is ``"auto"``; then
+    ``"source"`` (its source's acquisition thread: no wake-up, no window copy) only for the
+    engine's own ``builtin:`` decoders, in the engine, on the CPU, without importance, whose
+    median over ``INLINE_CALLS`` timed calls on ``window`` (after the warm-up) is under
+    ``INLINE_MAX_MS`` — the guard that keeps the acquisition thread fast (the strike policy
+    still moves one that slows down later); else ``"own"`` (its own worker thread)."""
+    if config.thread != "auto":
+        return config.thread, "configured"
+    if not config.model.startswith("builtin:"):
+        return "own", "auto: user code never runs on an acquisition thread"
+    if config.isolation != "thread" or config.device != "cpu" or decoder.explains:
+        return "own", "auto: isolation, device or importance need a worker"
+    took = []
+    for _ in range(INLINE_CALLS):
+        started = time.perf_counter()
+        decoder(window)
+        took.append((time.perf_counter() - started) * 1e3)
+    median = float(np.median(took))
+    if median < INLINE_MAX_MS:
+        return "source", f"auto: {median:.3f} ms a window < {INLINE_MAX_MS:g} ms"
+    return "own", f"auto: {median:.3f} ms a window ≥ {INLINE_MAX_MS:g} ms"
 
 
 def run_job(job: Job, clock: Callable[[], float]) -> tuple[DecoderOutput | None, str | None]:
