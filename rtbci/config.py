@@ -311,7 +311,8 @@ def _check_model(dec: DecoderConfig, where: str) -> None:
     if dec.thread == "source" and not dec.model.startswith("builtin:"):
         raise ValueError(f"{where}.thread: 'source' runs a decoder on the acquisition thread, "
                          f"where only the engine's own builtin: decoders may run; give "
-                         f"{dec.model!r} thread = \"own\" (the default: its own worker)")
+                         f"{dec.model!r} thread = \"auto\" (the default: its own worker for "
+                         "user code) or \"own\"")
     problem = option_problem(dec.model, dec.options, where)
     if problem:
         raise ValueError(problem)

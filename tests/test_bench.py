@@ -109,7 +109,8 @@ def test_missing_timeflux_is_a_not_installed_row(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--peers", "rtbci,bogus"], "rtbci: error: --peers: unknown row 'bogus' (known: rtbci, "
-                                 "rtbci-mqtt, pylsl-naive, mne-lsl, timeflux, null)"),
+                                 "rtbci-source, rtbci-mqtt, pylsl-naive, mne-lsl, timeflux, "
+                                 "timeflux-rate, null)"),
     (["--duration", "-1"], "rtbci: error: --duration: give a number of seconds > 0"),
     (["--out", "{file}"], "rtbci: error: --out: {file} is a file; give a folder"),
 ])

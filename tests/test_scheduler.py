@@ -593,7 +593,7 @@ def test_source_and_own_thread_decode_the_same_windows_live(run):
     """The same band-power decoder on the source's thread and on its own: equal outputs for
     every window both decoded, in a live run."""
     _, stats, results = run([sliding("here", "builtin:bandpower", thread="source"),
-                             sliding("worker", "builtin:bandpower")], 2.0)
+                             sliding("worker", "builtin:bandpower", thread="own")], 2.0)
     assert stats["decoders"]["here"]["thread"] == "source"
     assert stats["decoders"]["worker"]["thread"] == "own"
     by = {name: {r.seq: r.embedding for r in results if r.decoder == name}
@@ -828,8 +828,8 @@ def test_thread_source_is_refused_for_user_code_in_one_line(model):
         parse_config({"sources": [{"name": "eeg", "kind": "simulate"}], "decoders": [entry]})
     assert str(refused.value) == (
         "config: decoders[0].thread: 'source' runs a decoder on the acquisition thread, where "
-        f"only the engine's own builtin: decoders may run; give {model!r} thread = \"own\" "
-        "(the default: its own worker)")
+        f"only the engine's own builtin: decoders may run; give {model!r} thread = \"auto\" "
+        "(the default: its own worker for user code) or \"own\"")
     assert parse_config({"sources": [{"name": "eeg", "kind": "simulate"}], "decoders": [
         sliding("bp", "builtin:bandpower", thread="source")]}).decoders[0].thread == "source"
 
