@@ -173,10 +173,10 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                      "process; log band power, 3 bands × 64 ch, over 500 ms every 50 ms; result "
                      "out) through rtbci and its peers, interleaved, with a separate receiver "
                      "stamping every result. Writes DIR/bench.json, bench.md and PNGs. "
-                     "Full run (default, ≤ 10 min): 3 interleaved repeats + the stage breakdown "
-                     "+ scaling sweeps; --quick (≤ 60 s): 1 repeat, no sweeps. docs/latency.md "
+                     "Full run (default, ≈ 16 min): 3 interleaved repeats + the stage breakdown "
+                     "+ scaling sweeps; --quick (≈ 70 s): 1 repeat, no sweeps. docs/latency.md "
                      "explains the method.")
-    p.add_argument("--quick", action="store_true", help="one short repeat, no sweeps (≤ 60 s)")
+    p.add_argument("--quick", action="store_true", help="one short repeat, no sweeps (≈ 70 s)")
     p.add_argument("--out", type=Path, default=Path("bench-results"),
                    help="output folder (default ./bench-results)")
     p.add_argument("--peers", help=f"comma-separated rows (default all: {','.join(ROWS)}; "
