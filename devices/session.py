@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rtbci.devices.recording import (
+from rtbci.devices.recorded import (
     RecordedStream,
     Recording,
     owned_markers,

@@ -16,7 +16,7 @@ Each item has a latent embedding ``z`` (``LATENT_DIM`` numbers; for speech a tim
   tracking is modelled in MEG/EEG (TRFs). Each trial varies (:class:`~rtbci.devices.
   simulate.Realism`): a latency jitter ``τ`` ~ N(0, 20 ms), a gain 1 + 0.3 N(0, 1), and each
   source its own gain 1 + 0.3 N(0, 1).
-- the background is :class:`~rtbci.devices.simulate.SignalModel` with no evoked response
+- the background is :class:`~rtbci.devices.signals.SignalModel` with no evoked response
   (pink noise with volume conduction, alpha, mains, and its sensor noise, drifts, blinks and
   muscle bursts); responses are scaled so that their RMS over channels and the response
   window is ``snr`` times the background RMS ``σ``, on average.
@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rtbci.devices.simulate import (
+from rtbci.devices.signals import (
     DEFAULT_REALISM,
     Overlays,
     Realism,

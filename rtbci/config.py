@@ -23,11 +23,8 @@ from pydantic import (
 
 from rtbci.errors import RtbciError
 from rtbci.events import MarkerMatcher
-from rtbci.preprocess import PreprocessConfig
-from rtbci.sinks.console import ConsoleSinkConfig
-from rtbci.sinks.lsl import LSLSinkConfig
-from rtbci.sinks.mqtt import MQTTSinkConfig
-from rtbci.sinks.record import RecordSinkConfig
+from rtbci.preprocess_config import PreprocessConfig
+from rtbci.sinks.configs import ConsoleSinkConfig, LSLSinkConfig, MQTTSinkConfig, RecordSinkConfig
 
 ProcessingFlag = Literal["clocksync", "dejitter", "monotonize", "threadsafe"]
 

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
 from functools import partial
@@ -20,7 +19,6 @@ from rtbci.control import ControlServer, model_hash, updated_config, window_chan
 from rtbci.devices import make_source
 from rtbci.devices.lsl import MarkerReader
 from rtbci.devices.recording import Recording
-from rtbci.devices.replay import schedule
 from rtbci.errors import RtbciError
 from rtbci.events import summarize_markers
 from rtbci.health import HealthWatch, Heartbeat, Watched, watch_thread
@@ -28,6 +26,7 @@ from rtbci.latency import local_clock
 from rtbci.messages import Result
 from rtbci.models import checkpoint_path, is_checkpoint, load_decoder
 from rtbci.models.checkpoint import load_checkpoint
+from rtbci.offline import run_offline
 from rtbci.preprocess import PreprocessConfig, Preprocessor
 from rtbci.presence import SessionPresence
 from rtbci.scheduler import DecoderTask, Scheduler, Swap, TriggerSpec
@@ -558,78 +557,15 @@ class Engine:
         Chunks (10 ms, as :func:`rtbci.devices.replay.schedule` cuts them) and markers are
         fed in timestamp order (replay order across clock jumps: the schedule's), each
         stream to the sources bound to it and each marker to the sources its marker stream
-        pairs with (:func:`bind_sources`, :func:`marker_routes`); every decoder runs inline,
+        pairs with (:func:`~rtbci.offline.bind_sources`, :func:`~rtbci.offline.marker_routes`:
+        the machinery lives in :mod:`rtbci.offline`); every decoder runs inline,
         so nothing is skipped and the windows and outputs equal a live run's. The clock reads
         the current chunk's last replay time plus the real time spent since it was fed, so
         latency fields show compute time. ``speed`` paces the
         replay (None: as fast as the machine allows); ``progress(seconds)`` is called with
         the recording time advanced.
         """
-        self._loop = asyncio.get_running_loop()
-        clock = VirtualClock()
-        self.clock = clock
-        self.scheduler = Scheduler(self._loop, clock, self._publish, inline=True)
-        self._limit_blas()
-        for sink in self.sinks:
-            await sink.start(self.status())
-        try:
-            streams, routes = await self._offline_streams(recording)
-            started, previous = time.perf_counter(), recording.start
-            for n, event in enumerate(schedule(recording)):
-                clock.set(event[0])
-                if event[1] == "marker":
-                    for name in routes[event[2]]:
-                        self._on_marker(name, event[4], event[3], direct=True)
-                else:
-                    _, _, i, start, stop = event
-                    source = recording.streams[i]
-                    for stream in streams[i]:
-                        stream.ingest(source.data[start:stop], source.times[start:stop])
-                if progress is not None:
-                    progress(event[0] - previous)
-                    previous = event[0]
-                if speed is not None:
-                    await asyncio.sleep(max(0.0, (event[0] - recording.start) / speed
-                                            - (time.perf_counter() - started)))
-                elif n % 100 == 0:
-                    await asyncio.sleep(0)  # let network sinks send
-            await self._close_sinks()
-            return self.stats()
-        finally:
-            self.scheduler.close()  # worker processes stop
-
-    async def _offline_streams(self, recording: Recording) -> tuple[dict, list[list[str]]]:
-        """Build each bound source's Stream from its recorded stream.
-
-        Returns (recorded stream index → its Streams, marker stream index → source names).
-        Sources that match no recorded stream are logged and kept in :attr:`unmatched`.
-        """
-        bound = bind_sources(self.config.sources, recording)
-        by_index: dict[int, list[Stream]] = {i: [] for i in range(len(recording.streams))}
-        for cfg in self.config.sources:
-            self._register(cfg.name)
-            i = bound.get(cfg.name)
-            if i is None:
-                self.unmatched[cfg.name] = (f"matches no recorded stream (recorded: "
-                                            f"{recording.describe()})")
-                log.error("source %r %s; name one in its %s", cfg.name,
-                          self.unmatched[cfg.name],
-                          "stream.name" if cfg.kind == "lsl" else "stream_name")
-                continue
-            info = recording.streams[i].info
-            stream = Stream(info, cfg.buffer_seconds, self.clock,
-                            Preprocessor(self.preprocess[cfg.name], info))
-            self._streams[cfg.name] = stream
-            by_index[i].append(stream)
-            for sink in self.sinks:
-                sink.stream_added(cfg.name, stream)
-            stream.add_listener(partial(self.scheduler.on_data, stream))
-            await self._attach_all(cfg.name, stream)
-        routes = marker_routes(self.config.sources, bound, recording)
-        for ms, names in zip(recording.marker_streams, routes, strict=True):
-            log.info("marker stream %r (%d markers) → %s", ms.name, len(ms.markers),
-                     ", ".join(map(repr, names)) or "no source")
-        return by_index, routes
+        return await run_offline(self, recording, speed, progress)
 
     async def shutdown(self) -> None:
         self._stopping.set()  # decoder builds not started yet never start
@@ -748,19 +684,6 @@ class Engine:
         return f"no window around its markers on {source!r} could be decoded"
 
 
-class VirtualClock:
-    """Offline time: the current chunk's timestamp plus the real time spent since it was fed."""
-
-    def __init__(self):
-        self._at, self._since = 0.0, time.perf_counter()
-
-    def set(self, timestamp: float) -> None:
-        self._at, self._since = timestamp, time.perf_counter()
-
-    def __call__(self) -> float:
-        return self._at + (time.perf_counter() - self._since)
-
-
 def _close_built(built: asyncio.Future) -> None:
     """Done-callback of a build nobody awaits any more: close the decoder it made."""
     if not built.cancelled() and built.exception() is None:
@@ -821,69 +744,3 @@ def source_preprocess(source: SourceConfig, config: Config) -> PreprocessConfig:
                      contract.input.preprocess)
             return contract.input.preprocess_config()
     return source.preprocess
-
-
-def _query_matches(query, name: str, type_: str, source_id: str) -> bool:
-    """Whether an LSL query (:class:`~rtbci.config.StreamQuery`) selects this stream."""
-    return all(want is None or want == have for want, have in (
-        (query.name, name), (query.type, type_), (query.source_id, source_id)))
-
-
-def _names_explicitly(cfg, stream) -> bool:
-    """Whether ``[[sources]]`` entry ``cfg`` names recorded stream ``stream`` by its LSL name
-    or source_id (an lsl ``stream`` query with a name or source_id; a simulate source's
-    ``stream_name`` or name)."""
-    info = stream.info
-    if cfg.kind == "lsl":
-        return bool(cfg.stream.name or cfg.stream.source_id) and _query_matches(
-            cfg.stream, info.name, info.type, info.source_id)
-    return info.name == (cfg.stream_name or cfg.name)
-
-
-def bind_sources(sources: list, recording: Recording) -> dict[str, int]:
-    """Which recorded stream each ``[[sources]]`` entry reads: source name → stream index
-    (sources matching nothing are left out).
-
-    First every source takes the stream it recorded (session directories), else the stream
-    it names explicitly (:func:`_names_explicitly`); several sources may name the same
-    stream, as they may read the same LSL stream live. Then, among the streams still
-    unbound, each other source takes the stream named like it, else the first of its
-    ``stream.type``; and a config with a single source takes a recording's single stream.
-    Such implicit matches bind a stream to at most one source.
-    """
-    streams = recording.streams
-    bound: dict[str, int] = {}
-    for cfg in sources:
-        i = next((i for i, s in enumerate(streams) if s.source == cfg.name), None)
-        if i is None:
-            i = next((i for i, s in enumerate(streams) if _names_explicitly(cfg, s)), None)
-        if i is not None:
-            bound[cfg.name] = i
-    taken = set(bound.values())
-    for cfg in sources:
-        if cfg.name in bound:
-            continue
-        wanted_type = cfg.stream.type if cfg.kind == "lsl" else None
-        free = [i for i in range(len(streams)) if i not in taken]
-        i = next((i for i in free if streams[i].info.name == cfg.name), None)
-        if i is None and wanted_type:
-            i = next((i for i in free if streams[i].info.type == wanted_type), None)
-        if i is None and len(sources) == 1 and len(streams) == 1:
-            i = 0
-        if i is not None:
-            bound[cfg.name] = i
-            taken.add(i)
-    return bound
-
-
-def marker_routes(sources: list, bound: dict[str, int], recording: Recording) -> list[list[str]]:
-    """The sources each marker stream of ``recording`` goes to (by index), as live: those
-    bound to the signal stream that owns it (a file's annotations, a session source's
-    markers, ``<signal>-markers``), and those whose ``markers`` query selects it."""
-    routes = []
-    for ms in recording.marker_streams:
-        routes.append([cfg.name for cfg in sources if cfg.name in bound and (
-            (ms.owner is not None and bound[cfg.name] == ms.owner)
-            or (getattr(cfg, "markers", None) is not None
-                and _query_matches(cfg.markers, ms.name, ms.type, ms.source_id)))])
-    return routes

@@ -26,6 +26,7 @@ from rtbci.cluster import Session, parallel_map
 from rtbci.config import Config
 from rtbci.devices.recording import MNE_SUFFIXES
 from rtbci.errors import RtbciError
+from rtbci.jsonsafe import json_safe
 from rtbci.models import checkpoint_path, is_checkpoint
 
 log = logging.getLogger(__name__)
@@ -218,10 +219,9 @@ def write_outputs(report: dict, folder: Path) -> list[Path]:
     ``folder``; returns the paths written (no PNG without matplotlib)."""
     import json
 
-    from rtbci.cli import _finite
 
     json_path, csv_path = folder / "report.json", folder / "report.csv"
-    json_path.write_text(json.dumps(_finite(report), indent=2) + "\n")
+    json_path.write_text(json.dumps(json_safe(report), indent=2) + "\n")
     with csv_path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["file", "decoder", "status", "n", "accuracy", "top1", "top_k",

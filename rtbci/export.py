@@ -21,7 +21,7 @@ from urllib.parse import parse_qsl
 
 import numpy as np
 
-from rtbci.devices.recording import RecordedStream, to_mne_raw
+from rtbci.devices.recorded import RecordedStream, to_mne_raw
 from rtbci.errors import RtbciError
 
 BIDS_PREFIX = "bids:"

@@ -2,6 +2,6 @@
 
 import sys
 
-from rtbci.bench.main import main
+from rtbci.cli import main
 
-sys.exit(main())
+sys.exit(main(["bench", *sys.argv[1:]]))

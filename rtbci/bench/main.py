@@ -7,7 +7,6 @@ import contextlib
 import importlib.util
 import platform
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -213,13 +212,3 @@ def run_args(args: argparse.Namespace) -> int:
     print(report.table(doc))
     print(f"wrote {args.out / 'bench.json'}, bench.md and PNGs ({doc['elapsed_s']:g} s)")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    from rtbci.cli import main as rtbci_main
-
-    return rtbci_main(["bench", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

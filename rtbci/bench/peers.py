@@ -67,6 +67,7 @@ PLACEMENTS = {
     "own": {"thread": "own", "runtime": "numpy"},
     "process": {"isolation": "process"},
     "slow-process": {},  # defaults; the slow neighbour runs in its own process
+    "slow-process-nice": {},  # … at nice 10 (the lowest priorities are 19)
 }
 
 
@@ -91,7 +92,9 @@ def rtbci_config(streams: list[str], decoders: int, out: str, mqtt_port: int | N
         decs.append({"name": "slow", "model": "python:rtbci.bench.peers:slow_decoder",
                      "source": "s0", "window_ms": 500, "every_ms": 47, "budget_ms": 200,
                      "options": {"ms": slow_ms},
-                     **({"isolation": "process"} if placement == "slow-process" else {})})
+                     **({"isolation": "process"} if placement.startswith("slow-process")
+                        else {}),
+                     **({"nice": 10} if placement == "slow-process-nice" else {})})
     sinks = [{"kind": "mqtt", "url": f"mqtt://127.0.0.1:{mqtt_port}", "qos": 0}
              if mqtt_port else {"kind": "lsl", "prefix": out}]
     return {"engine": {"session": "bench"}, "sources": sources, "decoders": decs,

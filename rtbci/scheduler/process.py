@@ -85,6 +85,15 @@ class WorkerFault(Exception):
     by the supervisor once, not again per window); counted on that window as is."""
 
 
+def describe_exception(exc: BaseException) -> str:
+    """``"ValueError: boom"``; the type alone when there is no message (``KeyboardInterrupt``);
+    a worker process's fault as it says it."""
+    text = str(exc)
+    if isinstance(exc, WorkerFault):
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def describe_exit(code: int | None) -> str:
     """``"killed by SIGSEGV"`` / ``"exited with status 3"`` from a process's exit code."""
     if code is None:
@@ -420,7 +429,6 @@ class Supervisor:
 def _child_main(conn: Connection, config, info, where, base_dir, preprocess) -> None:
     """The worker process: set its CPU placement, build the decoder, then serve windows."""
     from rtbci.models import load_decoder
-    from rtbci.scheduler.workers import describe_exception
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the engine, which stops us
     try:

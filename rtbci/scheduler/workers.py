@@ -35,7 +35,7 @@ from collections.abc import Callable
 import numpy as np
 
 from rtbci.models.base import Decoder, DecoderOutput
-from rtbci.scheduler.process import ProcessDecoder, Supervisor, WorkerFault
+from rtbci.scheduler.process import ProcessDecoder, Supervisor, describe_exception
 from rtbci.scheduler.task import DecoderTask, Job
 
 log = logging.getLogger("rtbci.scheduler")
@@ -95,15 +95,6 @@ def run_explain(job: Job) -> tuple[np.ndarray | None, str | None]:
     except BaseException as exc:
         log.debug("decoder %r importance raised:\n%s", job.task.name, traceback.format_exc())
         return None, f"importance: {describe_exception(exc)}"
-
-
-def describe_exception(exc: BaseException) -> str:
-    """``"ValueError: boom"``; the type alone when there is no message (``KeyboardInterrupt``);
-    a worker process's fault as it says it."""
-    text = str(exc)
-    if isinstance(exc, WorkerFault):
-        return text
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 _OUTPUT_FIELDS = {"classes": ("probabilities",), "retrieval": ("ids", "scores"),

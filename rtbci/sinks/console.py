@@ -3,23 +3,15 @@
 from __future__ import annotations
 
 import sys
-from typing import Literal, TextIO
+from typing import TextIO
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
 from rtbci.latency import LatencyWindow
 from rtbci.messages import Result
-from rtbci.report import predicted_label, true_label
+from rtbci.scoring import predicted_label, true_label
 from rtbci.sinks.base import Sink
-
-
-class ConsoleSinkConfig(BaseModel):
-    """The ``[[sinks]]`` entry of kind ``console``."""
-
-    model_config = ConfigDict(extra="forbid")
-    kind: Literal["console"] = "console"
-    interval_s: float = Field(1.0, gt=0, description="seconds between lines per decoder")
+from rtbci.sinks.configs import ConsoleSinkConfig
 
 
 class _DecoderLine:

@@ -14,27 +14,18 @@ import collections
 import logging
 import threading
 import time
-from typing import Literal
 
 import numpy as np
 import pylsl
-from pydantic import BaseModel, ConfigDict
 
 from rtbci.messages import Result
 from rtbci.sinks.base import Sink
+from rtbci.sinks.configs import LSLSinkConfig
 
 log = logging.getLogger(__name__)
 
 PENDING_RESULTS = 1000  # per decoder, held until its outlet exists (oldest dropped beyond)
 HOLD_S = 10.0  # held results wait this long for a consumer of the new outlet
-
-
-class LSLSinkConfig(BaseModel):
-    """The ``[[sinks]]`` entry of kind ``lsl``."""
-
-    model_config = ConfigDict(extra="forbid")
-    kind: Literal["lsl"] = "lsl"
-    prefix: str = "rtbci"  # outlet names: <prefix>-<session>-<decoder>
 
 
 def channel_labels(decoder: dict) -> list[str]:

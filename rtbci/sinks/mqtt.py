@@ -29,17 +29,16 @@ import collections
 import contextlib
 import logging
 import time
-from typing import Literal
 
 import aiomqtt
 from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.reasoncodes import ReasonCode
-from pydantic import Field, model_validator
 
 from rtbci.errors import RtbciError
 from rtbci.messages import Result, encode
-from rtbci.mqtt_connection import DEFAULT_PORTS, URL_FORM, MQTTConnection, parse_url
+from rtbci.mqtt_connection import DEFAULT_PORTS, URL_FORM, parse_url
 from rtbci.sinks.base import Sink
+from rtbci.sinks.configs import MQTTSinkConfig
 
 __all__ = ["DEFAULT_PORTS", "URL_FORM", "MQTTSink", "MQTTSinkConfig", "parse_url",
            "result_topic", "status_topic", "valid_topic_level"]
@@ -99,45 +98,6 @@ def describe_code(code: ReasonCode | int | None) -> str:
     """An MQTT reason code as ``0x87 Not authorized``."""
     value = int(getattr(code, "value", code or 0))
     return f"0x{value:02X} {code}" if isinstance(code, ReasonCode) else f"0x{value:02X}"
-
-
-class MQTTSinkConfig(MQTTConnection):
-    """The ``[[sinks]]`` entry of kind ``mqtt``.
-
-    The connection keys (``url``, ``username``, ``password``, ``tls_ca``, ``tls_insecure``)
-    are those of :class:`~rtbci.mqtt_connection.MQTTConnection`; the password is never
-    written out (``**********`` in a dumped config).
-
-    Attributes
-    ----------
-    qos : {0, 1}
-        MQTT quality of service of the result messages (the status always uses QoS 1).
-    client_id : str | None
-        MQTT client identifier; generated when omitted.
-    outbox_size : int
-        Results kept while the broker is unreachable; beyond it the oldest are dropped.
-    reconnect_min_s, reconnect_max_s : float
-        Bounds of the exponential backoff between reconnection attempts, in seconds.
-    keepalive_s : int
-        MQTT keepalive, in seconds: a silent broker is declared lost after 1 to 2 × this.
-    """
-
-    kind: Literal["mqtt"] = "mqtt"
-    qos: Literal[0, 1] = 0
-    client_id: str | None = None
-    outbox_size: int = Field(default=1000, gt=0)
-    reconnect_min_s: float = Field(default=0.2, gt=0)
-    reconnect_max_s: float = Field(default=5.0, gt=0)
-    keepalive_s: int = Field(default=10, ge=1, le=65535)
-
-    @model_validator(mode="after")
-    def _check_consistency(self) -> MQTTSinkConfig:
-        if self.reconnect_max_s < self.reconnect_min_s:
-            raise ValueError(
-                f"reconnect_max_s ({self.reconnect_max_s}) must be >= reconnect_min_s "
-                f"({self.reconnect_min_s})"
-            )
-        return self
 
 
 def status_topic(session: str) -> str:

@@ -13,15 +13,11 @@ import errno
 import logging
 import os
 import platform
-import string
 import tempfile
 import threading
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Literal
-
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from rtbci import __version__
 from rtbci.devices.session import SessionWriter
@@ -29,48 +25,13 @@ from rtbci.errors import RtbciError
 from rtbci.messages import Result, encode
 from rtbci.ringbuffer import RingBuffer
 from rtbci.sinks.base import Sink
+from rtbci.sinks.configs import RecordSinkConfig
 from rtbci.stream import Stream
 
 log = logging.getLogger("rtbci.sinks.record")
 
-PATH_KEYS = ("session", "start")  # the {key}s of a record path
 PACKAGES = ("numpy", "scipy", "pylsl", "mne", "msgpack", "aiomqtt", "pydantic", "torch",
             "onnxruntime")
-
-
-class RecordSinkConfig(BaseModel):
-    """The ``[[sinks]]`` entry of kind ``record``."""
-
-    model_config = ConfigDict(extra="forbid")
-    kind: Literal["record"] = "record"
-    path: str = Field("sessions/{session}-{start}",
-                      description="session directory; {session} and {start} "
-                                  "(YYYYmmdd-HHMMSS) are filled in")
-    format: Literal["session", "xdf"] = Field(
-        "session", description="session: a session directory (rtbci.devices.session); xdf: "
-                               "one XDF file, PATH.xdf (rtbci.devices.xdf)")
-    flush_s: float = Field(1.0, gt=0, le=60, description="at most this much is lost in a crash")
-    buffer_seconds: float = Field(30.0, gt=0, description="raw history awaiting the writer")
-    retry_s: float = Field(5.0, gt=0, le=300,
-                           description="after a write error (a full disk…), try again this "
-                                       "often; samples wait in the buffer meanwhile")
-    private: bool = Field(True, description="the session directory 0700 and its files 0600 "
-                                            "(personal data); false: as the umask says")
-
-    @field_validator("path")
-    @classmethod
-    def _known_keys(cls, path: str) -> str:
-        try:
-            fields = [(key, spec, conv) for _, key, spec, conv in string.Formatter().parse(path)
-                      if key is not None]
-        except ValueError as exc:  # a lone { or }
-            raise ValueError(f"{exc} (write {{{{ and }}}} for braces)") from None
-        unknown = sorted({key if not (spec or conv) else f"{key}{'!' if conv else ':'}"
-                          f"{conv or spec}" for key, spec, conv in fields} - set(PATH_KEYS))
-        if unknown:
-            raise ValueError(f"unknown {{{unknown[0]}}}; the path may use "
-                             + ", ".join(f"{{{k}}}" for k in PATH_KEYS))
-        return path
 
 
 def record_path(config: RecordSinkConfig, session: str, start: str, engine_config=None) -> Path:
