@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -384,6 +387,36 @@ def linear_retrieval(x_tr, t_tr, x_val, bank_val, true_val, srate: float) -> dic
 
 # --- training ----------------------------------------------------------------------------
 
+def free_cores() -> int:
+    """Cores free for training: those this process may run on (its affinity mask) less the
+    1-minute load average, rounded, at least 1 (a busy lab PC gets fewer threads)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+        os.cpu_count() or 1)
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # not on this platform
+        load = 0.0
+    return max(1, min(cores, int(cores - load + 0.5)))
+
+
+@contextmanager
+def training_threads(n: int | None = None) -> Iterator[int]:
+    """Cap torch's intra-op threads and every BLAS/OpenMP pool (threadpoolctl) at ``n``
+    (default :func:`free_cores`) for the block, so training never oversubscribes the cores
+    (spinning threads on a busy machine are slower than one); restored afterwards."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    n = n or free_cores()
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        with threadpool_limits(n):
+            yield n
+    finally:
+        torch.set_num_threads(before)
+
+
 def fit(model, loss_fn, x: np.ndarray, target: np.ndarray, subject: np.ndarray, *,
         epochs: int, batch_size: int, lr: float, seed: int, desc: str,
         progress: bool = True) -> list[float]:
@@ -452,7 +485,8 @@ def train(family_name: str, opts: TrainOptions) -> dict:
     task = _classes_task(win, opts) if family.kind == "classes" else _retrieval_task(win, opts)
     contract = make_contract(family, win, opts, task)
     val = task["val"]
-    model, losses, pretrained = fit_family(family, contract, win, task, ~val, opts)
+    with training_threads():
+        model, losses, pretrained = fit_family(family, contract, win, task, ~val, opts)
     scored = val.any()  # --val-fraction 0: every window trains, none is left to score
     metrics = {"val": task["score"](predict(model, win.x[val], win.subject[val]))
                if scored else None, "linear": task["linear"]() if scored else None,

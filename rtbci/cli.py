@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 import os
 import signal
 import subprocess
@@ -18,6 +17,7 @@ from pathlib import Path
 
 from rtbci import __version__
 from rtbci.errors import RtbciError
+from rtbci.jsonsafe import json_safe as _finite
 from rtbci.models.families import FAMILIES
 from rtbci.models.import_weights import REFERENCES
 from rtbci.models.import_weights import TOLERANCE as IMPORT_TOLERANCE
@@ -174,7 +174,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: cross-validation folds (default 5; grouped by file when "
                         "several --data files are given)")
     p.add_argument("--families", type=lambda s: tuple(f for f in s.split(",") if f),
-                   metavar="F,…", help="auto: compare only these families")
+                   metavar="F,…", help="auto: compare only these families (named neural "
+                   "ones run whatever the trial count; by default eegnet and motor-gnn "
+                   "need 40 trials per class)")
+    p.add_argument("--budget", default=60.0, metavar="SECONDS|none",
+                   type=_budget_seconds,
+                   help="auto: seconds for the search and the refit (default 60, for a "
+                        "2-core machine): cheap candidates first, successive halving, none "
+                        "started once it would overrun; none: no cap")
     p.add_argument("--bandpass", nargs="+", metavar="LO HI|none",
                    help="override the family's band-pass (Hz), or none")
     p.add_argument("--notch", nargs="+", metavar="HZ…|none",
@@ -617,6 +624,16 @@ def _simulate_brainflow(args: argparse.Namespace) -> int:
     return 0
 
 
+def _budget_seconds(text: str) -> float | None:
+    """``train auto --budget``: seconds > 0, or none (no cap)."""
+    if text == "none":
+        return None
+    try:
+        return _positive(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seconds or none, got {text!r}") from None
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from rtbci.models.runtimes.select import importable
 
@@ -701,11 +718,11 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def _train_auto(opts, args: argparse.Namespace) -> int:
-    from rtbci.models.selection import AUTO_FAMILIES, format_table, select
+    from rtbci.models.selection import format_table, select
 
     if args.folds < 2:
         raise RtbciError(f"--folds: at least 2, got {args.folds}")
-    metrics = select(opts, args.families or AUTO_FAMILIES, args.folds)
+    metrics = select(opts, args.families, args.folds, args.budget)
     for line in format_table(metrics["auto"], metrics["channels"]):
         print(line)
     choice = metrics["auto"]["choice"]
@@ -1197,17 +1214,6 @@ def _check_output(path: Path | None, option: str) -> None:
         raise RtbciError(f"{option}: no folder {str(folder)!r} to write {path.name} in")
     if not os.access(folder, os.W_OK):
         raise RtbciError(f"{option}: not allowed to write in {str(folder)!r}")
-
-
-def _finite(obj):
-    """Replace NaN/inf (invalid JSON) with None, recursively."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite(v) for v in obj]
-    return obj
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -100,6 +100,11 @@ def _address(ray, mode: str) -> str:
         return mode
 
 
+def session() -> Session | None:
+    """The Ray session :func:`connect` opened in this process, or None (serial)."""
+    return _session
+
+
 def disconnect() -> None:
     """Close the Ray session :func:`connect` started (one it joined in-process stays open)."""
     global _session

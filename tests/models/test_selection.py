@@ -67,8 +67,11 @@ def test_auto_picks_the_best_row_and_its_checkpoint_decodes_offline(recording, t
     metrics = auto(recording, out)
     table, choice = metrics["auto"]["table"], metrics["auto"]["choice"]
     assert {r["family"] for r in table} == {"linear", "riemann"}
-    best = max(r["accuracy"] for r in table)
-    assert choice["accuracy"] == best >= 0.75, table
+    best = max(r["accuracy"] for r in table if r.get("folds") == 3)
+    tie = choice.get("tie")  # the simpler of rows within one standard error of the best
+    assert choice["accuracy"] == best if tie is None else (
+        best - tie["se"] <= choice["accuracy"] < best == tie["accuracy"]), table
+    assert choice["accuracy"] >= 0.75, table
     assert json.loads(out.with_name(out.name + ".metrics.json").read_text()) == metrics
     assert out.with_name(out.name + ".png").stat().st_size > 0
     ckpt = load_checkpoint(out)

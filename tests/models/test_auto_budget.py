@@ -1,0 +1,195 @@
+"""``rtbci train auto`` within a budget (issue 22 point 3): successive halving, the budget, the
+trial count that neural families need, ties to the simpler model, the progress line and the
+thread caps. Recordings: simulated 6-channel EEG written by MNE's FIF writer."""
+
+from __future__ import annotations
+
+import time
+
+import mne
+import numpy as np
+import pytest
+
+pytest.importorskip("torch", reason="training needs torch")
+pytest.importorskip("sklearn", reason="training needs scikit-learn")
+pytest.importorskip("pyriemann", reason="the riemann family needs pyriemann")
+
+import torch  # noqa: E402
+
+from rtbci.devices.simulate import save_recording  # noqa: E402
+from rtbci.models import selection, training  # noqa: E402
+from rtbci.models.selection import Candidate, format_table, select  # noqa: E402
+from rtbci.models.training import TrainOptions  # noqa: E402
+
+SIX = ["C3", "Cz", "C4", "FC3", "FC4", "CPz"]
+
+
+def six_channels(folder, seconds: float, snr: float, seed: int):
+    """``seconds`` of simulated left/right EEG (~0.65 trials/s), 6 motor channels, as FIF."""
+    path = save_recording(folder / "full_raw.fif", "eeg64", seconds, seed=seed, snr=snr)
+    raw = mne.io.read_raw_fif(path, preload=True, verbose="error").pick(SIX)
+    raw.resample(250.0, verbose="error")
+    out = folder / "six_raw.fif"
+    raw.save(out, verbose="error")
+    return out
+
+
+@pytest.fixture(scope="module")
+def few_trials(tmp_path_factory):
+    """~40 trials: about 20 a class, under the neural families' 40."""
+    return six_channels(tmp_path_factory.mktemp("few"), 60.0, snr=2.0, seed=5)
+
+
+@pytest.fixture(scope="module")
+def easy(tmp_path_factory):
+    """~120 trials at a high SNR: linear decodes them almost perfectly."""
+    return six_channels(tmp_path_factory.mktemp("easy"), 180.0, snr=3.0, seed=6)
+
+
+@pytest.fixture(scope="module")
+def noise(tmp_path_factory):
+    """~120 trials of noise (SNR 0): every candidate at chance, none ever clearly behind."""
+    return six_channels(tmp_path_factory.mktemp("noise"), 180.0, snr=0.0, seed=7)
+
+
+def options(data, out, **extra):
+    return TrainOptions(data=[data], out=out, events=["stim"], window=(0.0, 0.5),
+                        **{"progress": False, **extra})
+
+
+def counting(monkeypatch) -> dict:
+    """Count the fits per family (the real fits run)."""
+    fits: dict[str, int] = {}
+    real = selection.fit_family
+
+    def fit_family(family, *args, **kwargs):
+        fits[family.name] = fits.get(family.name, 0) + 1
+        return real(family, *args, **kwargs)
+
+    monkeypatch.setattr(selection, "fit_family", fit_family)
+    return fits
+
+
+def test_neural_families_are_skipped_below_the_trial_count_and_named(few_trials, tmp_path,
+                                                                      monkeypatch):
+    fits = counting(monkeypatch)
+    metrics = select(options(few_trials, tmp_path / "a.pt", epochs=1), None, 3, None)
+    table = metrics["auto"]["table"]
+    skipped = {r["family"]: r["skipped"] for r in table if "skipped" in r}
+    assert set(skipped) == {"eegnet", "motor-gnn"}, table
+    assert "< 40" in skipped["eegnet"] and "--families eegnet" in skipped["eegnet"]
+    assert set(fits) == {"linear", "riemann"}
+    printed = "\n".join(format_table(metrics["auto"]))
+    assert "skipped:" in printed and "eegnet" in printed
+    # named, a neural family runs whatever the trial count
+    fits.clear()
+    named = select(options(few_trials, tmp_path / "b.pt", epochs=1), ("eegnet",), 2, None)
+    assert fits["eegnet"] >= 2 and "accuracy" in named["auto"]["table"][0]
+
+
+def test_halving_stops_a_neural_candidate_that_cannot_win(easy, tmp_path, monkeypatch):
+    fits = counting(monkeypatch)
+    k = 4
+    metrics = select(options(easy, tmp_path / "h.pt", epochs=1, lr=1e-6),
+                     ("linear", "eegnet"), k, None)
+    rows = {(r["family"], r["preprocessing"]): r for r in metrics["auto"]["table"]}
+    eegnet = [r for (f, _), r in rows.items() if f == "eegnet"]
+    assert metrics["auto"]["choice"]["family"] == "linear"
+    assert metrics["auto"]["choice"]["accuracy"] >= 0.9, rows
+    assert all(r.get("folds", 0) < k and "stopped" in r for r in eegnet), eegnet
+    assert fits["eegnet"] < k * len(eegnet)  # stopped early: fewer fits than the full search
+    assert any("cannot reach" in r["stopped"] for r in eegnet), eegnet
+
+
+def test_the_budget_is_honoured_within_one_fit(noise, tmp_path):
+    budget = 4.0  # a first eegnet fit of 400 epochs takes longer: the second never starts
+    started = time.perf_counter()
+    metrics = select(options(noise, tmp_path / "b.pt", epochs=400),
+                     ("linear", "eegnet"), 5, budget)
+    took = time.perf_counter() - started
+    rows = [r for r in metrics["auto"]["table"] if r["family"] == "eegnet"]
+    stopped = [r for r in rows if "budget" in r.get("stopped", "")]
+    assert stopped, rows
+    longest = max((r["seconds"] / r["folds"] for r in rows if r.get("folds")), default=0.0)
+    # at most one fit past the budget (its time was not known before its first fold), the
+    # refit of linear and the writing of the checkpoint and plot
+    assert took <= budget + longest + 10.0, (took, rows)
+    assert metrics["auto"]["budget"] == budget
+
+
+def run(name: str, scores: list[float], seconds: float) -> selection._Run:
+    family, _, prep = name.partition(" / ")
+    r = selection._Run(Candidate(family, prep, ()), name, [np.ones(4, bool)] * len(scores))
+    r.scores, r.tested, r.seconds = list(scores), 100 * len(scores), seconds
+    return r
+
+
+def test_a_tie_within_one_standard_error_goes_to_the_simpler_model():
+    riemann = run("riemann / family", [0.84, 0.78, 0.80, 0.82, 0.76], 5.0)
+    linear = run("linear / family", [0.80, 0.77, 0.80, 0.81, 0.77], 0.5)
+    eegnet = run("eegnet / family", [0.60, 0.62, 0.58, 0.61, 0.59], 30.0)
+    chosen, tie = selection._choose([linear, riemann, eegnet])
+    assert chosen is linear and tie["with"] == "riemann / family"
+    assert tie["accuracy"] == pytest.approx(0.80) and 0 < tie["se"] < 0.03
+    # beyond one standard error the best mean wins
+    far = run("riemann / family", [0.95, 0.93, 0.96, 0.94, 0.92], 5.0)
+    assert selection._choose([linear, far, eegnet]) == (far, None)
+    auto = {"table": [{"family": "linear", "preprocessing": "family", "accuracy": 0.78,
+                       "sd": 0.02, "folds": 5, "seconds": 0.5},
+                      {"family": "riemann", "preprocessing": "family", "accuracy": 0.80,
+                       "sd": 0.03, "folds": 5, "seconds": 5.0}],
+            "chance": 0.5, "folds": 5, "seconds": 6.0,
+            "choice": {"family": "linear", "preprocessing": "family", "accuracy": 0.78,
+                       "sd": 0.02, "tie": tie}}
+    lines = format_table(auto)
+    assert "← chosen (tie → simpler" in lines[1] and "riemann / family" in lines[1]
+    assert "best mean; tied" in lines[2]
+
+
+def test_the_progress_line_names_the_running_candidate(few_trials, tmp_path, capsys):
+    select(options(few_trials, tmp_path / "p.pt", progress=True), ("linear",), 2, None)
+    err = capsys.readouterr().err
+    assert "linear / family fold 1/2" in err and "linear / wide-band fold 2/2" in err, err
+
+
+def test_training_caps_torch_and_blas_threads_at_the_free_cores(few_trials, tmp_path,
+                                                                monkeypatch):
+    from threadpoolctl import threadpool_info
+
+    monkeypatch.setattr(training.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    cores = len(training.os.sched_getaffinity(0))
+    assert training.free_cores() == cores
+    monkeypatch.setattr(training.os, "getloadavg", lambda: (50.0, 50.0, 50.0))
+    assert training.free_cores() == 1  # a busy machine: one thread, never none
+    seen = []
+    real = selection.fit_family
+
+    def fit_family(*args, **kwargs):
+        seen.append((torch.get_num_threads(), {p["num_threads"] for p in threadpool_info()}))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(selection, "fit_family", fit_family)
+    before = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        metrics = select(options(few_trials, tmp_path / "t.pt"), ("linear",), 2, None)
+        assert torch.get_num_threads() == 4  # restored
+    finally:
+        torch.set_num_threads(before)
+    assert seen and all(t == 1 and pools == {1} for t, pools in seen), seen
+    assert metrics["auto"]["threads"] == 1
+
+
+def test_the_cli_takes_a_budget_and_refuses_a_bad_one(few_trials, tmp_path, capsys):
+    from rtbci.cli import main
+
+    out = tmp_path / "cli.pt"
+    args = ["-q", "train", "auto", "--data", str(few_trials), "--events", "stim", "--window",
+            "0", "0.5", "--families", "linear", "--folds", "2", "--out", str(out)]
+    assert main([*args, "--budget", "30"]) == 0
+    assert "(budget 30 s)" in capsys.readouterr().out
+    for bad in ("0", "soon"):
+        with pytest.raises(SystemExit) as exc:
+            main([*args, "--budget", bad])
+        assert exc.value.code == 2
+        assert "--budget" in capsys.readouterr().err
