@@ -171,7 +171,11 @@ def test_reload_swaps_one_decoder_between_windows_while_the_other_runs_on(
     steady, gain = results("steady"), results("gain")
     seqs = [r.seq for r in steady]
     assert seqs == sorted(set(seqs))
-    assert holes(seqs) == stats["decoders"]["steady"]["skipped"]
+    # every hole is a counted skip; the other skips came before its first result (windows
+    # already complete together when its first chunk landed: the freshest wins) or after its
+    # last (while the engine stopped); how many depends on the load (the CI once saw 2)
+    outside = seqs[0] + engine.scheduler.tasks["steady"].seq - seqs[-1] - 1
+    assert 0 <= stats["decoders"]["steady"]["skipped"] - holes(seqs) <= outside
     offset = engine.clock() - time.monotonic()  # the LSL clock is a monotonic clock
     during = [r.seq for r in steady if t0 <= r.t_published - offset <= t1]
     assert holes(during) == 0, "no window of the other decoder lost during the reload"
@@ -180,8 +184,9 @@ def test_reload_swaps_one_decoder_between_windows_while_the_other_runs_on(
     seqs = [r.seq for r in gain]
     assert seqs == sorted(set(seqs)), "one result per window, in order"
     s = stats["decoders"]["gain"]
-    assert holes(seqs) == s["skipped"] + s["errors"] + s["invalid_windows"], \
-        "no window lost beyond those skipped as busy"
+    outside = seqs[0] + engine.scheduler.tasks["gain"].seq - seqs[-1] - 1
+    assert 0 <= s["skipped"] + s["errors"] + s["invalid_windows"] - holes(seqs) <= outside, \
+        "no window lost beyond those counted (skipped as busy, or outside its results)"
     models = [r.model for r in gain]
     switch = models.index(new)
     assert set(models[:switch]) == {old} and set(models[switch:]) == {new}, "one switch"
