@@ -148,7 +148,6 @@ class ProcessDecoder(Decoder):
         self._restart_at: float | None = None
         self._input: SharedMemory | None = None
         self._output: SharedMemory | None = None
-        self._seq = 0
 
     # --- starting -------------------------------------------------------------------------
 
@@ -233,21 +232,15 @@ class ProcessDecoder(Decoder):
             if self.state != "running":
                 raise WorkerFault(self.down_reason())
             conn, process = self._conn, self._process
-        self._seq += 1
-        ready: list = []
         try:
-            conn.send_bytes(msgpack.packb([op, self._seq]))
-            # the pipe alone: a child that dies closes it (readable, then EOFError)
-            ready = [conn] if conn.poll(self.kill_after_s) else []
-            if ready:
+            conn.send_bytes(msgpack.packb([op]))
+            if conn.poll(self.kill_after_s):  # a child that dies closes it: then EOFError
                 reply = msgpack.unpackb(conn.recv_bytes())
                 if reply.get("error") is not None:
                     raise WorkerFault(reply["error"])
                 return reply
-            if not ready:
-                self._kill(f"no result after {self.kill_after_s * 1e3:.0f} ms (kill_after "
-                           f"{self.config.kill_after:g} × budget_ms "
-                           f"{self.config.budget_ms:g})")
+            self._kill(f"no result after {self.kill_after_s * 1e3:.0f} ms (kill_after "
+                       f"{self.config.kill_after:g} × budget_ms {self.config.budget_ms:g})")
         except (EOFError, OSError):
             pass  # it died: its exit code says how
         process.join(1.0)
@@ -376,7 +369,7 @@ class ProcessDecoder(Decoder):
             process, conn = self._process, self._conn
         if process is not None:
             with contextlib.suppress(OSError):
-                conn.send_bytes(msgpack.packb(["stop", 0]))
+                conn.send_bytes(msgpack.packb(["stop"]))
             process.join(1.0)
             if process.is_alive():
                 process.kill()
