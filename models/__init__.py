@@ -144,7 +144,7 @@ def load_checkpoint_decoder(config: DecoderConfig, info: StreamInfo, where: str,
     model = ckpt.build_model()
     subject = config.options.get("subject")
     pooled = {"pool": True} if contract.output.pooled else {}
-    threads = {"threads": config.threads} if config.threads else {}
+    threads = {"threads": config.compute_threads} if config.compute_threads else {}
     backend, reason = _family_runtime(contract.family, config.runtime, where)
     runtime = load_runtime(backend, model.inference_module(subject, **pooled),
                            (1, length, len(picks)), config.device, config.precision,
@@ -231,7 +231,7 @@ def compiled(decoder, config: DecoderConfig, where: str) -> Decoder:
                          "(pip install 'rtbci[neural]'), or use runtime = \"numpy\"")
     from rtbci.models.runtimes import CompiledDecoder, load_runtime
 
-    threads = {"threads": config.threads} if config.threads else {}
+    threads = {"threads": config.compute_threads} if config.compute_threads else {}
     runtime = load_runtime(config.runtime, decoder.to_torch(),
                            (1, decoder.n_samples, decoder.n_channels), config.device,
                            config.precision, name=f"{where} ({config.name!r})", **threads)

@@ -5,6 +5,7 @@ Every error names the key path (``sources[0].stream.name``) and says what was ex
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import tomllib
@@ -25,6 +26,8 @@ from rtbci.errors import RtbciError
 from rtbci.events import MarkerMatcher
 from rtbci.preprocess_config import PreprocessConfig
 from rtbci.sinks.configs import ConsoleSinkConfig, LSLSinkConfig, MQTTSinkConfig, RecordSinkConfig
+
+log = logging.getLogger("rtbci")
 
 ProcessingFlag = Literal["clocksync", "dejitter", "monotonize", "threadsafe"]
 
@@ -157,6 +160,8 @@ SourceConfig = Annotated[LSLSourceConfig | SimulateSourceConfig | BrainFlowSourc
                          Field(discriminator="kind")]
 SOURCE_KINDS = ("lsl", "simulate", "brainflow")
 
+RENAMED_DECODER_KEYS = {"thread": "placement", "threads": "compute_threads"}  # old → new
+
 Runtime = Literal["auto", "numpy", "torch", "onnxruntime", "cudagraph", "tensorrt"]
 
 
@@ -178,10 +183,11 @@ class DecoderConfig(_Strict):
     runtime: Runtime = "auto"
     device: str = "cpu"
     precision: Literal["fp32", "tf32", "fp16", "bf16"] = "fp32"
-    threads: int | None = Field(
-        None, ge=1, description="inference threads (default: 1 on CPU); numpy's BLAS gets "
-        "the most any CPU decoder asks, process-wide")
-    thread: Literal["auto", "own", "source"] = Field(
+    compute_threads: int | None = Field(
+        None, ge=1, description="threads the decoder's numeric library may use (torch, ONNX "
+        "Runtime; default: 1 on CPU); numpy's BLAS gets the most any CPU decoder asks, "
+        "process-wide")
+    placement: Literal["auto", "own", "source"] = Field(
         "auto", description="auto: source for a builtin: decoder measured at start under "
         "INLINE_MAX_MS a window, else own; own: the decoder's own worker thread; source: its "
         "source's acquisition thread, right after the chunk that completes its window (no "
@@ -210,11 +216,27 @@ class DecoderConfig(_Strict):
                              + ", ".join(RESERVED_DECODER_NAMES) + ")")
         return name
 
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        """The keys renamed in 0.x, accepted for one release with a warning each."""
+        if not isinstance(data, dict):
+            return data
+        for old, new in RENAMED_DECODER_KEYS.items():
+            if old in data:
+                if new in data:
+                    raise ValueError(f"{old}: renamed {new}; give only {new}")
+                log.warning("decoder %r: %r is renamed %r (the old name goes in the next "
+                            "release)", data.get("name"), old, new)
+                data = {**data, new: data[old]}
+                del data[old]
+        return data
+
     @model_validator(mode="after")
     def _isolation(self) -> DecoderConfig:
-        if self.isolation == "process" and self.thread == "source":
-            raise ValueError('thread = "source" runs on the acquisition thread: it cannot be '
-                             'isolation = "process"')
+        if self.isolation == "process" and self.placement == "source":
+            raise ValueError('placement = "source" runs on the acquisition thread: it cannot '
+                             'be isolation = "process"')
         if self.isolation == "thread":
             given = [k for k in ("max_memory_mb", "cpu", "nice") if getattr(self, k) is not None]
             if given:
@@ -305,11 +327,11 @@ def _check_model(dec: DecoderConfig, where: str) -> None:
     if dec.model.startswith("builtin:") and dec.model not in BUILTINS:
         raise ValueError(f"{where}.model: unknown model {dec.model!r}; expected a checkpoint "
                          f"(.pt), {', '.join(BUILTINS)} or python:MODULE:FACTORY")
-    if dec.thread == "source" and not dec.model.startswith("builtin:"):
-        raise ValueError(f"{where}.thread: 'source' runs a decoder on the acquisition thread, "
-                         f"where only the engine's own builtin: decoders may run; give "
-                         f"{dec.model!r} thread = \"auto\" (the default: its own worker for "
-                         "user code) or \"own\"")
+    if dec.placement == "source" and not dec.model.startswith("builtin:"):
+        raise ValueError(f"{where}.placement: 'source' runs a decoder on the acquisition "
+                         f"thread, where only the engine's own builtin: decoders may run; give "
+                         f"{dec.model!r} placement = \"auto\" (the default: its own worker "
+                         "for user code) or \"own\"")
     problem = option_problem(dec.model, dec.options, where)
     if problem:
         raise ValueError(problem)

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from rtbci.config import DecoderConfig, format_errors
+from rtbci.config import RENAMED_DECODER_KEYS, DecoderConfig, format_errors
 from rtbci.errors import RtbciError
 from rtbci.models import checkpoint_path, is_checkpoint
 
@@ -120,6 +120,7 @@ def updated_config(cfg: DecoderConfig, model: str | None, settings: dict[str, An
     data = cfg.model_dump()
     options = dict(cfg.options)
     for key, value in settings.items():
+        key = RENAMED_DECODER_KEYS.get(key, key)  # the old names, as in a config file
         head, dot, rest = key.partition(".")
         if head == "options" and dot and rest:
             options[rest] = value

@@ -31,7 +31,8 @@ from rtbci.preprocess import PreprocessConfig, Preprocessor
 from rtbci.presence import SessionPresence
 from rtbci.scheduler import DecoderTask, Scheduler, Swap, TriggerSpec
 from rtbci.scheduler.process import ProcessDecoder
-from rtbci.scheduler.workers import choose_thread
+from rtbci.scheduler.routing import DirectSinks
+from rtbci.scheduler.workers import choose_placement
 from rtbci.sinks import Sink, make_sink
 from rtbci.stream import Stream, StreamInfo
 
@@ -84,7 +85,7 @@ class Engine:
         # export) traces with process-wide state, and a module built or run by another build
         # meanwhile ended up in its graph ("Unexpected key _export_root.features")
         self._build_lock = threading.Lock()
-        self.placement: dict[str, tuple[str, str]] = {}  # decoder → (thread, why): its build
+        self.placement: dict[str, tuple[str, str]] = {}  # decoder → (placement, why): its build
         self._stopping = threading.Event()  # set by shutdown: queued builds never start
         self.preprocess = {cfg.name: source_preprocess(cfg, config) for cfg in config.sources}
         self.health = HealthWatch(on_change=self._health_changed)
@@ -200,7 +201,7 @@ class Engine:
             start, length = decoder.window_start, decoder.n_samples
             window = np.zeros((length, stream.info.n_channels), np.float32)
             decoder(window)  # warm-up
-            self.placement[cfg.name] = choose_thread(cfg, decoder, window)
+            self.placement[cfg.name] = choose_placement(cfg, decoder, window)
         finally:
             self._build_lock.release()
         every = round(cfg.every_ms * 1e-3 * stream.info.srate) if cfg.every_ms else 0
@@ -223,9 +224,9 @@ class Engine:
     def _register_decoder(self, cfg: DecoderConfig, decoder, trigger: TriggerSpec,
                           stream: Stream, model: str | None = None) -> None:
         start, length, every = trigger.start, trigger.length, trigger.every
-        thread, why = self.placement.get(cfg.name, (cfg.thread, "configured"))
+        placement, why = self.placement.get(cfg.name, (cfg.placement, "configured"))
         task = DecoderTask(cfg.name, decoder, stream, trigger, cfg.budget_ms, cfg.timeout_ms,
-                           self.session, thread, model)
+                           self.session, placement, model)
         self.scheduler.add(task, cfg.device)
         worker = self.scheduler.workers.get(cfg.name)
         if worker is not None and self._loop is not None and not self.scheduler.inline:
@@ -240,14 +241,15 @@ class Engine:
             "every": every, "on_marker": cfg.on_marker, "budget_ms": cfg.budget_ms,
             "runtime": decoder.describe(), "channels": getattr(decoder, "channel_names", None),
             "model": model, "spec": cfg.model}
-        log.info("decoder %r on %r: %s, window %d samples, %s, budget %g ms, thread %s (%s), "
+        log.info("decoder %r on %r: %s, window %d samples, %s, budget %g ms, placement %s (%s), "
                  "%s", cfg.name, cfg.source, decoder.kind, length,
                  f"every {every} samples" if every else f"on marker {cfg.on_marker!r}",
-                 cfg.budget_ms, thread, why, decoder.describe())
+                 cfg.budget_ms, placement, why, decoder.describe())
 
-    def _on_marker(self, source: str, timestamp: float, text: str, direct: bool = False) -> None:
+    def _on_marker(self, source: str, timestamp: float, text: str,
+                   on_loop: bool = False) -> None:
         """Keep a marker and trigger event-locked decoders: from a marker reader thread (via
-        the loop), or ``direct`` on the loop's own thread (offline replay)."""
+        the loop), or ``on_loop``: on the loop's own thread (offline replay)."""
         self.markers[source].append((timestamp, text))
         self.markers_received[source] += 1
         self._hint_unmatched(source, text)
@@ -256,7 +258,7 @@ class Engine:
         stream = self._streams.get(source)
         if stream is None or self._loop is None:
             return
-        if direct:
+        if on_loop:
             self.scheduler.on_marker(stream, timestamp, text)
         else:
             self._loop.call_soon_threadsafe(self.scheduler.on_marker, stream, timestamp, text)
@@ -283,9 +285,14 @@ class Engine:
         streams = {name: {"lsl_name": s.raw_info.name, "source_id": s.raw_info.source_id,
                           "type": s.info.type, "n_channels": s.info.n_channels,
                           "srate": s.info.srate, "ch_names": list(s.info.ch_names)}
-                   for name, s in self.streams.items()}
+                   for name, s in sorted(self.streams.items(), key=self._config_rank)}
         return {"session": self.session, "version": __version__, "streams": streams,
                 "decoders": dict(self.decoder_status), "threads": self.health.report()}
+
+    def _config_rank(self, item: tuple[str, object]) -> int:
+        """Sort key of ``(source name, …)``: the source's place in the config (status order)."""
+        names = [cfg.name for cfg in self.config.sources]
+        return names.index(item[0]) if item[0] in names else len(names)
 
     def _health_changed(self) -> None:
         """Health watch thread: a thread died, stalled or recovered: tell the sinks now."""
@@ -336,19 +343,21 @@ class Engine:
         return not all(sink.worker_safe for sink in self.sinks)
 
     def _limit_blas(self) -> None:
-        """Cap numpy's BLAS pool (process-wide) at the most ``threads`` a CPU decoder asks for
-        (default 1): idle OpenBLAS threads spin and would take the cores the sources, the
+        """Cap numpy's BLAS pool (process-wide) at the most ``compute_threads`` a CPU decoder
+        asks for (default 1): idle OpenBLAS threads spin and would take the cores the sources, the
         sinks and the other decoders need."""
         from threadpoolctl import threadpool_limits
 
         here = [d for d in self.config.decoders if d.isolation == "thread"]  # the others:
-        cpu = [d.threads or 1 for d in here if d.device == "cpu"]  # their own process's cap
+        cpu = [d.compute_threads or 1 for d in here if d.device == "cpu"]  # theirs: own cap
         self.blas_threads = max(cpu, default=1)
         threadpool_limits(self.blas_threads, user_api="blas")
-        users = [d.name for d in here if d.model.startswith("python:") and d.threads is None]
+        users = [d.name for d in here
+                 if d.model.startswith("python:") and d.compute_threads is None]
         if users:  # their numpy runs with the cap too: say so, once
             log.warning("numpy's BLAS is capped at %d thread(s) for the whole engine, the "
-                        "python: decoder(s) %s included; set a decoder's threads to raise it",
+                        "python: decoder(s) %s included; set a decoder's compute_threads to "
+                        "raise it",
                         self.blas_threads, ", ".join(map(repr, users)))
 
     async def _watchdog(self) -> None:
@@ -365,9 +374,9 @@ class Engine:
         """
         self._loop = asyncio.get_running_loop()
         self.scheduler = Scheduler(self._loop, self.clock, self._publish,
-                                   direct=(partial(self._publish, worker_safe=True),
-                                           partial(self._publish, worker_safe=False),
-                                           self._loop_sinks))
+                                   direct=DirectSinks(partial(self._publish, worker_safe=True),
+                                                      partial(self._publish, worker_safe=False),
+                                                      self._loop_sinks))
         self._limit_blas()
         stop = stop or asyncio.Event()
         self.health.start()  # before any thread starts: a crash at once is still named

@@ -47,7 +47,7 @@ async def run_offline(engine: Engine, recording: Recording, speed: float | None 
             clock.set(event[0])
             if event[1] == "marker":
                 for name in routes[event[2]]:
-                    engine._on_marker(name, event[4], event[3], direct=True)
+                    engine._on_marker(name, event[4], event[3], on_loop=True)
             else:
                 _, _, i, start, stop = event
                 source = recording.streams[i]

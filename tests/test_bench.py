@@ -56,7 +56,7 @@ def test_quick_run_schema_and_plausible_figures(quick):
     for name in ("rtbci", "pylsl-naive"):  # always installed
         assert "status" not in rows[name]
     assert "defaults" in rows["rtbci"]["settings"]  # the headline row: the engine's defaults
-    assert "thread = source" in rows["rtbci-source"]["settings"]  # a tuned row, named
+    assert "placement = source" in rows["rtbci-source"]["settings"]  # a tuned row, named
 
 
 @pytest.mark.slow

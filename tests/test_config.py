@@ -85,7 +85,8 @@ def test_good_config_is_parsed(tmp_path):
      "builtin:bandpower or python:MODULE:FACTORY"),
     (GOOD + DECODER.format("budget_ms = -5"),
      "decoders[0].budget_ms: Input should be greater than 0"),
-    (GOOD + DECODER.format("threads = true"), "decoders[0].threads: expected a number, got true"),
+    (GOOD + DECODER.format("compute_threads = true"),
+     "decoders[0].compute_threads: expected a number, got true"),
     (GOOD + DECODER.format("every_ms = inf").replace("every_ms = 100\n", ""),
      "decoders[0].every_ms: expected a finite number, got inf"),
     (GOOD + DECODER.format("").replace("window_ms = 500", "window_ms = 20000"),
@@ -147,3 +148,23 @@ def test_the_readme_config_example_is_valid():
     assert [s.kind for s in config.sources] == ["lsl", "simulate", "brainflow"]
     assert [s.kind for s in config.sinks] == ["mqtt", "lsl", "console", "record"]
     assert config.sources[0].preprocess.bandpass == (1, 40)
+
+
+def test_the_old_names_of_placement_and_compute_threads_still_work_with_a_warning(caplog):
+    """Issue 25: ``thread`` and ``threads`` were renamed ``placement`` and ``compute_threads``
+    (unrelated meanings, neighbouring names); the old keys are accepted for one release, each
+    with one warning line, and giving an old and a new name together is one error line."""
+    import tomllib
+
+    old = tomllib.loads(GOOD + DECODER.format('thread = "own"\nthreads = 2'))
+    with caplog.at_level("WARNING", logger="rtbci"):
+        decoder = parse_config(old).decoders[0]
+    assert (decoder.placement, decoder.compute_threads) == ("own", 2)
+    said = [r.getMessage() for r in caplog.records if "renamed" in r.getMessage()]
+    assert said == ["decoder 'bp': 'thread' is renamed 'placement' (the old name goes in the "
+                    "next release)", "decoder 'bp': 'threads' is renamed 'compute_threads' "
+                    "(the old name goes in the next release)"]
+    both = tomllib.loads(GOOD + DECODER.format('thread = "own"\nplacement = "own"'))
+    with pytest.raises(RtbciError, match=r"decoders\[0\]: .*thread: renamed placement; give "
+                       "only placement"):
+        parse_config(both)

@@ -227,7 +227,7 @@ def test_a_worker_that_dies_after_it_started_again_and_again_is_failed(faulty, n
 
 
 @pytest.mark.parametrize("entry, error", [
-    ({"isolation": "process", "thread": "source"}, "cannot be isolation"),
+    ({"isolation": "process", "placement": "source"}, "cannot be isolation"),
     ({"max_memory_mb": 100}, 'max_memory_mb: only for isolation = "process"'),
     ({"isolation": "process", "cpu": [4096]}, "cpu: core 4096 is not one"),
     ({"isolation": "process", "nice": -5}, "nice"),
@@ -283,18 +283,18 @@ class _Timed:
     ({}, 3.0, "own", "≥ 0.5 ms"),  # a slow builtin: its own worker
     ({"model": "python:mine:make"}, 0.0, "own", "user code"),
     ({"isolation": "process"}, 0.0, "own", "isolation"),
-    ({"thread": "own"}, 0.0, "own", "configured"),
+    ({"placement": "own"}, 0.0, "own", "configured"),
 ])
 def test_thread_auto_puts_only_fast_builtin_decoders_on_the_source_thread(entry, ms, thread,
                                                                          why):
-    """The default placement (``thread = "auto"``): the fast path for the engine's own
+    """The default placement (``placement = "auto"``): the fast path for the engine's own
     decoders, guarded by a cost measured before it may run inline."""
-    from rtbci.scheduler.workers import choose_thread
+    from rtbci.scheduler.workers import choose_placement
 
     config = parse_config({"sources": [{"name": "eeg", "kind": "simulate"}], "decoders": [
         {**decoder("bp", "builtin:bandpower", "thread"), **entry}]}).decoders[0]
-    assert config.thread == entry.get("thread", "auto")
-    got = choose_thread(config, _Timed(ms), np.zeros((10, 2), np.float32))
+    assert config.placement == entry.get("placement", "auto")
+    got = choose_placement(config, _Timed(ms), np.zeros((10, 2), np.float32))
     assert got[0] == thread and why in got[1], got
 
 
@@ -303,5 +303,5 @@ def test_the_default_builtin_band_power_runs_inline_and_user_code_on_a_worker(
         faulty, new_collector):
     _, stats, _ = live([{**decoder("bp", "builtin:bandpower", "thread"), "runtime": "auto"},
                         decoder("user", faulty, "thread")], 6.0, new_collector)
-    assert stats["decoders"]["bp"]["thread"] == "source"
-    assert stats["decoders"]["user"]["thread"] == "own"
+    assert stats["decoders"]["bp"]["placement"] == "source"
+    assert stats["decoders"]["user"]["placement"] == "own"

@@ -26,6 +26,7 @@ from rtbci.scheduler import (
     Scheduler,
     TriggerSpec,
 )
+from rtbci.scheduler.routing import DirectSinks
 from rtbci.scheduler.workers import output_problem
 from rtbci.stream import Stream, StreamInfo
 
@@ -262,9 +263,9 @@ class Bench:
         self.scheduler = Scheduler(loop, self.clock, self.results.append, inline=inline)
         self.stream.add_listener(partial(self.scheduler.on_data, self.stream))
 
-    def decoder(self, name, trigger, thread="own", cls=None, **kw):
+    def decoder(self, name, trigger, placement="own", cls=None, **kw):
         task = DecoderTask(name, (cls or Echo)(trigger.length, **kw), self.stream, trigger, 50,
-                           2000, thread=thread)
+                           2000, placement=placement)
         self.scheduler.add(task)
         return task
 
@@ -452,9 +453,9 @@ def test_worker_safe_sinks_get_the_result_on_the_worker_then_the_loop_counts_it(
     async def main():
         loop_thread = threading.get_ident()
         b = Bench(inline=False, loop=asyncio.get_running_loop())
-        b.scheduler.router.direct = (lambda r: on_worker.append((r, threading.get_ident())),
-                                     lambda r: on_loop.append((r, threading.get_ident())),
-                                     lambda: True)
+        b.scheduler.router.direct = DirectSinks(
+            lambda r: on_worker.append((r, threading.get_ident())),
+            lambda r: on_loop.append((r, threading.get_ident())), lambda: True)
         fast = b.decoder("fast", TriggerSpec(length=10, every=10))
         b.decoder("gnn", TriggerSpec(length=10, every=10), explains=True)
         try:
@@ -514,22 +515,22 @@ def feed_from_a_thread(b, chunks: int, n: int = 10) -> int:
 
 
 def test_a_source_thread_decoder_runs_in_the_acquisition_thread_on_the_ring_itself():
-    """``thread = "source"``: each sliding window is decoded in the thread that fed the chunk
+    """``placement = "source"``: each sliding window is decoded in the thread that fed the chunk
     completing it, on a view of the ring buffer (no copy), before ``ingest`` returns; a window
     a late marker completes runs on the worker, never on the loop."""
     on_worker = []
 
     async def body(b):
-        b.scheduler.router.direct = (on_worker.append, b.results.append, lambda: True)
-        fast = b.decoder("fast", TriggerSpec(length=10, every=10), thread="source")
-        erp = b.decoder("erp", TriggerSpec(length=10, marker="stim"), thread="source")
+        b.scheduler.router.direct = DirectSinks(on_worker.append, b.results.append, lambda: True)
+        fast = b.decoder("fast", TriggerSpec(length=10, every=10), placement="source")
+        erp = b.decoder("erp", TriggerSpec(length=10, marker="stim"), placement="source")
         acquisition = feed_from_a_thread(b, 5)
         assert len(on_worker) == 5  # published before the feeding thread went on
         assert [list(r.embedding) for r in on_worker] == [
             list(range(k, k + 10)) for k in range(0, 50, 10)]
         assert {ident for ident, _ in fast.decoder.calls} == {acquisition}
         assert all(np.shares_memory(w, b.stream.buffer._data) for _, w in fast.decoder.calls)
-        assert not fast.busy and fast.stats()["thread"] == "source"
+        assert not fast.busy and fast.stats()["placement"] == "source"
         b.marker(20)  # its samples are in: the window runs now, on erp's worker
         assert await wait_for(lambda: any(r.decoder == "erp" for r in on_worker))
         [(ident, window)] = erp.decoder.calls
@@ -546,10 +547,10 @@ def test_without_a_sink_on_the_loop_the_worker_counts_the_result_and_the_loop_sl
     on_worker, on_loop = [], []
 
     async def body(b):
-        b.scheduler.router.direct = (on_worker.append, on_loop.append, lambda: False)
+        b.scheduler.router.direct = DirectSinks(on_worker.append, on_loop.append, lambda: False)
         b.scheduler.router._call = lambda *args: on_loop.append(args)  # any trip to the loop
         fast = b.decoder("fast", TriggerSpec(length=10, every=10))
-        here = b.decoder("here", TriggerSpec(length=10, every=10), thread="source")
+        here = b.decoder("here", TriggerSpec(length=10, every=10), placement="source")
         for _ in range(4):
             feed_from_a_thread(b, 1)
             assert await wait_for(lambda: not fast.busy)
@@ -565,11 +566,11 @@ def test_a_slow_source_thread_decoder_moves_to_its_own_worker(caplog):
     leaves the source's thread (logged once); a fast one next to it stays."""
 
     async def body(b):
-        slow = b.decoder("slow", TriggerSpec(length=10, every=10), thread="source",
+        slow = b.decoder("slow", TriggerSpec(length=10, every=10), placement="source",
                          sleep_s=2 * SOURCE_THREAD_MAX_MS * 1e-3)
-        fast = b.decoder("fast", TriggerSpec(length=10, every=10), thread="source")
+        fast = b.decoder("fast", TriggerSpec(length=10, every=10), placement="source")
         acquisition = feed_from_a_thread(b, SOURCE_THREAD_STRIKES)
-        assert slow.thread == "own" and fast.thread == "source"
+        assert slow.placement == "own" and fast.placement == "source"
         assert [m for m in caplog.messages if "runs on its own thread" in m] == [
             caplog.messages[-1]]
         assert "'slow'" in caplog.messages[-1]
@@ -578,24 +579,24 @@ def test_a_slow_source_thread_decoder_moves_to_its_own_worker(caplog):
         threads = [ident for ident, _ in slow.decoder.calls]
         assert threads[:-1] == [acquisition] * SOURCE_THREAD_STRIKES
         assert threads[-1] not in (acquisition, threading.get_ident())
-        assert slow.stats()["thread"] == "own" and fast.results == SOURCE_THREAD_STRIKES + 1
+        assert slow.stats()["placement"] == "own" and fast.results == SOURCE_THREAD_STRIKES + 1
 
     run_threaded(body)
 
 
 def test_a_decoder_with_importance_stays_on_its_own_thread(caplog):
     b = Bench()
-    task = b.decoder("gnn", TriggerSpec(length=10, every=10), thread="source", explains=True)
-    assert task.thread == "own" and "thread = 'source' ignored" in caplog.text
+    task = b.decoder("gnn", TriggerSpec(length=10, every=10), placement="source", explains=True)
+    assert task.placement == "own" and "placement = 'source' ignored" in caplog.text
 
 
 def test_source_and_own_thread_decode_the_same_windows_live(run):
     """The same band-power decoder on the source's thread and on its own: equal outputs for
     every window both decoded, in a live run."""
-    _, stats, results = run([sliding("here", "builtin:bandpower", thread="source"),
-                             sliding("worker", "builtin:bandpower", thread="own")], 2.0)
-    assert stats["decoders"]["here"]["thread"] == "source"
-    assert stats["decoders"]["worker"]["thread"] == "own"
+    _, stats, results = run([sliding("here", "builtin:bandpower", placement="source"),
+                             sliding("worker", "builtin:bandpower", placement="own")], 2.0)
+    assert stats["decoders"]["here"]["placement"] == "source"
+    assert stats["decoders"]["worker"]["placement"] == "own"
     by = {name: {r.seq: r.embedding for r in results if r.decoder == name}
           for name in ("here", "worker")}
     common = sorted(set(by["here"]) & set(by["worker"]))
@@ -617,7 +618,7 @@ def test_the_engine_caps_numpys_blas_threads_at_its_decoders_threads(run):
         pytest.skip("numpy's BLAS here has no thread pool to cap")
     run([sliding("bp", "builtin:bandpower")], 0.3)
     assert blas_threads() == {1}
-    run([sliding("bp", "builtin:bandpower", threads=2)], 0.3)
+    run([sliding("bp", "builtin:bandpower", compute_threads=2)], 0.3)
     assert blas_threads() == {2}
 
 
@@ -750,9 +751,9 @@ def test_an_in_place_edit_on_the_source_thread_reaches_neither_the_ring_nor_the_
 
         async def body(b):
             if editor:
-                b.decoder("centre", TriggerSpec(length=10, every=10), thread="source",
+                b.decoder("centre", TriggerSpec(length=10, every=10), placement="source",
                           cls=Centring)
-            fast = b.decoder("fast", TriggerSpec(length=10, every=10), thread="source")
+            fast = b.decoder("fast", TriggerSpec(length=10, every=10), placement="source")
             feed_from_a_thread(b, 5)
             tasks = b.scheduler.tasks.values()
             assert await wait_for(lambda: fast.results == 5 and sum(
@@ -817,21 +818,21 @@ def test_a_decoder_failing_any_way_counts_an_error_and_its_worker_decodes_the_ne
 
 
 @pytest.mark.parametrize("model", ["python:my_decoders:make", "demo:eegnet", "model.pt"])
-def test_thread_source_is_refused_for_user_code_in_one_line(model):
-    """Issue 20: no user code on an acquisition thread: ``thread = "source"`` is for the
+def test_placement_source_is_refused_for_user_code_in_one_line(model):
+    """Issue 20: no user code on an acquisition thread: ``placement = "source"`` is for the
     engine's builtin: decoders only; a python: or checkpoint decoder asking for it is refused
     in one line naming the key."""
     from rtbci.errors import RtbciError
 
-    entry = sliding("mine", model, thread="source")
+    entry = sliding("mine", model, placement="source")
     with pytest.raises(RtbciError) as refused:
         parse_config({"sources": [{"name": "eeg", "kind": "simulate"}], "decoders": [entry]})
     assert str(refused.value) == (
-        "config: decoders[0].thread: 'source' runs a decoder on the acquisition thread, where "
-        f"only the engine's own builtin: decoders may run; give {model!r} thread = \"auto\" "
-        "(the default: its own worker for user code) or \"own\"")
+        "config: decoders[0].placement: 'source' runs a decoder on the acquisition thread, "
+        f"where only the engine's own builtin: decoders may run; give {model!r} placement = "
+        "\"auto\" (the default: its own worker for user code) or \"own\"")
     assert parse_config({"sources": [{"name": "eeg", "kind": "simulate"}], "decoders": [
-        sliding("bp", "builtin:bandpower", thread="source")]}).decoders[0].thread == "source"
+        sliding("bp", "builtin:bandpower", placement="source")]}).decoders[0].placement == "source"
 
 
 @pytest.mark.slow
@@ -843,11 +844,11 @@ def test_a_python_decoder_sleeping_4_s_never_stalls_ingest_nor_the_band_power_be
     thread would skip ~40 of them)."""
     sleeper = sliding("sleeper", scripted, budget_ms=50, timeout_ms=10_000,
                       options={"hang_call": 3, "hang_s": 4.0})
-    bandpower = sliding("bp", "builtin:bandpower", every_ms=100, thread="source")
+    bandpower = sliding("bp", "builtin:bandpower", every_ms=100, placement="source")
     _, stats, results = run([sleeper, bandpower], 8.0)
     assert "acquisition eeg" not in stats["threads"], stats["threads"]
     bp = stats["decoders"]["bp"]
-    assert bp["thread"] == "source" and bp["errors"] == 0
+    assert bp["placement"] == "source" and bp["errors"] == 0
     assert bp["results"] > 40 and bp["skipped"] <= 3, bp  # load hiccups at most
     sleeper_results = [r for r in results if r.decoder == "sleeper"]
     assert max(r.latency_ms for r in sleeper_results) > 3500  # it did sleep

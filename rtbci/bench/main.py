@@ -22,8 +22,8 @@ ROWS = ("rtbci", "rtbci-source", "rtbci-mqtt", "pylsl-naive", "mne-lsl", "timefl
 EXTRA_ROWS = ("null",)  # on request only: reads the stream, sends nothing
 SETTINGS = {
     "rtbci": "rtbci engine with its defaults: LSL source (clocksync), builtin:bandpower "
-             "(runtime auto, thread auto, isolation thread), LSL result sink",
-    "rtbci-source": "tuned: the same with thread = source, runtime = numpy (the decoder on "
+             "(runtime auto, placement auto, isolation thread), LSL result sink",
+    "rtbci-source": "tuned: the same with placement = source, runtime = numpy (the decoder on "
                     "its source's acquisition thread)",
     "rtbci-mqtt": "rtbci engine with its defaults, MQTT sink (QoS 0) → mosquitto "
                   "(set_tcp_nodelay) → paho subscriber",

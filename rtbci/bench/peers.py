@@ -59,12 +59,12 @@ def job(n_channels: int, srate: float):
 
 # --- rtbci ---------------------------------------------------------------------------------
 
-# where the band-power decoders run (config keys): the engine's defaults (thread auto,
+# where the band-power decoders run (config keys): the engine's defaults (placement auto,
 # runtime auto, isolation thread), or a tuned setting, named by what it changes
 PLACEMENTS = {
     "defaults": {},
-    "source": {"thread": "source", "runtime": "numpy"},
-    "own": {"thread": "own", "runtime": "numpy"},
+    "source": {"placement": "source", "runtime": "numpy"},
+    "own": {"placement": "own", "runtime": "numpy"},
     "process": {"isolation": "process"},
     "slow-process": {},  # defaults; the slow neighbour runs in its own process
     "slow-process-nice": {},  # … at nice 10 (the lowest priorities are 19)

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from rtbci.messages import Result
-from rtbci.scheduler.routing import Direct, Router
+from rtbci.scheduler.routing import DirectSinks, Router
 from rtbci.scheduler.task import LATENCY_WINDOW, DecoderTask, Job, Swap
 from rtbci.scheduler.triggers import MAX_PENDING_MARKERS, MAX_QUEUED_WINDOWS, Triggers, TriggerSpec
 from rtbci.scheduler.workers import SOURCE_THREAD_MAX_MS, SOURCE_THREAD_STRIKES, Worker, Workers
@@ -49,17 +49,17 @@ class Scheduler:
     clock : callable, seconds on the LSL clock
     publish : callable(Result)
         Called on the loop thread with each finished result (``t_published`` set).
-    direct : (callable(Result), callable(Result), callable() -> bool) | None
-        ``(on_worker, on_loop, loop_needed)``: hand each result of a decoder without
-        importance to ``on_worker`` on its worker thread as soon as it is complete (sinks that
-        may publish from any thread: no event-loop hop), then to ``on_loop`` (instead of
-        ``publish``) on the loop thread with the bookkeeping — unless ``loop_needed()`` says
-        no sink needs the loop: then the bookkeeping is done on the worker too, and the loop
-        is not woken at all.
+    direct : DirectSinks | None
+        The sinks that may publish from any thread: each result of a decoder without
+        importance goes to ``direct.here`` on its decoding thread as soon as it is complete
+        (no event-loop hop), then to ``direct.rest`` (instead of ``publish``) on the loop
+        thread with the bookkeeping — unless ``direct.loop_needed()`` says no sink needs the
+        loop: then the bookkeeping is done on the decoding thread too, and the loop is not
+        woken at all.
     """
 
     def __init__(self, loop, clock: Callable[[], float], publish: Callable[[Result], None],
-                 inline: bool = False, direct: Direct | None = None):
+                 inline: bool = False, direct: DirectSinks | None = None):
         self.loop, self.clock, self.inline = loop, clock, inline
         self.router = Router(loop, clock, publish, inline, None if inline else direct,
                              self._free)

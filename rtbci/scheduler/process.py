@@ -427,7 +427,7 @@ def _child_main(conn: Connection, config, info, where, base_dir, preprocess) -> 
     try:
         from threadpoolctl import threadpool_limits
 
-        threadpool_limits(config.threads or 1, user_api="blas")  # its own cap, as in-engine
+        threadpool_limits(config.compute_threads or 1, user_api="blas")  # its own cap, as in-engine
         if config.cpu:
             os.sched_setaffinity(0, config.cpu)
         if config.nice:

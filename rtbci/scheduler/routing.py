@@ -1,9 +1,9 @@
 """Routing: a decoded window's result, completed, counted and handed on.
 
-A result goes to the sinks on the event loop (``publish``), or — ``direct``, for a decoder
-without importance — to the thread-safe sinks from the thread that decoded it as soon as it is
-complete, then to the others on the loop with its bookkeeping; when no sink needs the loop,
-the bookkeeping is done on that thread too and the loop is not woken at all. An output that
+A result goes to the sinks on the event loop (``publish``), or — :class:`DirectSinks`, for a
+decoder without importance — to the thread-safe sinks from the thread that decoded it as soon
+as it is complete, then to the others on the loop with its bookkeeping; when no sink needs the
+loop, the bookkeeping is done on that thread too and the loop is not woken at all. An output that
 :func:`~rtbci.scheduler.workers.output_problem` finds wrong is counted (``invalid_outputs``),
 logged the 1st, 10th, 100th … time and not published.
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -27,17 +28,44 @@ from rtbci.scheduler.workers import describe_exception, output_problem, run_expl
 
 log = logging.getLogger("rtbci.scheduler")
 
-Direct = tuple[Callable[[Result], None], Callable[[Result], None], Callable[[], bool]]
+@dataclass(frozen=True)
+class DirectSinks:
+    """Results handed on without the event loop, for decoders without importance.
+
+    ``here(result)`` runs on the decoding thread as soon as a result is complete (the sinks
+    that may publish from any thread); ``rest(result)`` runs on the loop thread with the
+    bookkeeping (the other sinks, instead of ``publish``); ``loop_needed()`` says whether any
+    sink needs the loop at all: when not, the bookkeeping is done on the decoding thread too
+    and the loop is not woken."""
+
+    here: Callable[[Result], None]
+    rest: Callable[[Result], None]
+    loop_needed: Callable[[], bool]
+
+
+@dataclass
+class Decoded:
+    """One decoded window on its way out: the decoder's ``output`` or its ``error``;
+    ``invalid``: what is wrong with the output (counted, not published); ``frees``: finishing
+    it frees the decoder (not on the source's thread, which frees it there, nor while its
+    importance runs); ``handed``: already completed and given to ``DirectSinks.here``."""
+
+    job: Job
+    output: DecoderOutput | None
+    error: str | None
+    invalid: str | None
+    frees: bool
+    handed: bool
 
 
 class Router:
     """Decodes a job on the thread it was given to and routes its result.
 
     Threads: :meth:`work` on the decoder's worker or its source's thread (offline: the
-    caller's); :meth:`_done` and :meth:`_explained` on the loop (through :meth:`_call`),
-    except :meth:`_done` on the decoding thread when ``direct`` and no sink needs the loop
-    (the result counters have one writer at a time). With ``inline`` everything runs at once
-    in the calling thread.
+    caller's); :meth:`_on_loop` and :meth:`_explained` on the loop (through :meth:`_call`);
+    :meth:`_count` on the loop, or on the decoding thread when the result was handed to
+    ``direct`` and no sink needs the loop (the result counters have one writer at a time).
+    With ``inline`` everything runs at once in the calling thread.
 
     Parameters
     ----------
@@ -47,14 +75,15 @@ class Router:
         Called on the loop thread with each finished result (``t_published`` set).
     inline : bool
         Offline replay: no trip to the loop.
-    direct : (callable(Result), callable(Result), callable() -> bool) | None
-        ``(on_worker, on_loop, loop_needed)``, see :class:`~rtbci.scheduler.Scheduler`.
+    direct : DirectSinks | None
+        The sinks served from the decoding thread (None: every result goes through the loop).
     free : callable(DecoderTask)
         The decoder finished a window (its next queued window runs, or it is free).
     """
 
     def __init__(self, loop, clock: Callable[[], float], publish: Callable[[Result], None],
-                 inline: bool, direct: Direct | None, free: Callable[[DecoderTask], None]):
+                 inline: bool, direct: DirectSinks | None,
+                 free: Callable[[DecoderTask], None]):
         self.loop, self.clock, self.publish, self.inline = loop, clock, publish, inline
         self.direct, self.free = direct, free
 
@@ -70,15 +99,16 @@ class Router:
                 error = f"checking its output raised {describe_exception(exc)}"
         good = error is None and invalid is None
         explain = good and job.task.explains
-        sent = good and not explain and self.direct is not None
-        if sent:  # complete the result here and hand it to the thread-safe sinks at once
+        handed = good and not explain and self.direct is not None
+        if handed:  # complete the result here and hand it to the thread-safe sinks at once
             _fill(job.result, output, job.task.budget_ms, self.clock())
-            self.direct[0](job.result)
-        free = not explain and not job.on_source  # on the source: freed there
-        if sent and not self.direct[2]():  # no sink needs the loop: count it here
-            self._done(job, output, error, free, sent, False)
+            self.direct.here(job.result)
+        decoded = Decoded(job, output, error, invalid, frees=not explain and not job.on_source,
+                          handed=handed)
+        if handed and not self.direct.loop_needed():  # nothing for the loop: count it here
+            self._count(decoded)
         else:
-            self._call(self._done, job, output, error, free, sent, True, invalid)
+            self._call(self._on_loop, decoded)
         if explain:
             self._call(self._explained, job, *run_explain(job))
 
@@ -90,40 +120,42 @@ class Router:
         try:
             self.loop.call_soon_threadsafe(method, *args)
         except RuntimeError:  # the loop has closed: a hung decoder returned after the run
-            log.debug("decoder %r returned after the engine stopped", args[0].task.name)
+            log.debug("a decoder returned after the engine stopped (%s)", method.__name__)
 
-    def _done(self, job: Job, output: DecoderOutput | None, error: str | None,
-              free: bool, sent: bool = False, on_loop: bool = True,
-              invalid: str | None = None) -> None:
-        """On the loop: count the result and publish it (``sent``: the worker completed it and
-        handed it to the direct sinks already; the others get it now). On the worker when
-        ``sent`` and no sink needs the loop (the counters have one writer at a time: the
-        decoder's worker or source thread). ``invalid``: what is wrong with the output (it is
-        counted, not published)."""
-        task, result = job.task, job.result
-        if free:
-            self.free(task)
-        if error is not None:
-            self._error(task, result.seq, error)
+    def _on_loop(self, decoded: Decoded) -> None:
+        """On the loop: count the result, then publish it to the sinks that have not had it."""
+        if not self._count(decoded):
             return
-        if invalid is not None:
+        if decoded.handed:
+            self.direct.rest(decoded.job.result)
+        else:
+            self.publish(decoded.job.result)
+
+    def _count(self, decoded: Decoded) -> bool:
+        """Free the decoder if due, count the window's error, invalid output or result
+        (completing a result not yet handed on); whether there is a result to publish."""
+        task, result = decoded.job.task, decoded.job.result
+        if decoded.frees:
+            self.free(task)
+        if decoded.error is not None:
+            self._error(task, result.seq, decoded.error)
+            return False
+        if decoded.invalid is not None:
             task.invalid_outputs += 1
             if str(task.invalid_outputs).rstrip("0") == "1":
                 log.error("decoder %r: invalid output for window %d, not published: %s "
-                          "(%d so far)", task.name, result.seq, invalid, task.invalid_outputs)
-            return
-        if not sent:
+                          "(%d so far)", task.name, result.seq, decoded.invalid,
+                          task.invalid_outputs)
+            return False
+        if not decoded.handed:
             pending = None
-            if output.importance is None:  # the importance computed after the previous result
+            if decoded.output.importance is None:  # computed after the previous result
                 pending, task.importance = task.importance, None
-            _fill(result, output, task.budget_ms, self.clock(), pending)
+            _fill(result, decoded.output, task.budget_ms, self.clock(), pending)
         task.results += 1
         task.late += result.late
         task.latency.record(result.t_published - result.t_arrived)
-        if not sent:
-            self.publish(result)
-        elif on_loop:
-            self.direct[1](result)
+        return True
 
     def _explained(self, job: Job, importance: np.ndarray | None, error: str | None) -> None:
         """On the loop: the importance of ``job``'s window is ready (sent with the next

@@ -82,7 +82,7 @@ class DecoderTask:
     """
 
     def __init__(self, name: str, decoder: Decoder, stream: Stream, trigger: TriggerSpec,
-                 budget_ms: float, timeout_ms: float, session: str = "", thread: str = "own",
+                 budget_ms: float, timeout_ms: float, session: str = "", placement: str = "own",
                  model: str | None = None):
         self.name, self.decoder, self.stream, self.trigger = name, decoder, stream, trigger
         self.model = model  # the decoder's identity (rtbci.control.model_hash), on each result
@@ -90,10 +90,10 @@ class DecoderTask:
         self._swap: Swap | None = None  # staged while busy: applied by release()
         self.budget_ms, self.timeout_ms, self.session = budget_ms, timeout_ms, session
         self.explains = bool(getattr(decoder, "explains", False))
-        if thread == "source" and self.explains:
+        if placement == "source" and self.explains:
             log.warning("decoder %r: its importance runs after each result, on its own thread; "
-                        "thread = 'source' ignored", name)
-        self.thread = "own" if self.explains else thread  # "own" | "source"
+                        "placement = 'source' ignored", name)
+        self.placement = "own" if self.explains else placement  # "own" | "source"
         self.strikes = 0  # windows in a row over SOURCE_THREAD_MAX_MS on the source's thread
         shape = (trigger.length, stream.info.n_channels)
         shared = getattr(decoder, "input_buffer", None)  # a worker process's mapped window
@@ -164,7 +164,7 @@ class DecoderTask:
         self.budget_ms, self.timeout_ms = swap.budget_ms, swap.timeout_ms
         self.explains = bool(getattr(swap.decoder, "explains", False))
         if self.explains:
-            self.thread = "own"
+            self.placement = "own"
         self.importance = None  # computed by the old decoder: not sent with the new one's
         shared = getattr(swap.decoder, "input_buffer", None)  # a worker process's mapped window
         self.window = shared if shared is not None and shared.shape == self.window.shape else \
@@ -173,7 +173,7 @@ class DecoderTask:
         swap.applied(swap)
 
     def stats(self) -> dict:
-        out = {"thread": self.thread, "model": self.model, "reloads": self.reloads,
+        out = {"placement": self.placement, "model": self.model, "reloads": self.reloads,
                "results": self.results, "late": self.late,
                "skipped": self.skipped,
                "errors": self.errors, "timeouts": self.timeouts,

@@ -266,7 +266,7 @@ class Triggers:
         """Claim the task for the window ``[start, end)`` (of the buffer's snapshot
         ``count``): to ``here`` (run on the source's thread, on a view: its writer waits for
         it) when the task runs there, else to ``dispatch``."""
-        on_source = here is not None and task.thread == "source" and not self.inline
+        on_source = here is not None and task.placement == "source" and not self.inline
         job = self._job(task, start, end, count, trigger, marker, label, task.window, on_source)
         if job is None:
             return

@@ -42,19 +42,19 @@ log = logging.getLogger("rtbci.scheduler")
 
 SOURCE_THREAD_MAX_MS = 2.0  # a decoder on its source's thread taking longer …
 SOURCE_THREAD_STRIKES = 3  # … for this many windows in a row moves to its own worker
-INLINE_MAX_MS = 0.5  # thread = "auto": a builtin: decoder measured under this runs inline
+INLINE_MAX_MS = 0.5  # placement = "auto": a builtin: decoder measured under this runs inline
 INLINE_CALLS = 5  # calls timed at start for that (their median)
 
 
-def choose_thread(config, decoder: Decoder, window: np.ndarray) -> tuple[str, str]:
-    """Where a decoder runs, and why: ``config.thread`` unless it is ``"auto"``; then
+def choose_placement(config, decoder: Decoder, window: np.ndarray) -> tuple[str, str]:
+    """Where a decoder runs, and why: ``config.placement`` unless it is ``"auto"``; then
     ``"source"`` (its source's acquisition thread: no wake-up, no window copy) only for the
     engine's own ``builtin:`` decoders, in the engine, on the CPU, without importance, whose
     median over ``INLINE_CALLS`` timed calls on ``window`` (after the warm-up) is under
     ``INLINE_MAX_MS`` — the guard that keeps the acquisition thread fast (the strike policy
     still moves one that slows down later); else ``"own"`` (its own worker thread)."""
-    if config.thread != "auto":
-        return config.thread, "configured"
+    if config.placement != "auto":
+        return config.placement, "configured"
     if not config.model.startswith("builtin:"):
         return "own", "auto: user code never runs on an acquisition thread"
     if config.isolation != "thread" or config.device != "cpu" or decoder.explains:
@@ -250,7 +250,7 @@ class Workers:
         took_ms = (time.perf_counter() - started) * 1e3
         task.strikes = task.strikes + 1 if took_ms > SOURCE_THREAD_MAX_MS else 0
         if task.strikes >= SOURCE_THREAD_STRIKES:
-            task.thread = "own"
+            task.placement = "own"
             log.warning("decoder %r took over %g ms on source %r's thread for %d windows in a "
                         "row (last %.1f ms): it runs on its own thread from now on", task.name,
                         SOURCE_THREAD_MAX_MS, task.stream.info.name, task.strikes, took_ms)

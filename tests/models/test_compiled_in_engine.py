@@ -67,12 +67,12 @@ def test_python_decoders_are_told_of_the_blas_cap(caplog):
         "decoders": [{"name": "mine", "model": "python:somewhere:Make", "source": "eeg",
                       "window_ms": 500, "every_ms": 100},
                      {"name": "pinned", "model": "python:somewhere:Make", "source": "eeg",
-                      "window_ms": 500, "every_ms": 100, "threads": 1}]})
+                      "window_ms": 500, "every_ms": 100, "compute_threads": 1}]})
     from threadpoolctl import threadpool_info
 
     with caplog.at_level("WARNING", logger="rtbci.engine"):
         Engine(config)._limit_blas()
     assert [r.getMessage() for r in caplog.records] == [
         "numpy's BLAS is capped at 1 thread(s) for the whole engine, the python: decoder(s) "
-        "'mine' included; set a decoder's threads to raise it"]
+        "'mine' included; set a decoder's compute_threads to raise it"]
     assert all(p["num_threads"] == 1 for p in threadpool_info() if p["user_api"] == "blas")
