@@ -159,6 +159,21 @@ def test_no_import_circles() -> None:
     assert not found, "import circles:\n" + "\n".join(lines)
 
 
+def _is_cli(module: str) -> bool:
+    return module == "rtbci.cli" or module.startswith("rtbci.cli.")
+
+
+def test_only_the_entry_point_imports_the_command_line() -> None:
+    """The library sits below the command line: no module outside ``rtbci.cli`` imports it or
+    one of its command modules, except ``rtbci/__main__.py`` (``python -m rtbci``)."""
+    graph = import_graph()
+    assert "rtbci.cli.train" in graph["rtbci.cli"] and "rtbci.cli" in graph["rtbci.__main__"]
+    users = sorted(f"{module} → {target}" for module, targets in graph.items()
+                   if not _is_cli(module) and module != "rtbci.__main__"
+                   for target in targets if _is_cli(target))
+    assert not users, "modules that import the command line:\n" + "\n".join(users)
+
+
 def test_importing_the_config_loads_no_implementation() -> None:
     heavy = ["aiomqtt", "scipy.signal", "rtbci.engine", "rtbci.report", "torch"]
     code = ("import sys, rtbci.config\n"
