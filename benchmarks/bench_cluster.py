@@ -88,7 +88,7 @@ def main() -> None:
         ray_start_s = time.perf_counter() - started
         try:
             # workers up and their imports done, as the serial run's process (the serial
-            # timing does not count imports either; cold workers: benchmarks/README.md)
+            # timing does not count imports either)
             parallel_map(warm_up, range(args.workers))
             started = time.perf_counter()
             parallel_map(no_op, range(NO_OP_TASKS))

@@ -7,8 +7,10 @@ Two measurements, each on a real ``rtbci run`` process:
   compiling, in effect) on one simulated source; SIGTERM as soon as the first build started;
   the time from the signal to the process's exit (goal: ≤ 2 s), and which builds started.
 - ``marker_flood``: an LSL source whose marker stream is a peer pushing 1 MB string markers at
-  10 per second for 28 s (issue 21: RSS +400 MB in 28 s before markers were bounded); the
-  engine's resident memory (VmRSS) sampled every 0.25 s, and its marker counters.
+  10 per second for 28 s; the engine's resident memory (VmRSS) sampled every 0.25 s, and its
+  marker counters.
+
+Results: benchmarks/README.md, "Faults with a figure".
 
 Run: ``python benchmarks/bench_faults.py [--runs 10] [--out benchmarks/results]``; writes
 ``faults.json`` and ``faults_rss.png`` there.

@@ -14,7 +14,8 @@ Prints a markdown table and writes ``benchmarks/results/gui_frame_time.json`` an
 ``benchmarks/results/gui_frame_time.png`` (frame-time distributions, and a screenshot of the
 306-channel view in ``gui_traces_306.png``).
 
-Run: ``QT_QPA_PLATFORM=offscreen python benchmarks/bench_gui.py`` (about 30 s).
+Run: ``QT_QPA_PLATFORM=offscreen python benchmarks/bench_gui.py``. Results: benchmarks/README.md,
+"Display frame time".
 """
 
 from __future__ import annotations

@@ -7,10 +7,11 @@ per-sample timestamps). Channel 0 carries the sample index, so the receiver know
 samples it got; the sender saves every sample's push stamp for the receiver to read back.
 
 The sender first pushes ``WARMUP_S`` of warm-up chunks, excluded from the figures: with
-clocksync, liblsl holds the first samples back until its first clock-offset estimate
-(about 0.65 s here), so the first read after connecting returns that backlog at once (it is
-reported separately as ``first_sample_wait_ms``). After the last push the sender reports
-on stdout and keeps its outlet open until the receiver has closed its inlet.
+clocksync, liblsl holds the first samples back until its first clock-offset estimate, so
+the first read after connecting returns that backlog at once (it is reported separately as
+``first_sample_wait_ms``; its value: benchmarks/README.md, "LSL ingest latency"). After the
+last push the sender reports on stdout and keeps its outlet open until the receiver has closed
+its inlet.
 
 Receivers, one phase each, every phase with a fresh sender:
 
@@ -36,8 +37,8 @@ Figures, all in ms on the local LSL clock (sender and receiver share the machine
   rtbci's ``Stream.ingest_latency_ms`` reports;
 * ``timestamp_error``: received timestamp minus push time (what dejitter changes).
 
-Run: ``python benchmarks/bench_ingest_latency.py`` (6 phases × ``--duration`` 15 s plus
-about 3 s each: ~1 min 50 s). Writes ``benchmarks/results/ingest_latency.json`` and ``.png``.
+Run: ``python benchmarks/bench_ingest_latency.py`` (one phase of ``--duration`` seconds per
+reader). Writes ``benchmarks/results/ingest_latency.json`` and ``.png``.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ Every figure is the median over many timed batches (``time.perf_counter_ns``); a
 repeats the operation until it lasts at least ``--batch-ms``. Prints markdown tables and
 writes ``benchmarks/results/ringbuffer.json`` and ``benchmarks/results/ringbuffer.png``.
 
-Run: ``python benchmarks/bench_ringbuffer.py`` (about 30 s).
+Run: ``python benchmarks/bench_ringbuffer.py``. Results: benchmarks/README.md, "Ring buffer".
 """
 
 from __future__ import annotations

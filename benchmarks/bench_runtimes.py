@@ -18,8 +18,8 @@ then ``--calls`` calls of ``Runtime.run`` on changing random inputs are timed on
 
 Prints a markdown table; writes ``benchmarks/results/runtimes.json`` and ``runtimes.png``.
 
-Run: ``python benchmarks/bench_runtimes.py`` (about 1 minute on 2 CPU cores;
-``--skip-large`` leaves out the brain-module-like net).
+Run: ``python benchmarks/bench_runtimes.py`` (``--skip-large`` leaves out the brain-module-like
+net). Results: benchmarks/README.md, "Runtimes".
 """
 
 from __future__ import annotations

@@ -137,12 +137,12 @@ class ClockBridge:
 class Dejitter:
     """Regular timestamps from BrainFlow's arrival stamps: a phase-locked loop.
 
-    BrainFlow stamps packages as they reach the host, in bursts (the synthetic board's
-    intervals range from 0 to 7.6 ms around 4 ms), which the stream's gap detection would
-    count as gaps. The loop keeps the time of the next sample and the sampling period: each
-    chunk is stamped ``next + i · period`` after moving ``next`` towards the chunk's arrival
-    stamps (by the fraction that gives the error a half-life of ``halflife_s``), and the
-    period follows the remaining error, so a board whose clock runs off nominal is tracked
+    BrainFlow stamps packages as they reach the host, in bursts (irregular intervals around
+    the nominal period), which the stream's gap detection would count as gaps. The loop keeps
+    the time of the next sample and the sampling period: each chunk is stamped
+    ``next + i · period`` after moving ``next`` towards the chunk's arrival stamps (by the
+    fraction that gives the error a half-life of ``halflife_s``), and the period follows the
+    remaining error, so a board whose clock runs off nominal is tracked
     without a lag. The stamps keep the mean arrival delay (like LSL's dejitter). A chunk
     arriving more than ``jump_s`` later than predicted means samples were lost (or the board
     stalled): the timeline skips the missing samples (their number to within the arrival

@@ -133,8 +133,9 @@ def lsl_from_info(info: StreamInfo, chunk_size: int = 0) -> pylsl.StreamInfo:
 
 
 def prime_clock_sync(inlet: pylsl.StreamInlet, flags: int, timeout: float = 2.0) -> None:
-    """Get liblsl's first clock-offset estimate now (~0.65 s) rather than on the first pull,
-    which would otherwise hold the first samples or markers back by that much."""
+    """Get liblsl's first clock-offset estimate now rather than on the first pull, which would
+    otherwise hold the first samples or markers back by that long (its duration: "first sample
+    waited" in benchmarks/README.md, "LSL ingest latency")."""
     if flags & pylsl.proc_clocksync:
         inlet.time_correction(timeout=timeout)
 

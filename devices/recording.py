@@ -131,7 +131,7 @@ def _read_mne(path: Path, name: str | None) -> Recording:
 def _float32_samples(raw, factors: np.ndarray, block: int = 65536) -> np.ndarray:
     """``raw``'s samples × ``factors`` (per channel), ``(n_samples, n_channels)`` float32,
     read block by block: MNE's float64 copies stay one block in size (a 10-minute 64-channel
-    recording would otherwise pass through ~1 GB of float64 copies on its way to 154 MB)."""
+    recording, 154 MB as float32, would otherwise pass through whole-recording float64 copies)."""
     n = raw.n_times
     data = np.empty((n, len(factors)), np.float32)
     for start in range(0, n, block):

@@ -2,7 +2,7 @@
 
 A :class:`LatencyWindow` keeps the last ``size`` values in a preallocated ring, so recording
 is O(1) and allocation-free, and a summary costs one ``np.percentile`` over at most ``size``
-values (about 0.1 ms for 4096) however long the run.
+values however long the run.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def local_clock() -> Callable[[], float]:
     """The LSL clock (seconds) as the cheapest function that reads it.
 
     liblsl's clock is the C++ steady clock, which is ``CLOCK_MONOTONIC`` on Linux (and the
-    mach clock on macOS), the clock :func:`time.monotonic` reads: a ~1 µs call that keeps
+    mach clock on macOS), the clock :func:`time.monotonic` reads: a C call that keeps
     the GIL, where ``pylsl.local_clock`` is a ctypes call that releases and retakes it. Returns
     :func:`time.monotonic` when both read the same (checked here), else
     ``pylsl.local_clock``.
