@@ -44,7 +44,9 @@ import math
 import mmap
 import multiprocessing as mp
 import os
+import select
 import signal
+import struct
 import threading
 import time
 import traceback
@@ -70,6 +72,8 @@ BACKOFF_S = 0.1  # first restart delay, doubled per death in a row …
 BACKOFF_MAX_S = 5.0  # … up to this
 MAX_DEATHS = 5  # deaths within DEATH_WINDOW_S that mark the decoder failed
 DEATH_WINDOW_S = 60.0
+_HEADER = struct.Struct("!i")  # multiprocessing.connection's frame header
+READ_BYTES = 1 << 16  # a request or a reply: one read
 _FIELDS = ("probabilities", "ids", "scores", "embedding", "importance")
 
 
@@ -134,6 +138,7 @@ class ProcessDecoder(Decoder):
         self.base_dir, self.preprocess = base_dir, preprocess
         self.name = config.name
         self.kill_after_s = config.kill_after * config.budget_ms * 1e-3
+        self.kill_after_ms = math.ceil(self.kill_after_s * 1e3)
         self._lock = threading.Lock()
         self.state = "starting"  # starting | running | restarting | failed | closed
         self.restarts = self.kills = 0
@@ -143,6 +148,7 @@ class ProcessDecoder(Decoder):
         self._kill_reason: str | None = None
         self._process: mp.Process | None = None
         self._conn: Connection | None = None
+        self._reply: select.poll | None = None  # waits for the child's reply on _conn
         self._ps: psutil.Process | None = None
         self._rss_mb = self._cpu = 0.0
         self._restart_at: float | None = None
@@ -197,6 +203,8 @@ class ProcessDecoder(Decoder):
             process.join(2.0)
             raise RtbciError(meta["error"])
         self._process, self._conn = process, parent
+        self._reply = select.poll()  # one per pipe: cheaper than Connection.poll's selector
+        self._reply.register(parent.fileno(), select.POLLIN)
         self._ps = psutil.Process(process.pid)
         self._ps.cpu_percent(None)  # the first call starts the measure
         return meta
@@ -231,11 +239,11 @@ class ProcessDecoder(Decoder):
         with self._lock:
             if self.state != "running":
                 raise WorkerFault(self.down_reason())
-            conn, process = self._conn, self._process
+            conn, process, reply_ready = self._conn, self._process, self._reply
         try:
-            conn.send_bytes(msgpack.packb([op]))
-            if conn.poll(self.kill_after_s):  # a child that dies closes it: then EOFError
-                reply = msgpack.unpackb(conn.recv_bytes())
+            os.write(conn.fileno(), _REQUESTS[op])
+            if reply_ready.poll(self.kill_after_ms):  # a child that dies closes it: EOFError
+                reply = msgpack.unpackb(read_message(conn.fileno()))
                 if reply.get("error") is not None:
                     raise WorkerFault(reply["error"])
                 return reply
@@ -452,9 +460,10 @@ def _child_main(conn: Connection, config, info, where, base_dir, preprocess) -> 
 def _serve(conn: Connection, decoder: Decoder, n_channels: int, describe_exception) -> None:
     """Answer ``call`` / ``importance`` requests until ``stop`` or the pipe closes."""
     window = out = None
+    fd = conn.fileno()
     while True:
         try:
-            request = msgpack.unpackb(conn.recv_bytes())
+            request = msgpack.unpackb(read_message(fd))
         except (EOFError, OSError):
             return
         op = request[0]
@@ -481,7 +490,33 @@ def _serve(conn: Connection, decoder: Decoder, n_channels: int, describe_excepti
             reply["error"] = describe_exception(exc)
             log.debug("decoder raised:\n%s", traceback.format_exc())
         reply["took"] = time.perf_counter() - started
-        conn.send_bytes(msgpack.packb(reply, default=_plain))
+        os.write(fd, frame(msgpack.packb(reply, default=_plain)))
+
+
+def frame(payload: bytes) -> bytes:
+    """``payload`` framed as :class:`multiprocessing.connection.Connection` frames it (a 4-byte
+    big-endian length first), to go out in one ``os.write``."""
+    return _HEADER.pack(len(payload)) + payload
+
+
+def read_message(fd: int) -> bytes:
+    """One message framed as :func:`frame` does (or ``Connection.send_bytes``), in one
+    ``os.read`` when it fits: the hot path, where one request or one reply is in flight at a
+    time (so nothing follows it). Raises EOFError when the other end closed."""
+    data = os.read(fd, READ_BYTES)
+    while True:
+        need = _HEADER.size
+        if len(data) >= need:
+            need += _HEADER.unpack_from(data)[0]
+            if len(data) >= need:
+                return data[_HEADER.size:need]
+        more = os.read(fd, need - len(data))
+        if not more:
+            raise EOFError
+        data += more
+
+
+_REQUESTS = {op: frame(msgpack.packb([op])) for op in ("call", "importance")}  # packed once
 
 
 def _map_segments(input_name: str, output_name: str, shape: tuple[int, int]):
