@@ -12,8 +12,9 @@ The hop, without pickling an array:
   written straight into a shared-memory segment (``input_buffer``: the task's window lives
   there) that the child maps **read-only** (``mmap`` with ``PROT_READ``: an in-place edit
   raises in the decoder and cannot reach the engine);
-- a few bytes (msgpack) over a pipe wake the child; it decodes the mapped window without a
-  copy and writes the output's arrays into a second shared segment;
+- a few bytes (msgpack) over a pipe wake the child (:mod:`rtbci.scheduler.worker_process`, its
+  side); it decodes the mapped window without a copy and writes the output's arrays into a
+  second shared segment;
 - a few bytes back say which arrays are where; the parent copies them out (vectors of a few
   hundred values).
 
@@ -41,15 +42,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import mmap
 import multiprocessing as mp
 import os
 import select
 import signal
-import struct
 import threading
 import time
-import traceback
 from collections import deque
 from multiprocessing.connection import Connection, wait
 from multiprocessing.shared_memory import SharedMemory
@@ -59,43 +57,25 @@ import msgpack
 import numpy as np
 import psutil
 
-from rtbci.errors import RtbciError
+from rtbci.errors import RtbciError, WorkerFault
 from rtbci.latency import LatencyWindow
 from rtbci.models.base import Decoder, DecoderOutput
+from rtbci.scheduler.worker_process import OUTPUT_BYTES, REQUESTS, child_main, read_message
 
 log = logging.getLogger("rtbci.scheduler")
 
-OUTPUT_BYTES = 1 << 20  # the result segment: every array of one output must fit
 START_TIMEOUT_S = 300.0  # a child's build and warm-up (a TensorRT build can take minutes)
 CHECK_S = 0.2  # the supervisor's period: RSS, CPU, deaths while idle, restarts due
 BACKOFF_S = 0.1  # first restart delay, doubled per death in a row …
 BACKOFF_MAX_S = 5.0  # … up to this
 MAX_DEATHS = 5  # deaths within DEATH_WINDOW_S that mark the decoder failed
 DEATH_WINDOW_S = 60.0
-_HEADER = struct.Struct("!i")  # multiprocessing.connection's frame header
-READ_BYTES = 1 << 16  # a request or a reply: one read
-_FIELDS = ("probabilities", "ids", "scores", "embedding", "importance")
 
 
 SPAWN_HINT = (" (its traceback is above; a Python script that starts an engine with isolation = "
               "\"process\" must do so under `if __name__ == \"__main__\":`, as spawned "
               "processes import the script)")
 SUPERVISOR_SAID = "worker process "  # how the faults the supervisor logged itself begin
-
-
-class WorkerFault(Exception):
-    """The window's error, as the worker process said it (an exception in the decoder), or
-    beginning with ``SUPERVISOR_SAID`` (it died, was killed, is restarting or failed: logged
-    by the supervisor once, not again per window); counted on that window as is."""
-
-
-def describe_exception(exc: BaseException) -> str:
-    """``"ValueError: boom"``; the type alone when there is no message (``KeyboardInterrupt``);
-    a worker process's fault as it says it."""
-    text = str(exc)
-    if isinstance(exc, WorkerFault):
-        return text
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def describe_exit(code: int | None) -> str:
@@ -180,7 +160,7 @@ class ProcessDecoder(Decoder):
         """Start a child and wait for its build: its metadata (raises RtbciError)."""
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe()
-        process = ctx.Process(target=_child_main, name=f"rtbci-decoder-{self.name}",
+        process = ctx.Process(target=child_main, name=f"rtbci-decoder-{self.name}",
                               args=(child, self.config, self.info, self.where, self.base_dir,
                                     self.preprocess), daemon=True)
         process.start()
@@ -241,7 +221,7 @@ class ProcessDecoder(Decoder):
                 raise WorkerFault(self.down_reason())
             conn, process, reply_ready = self._conn, self._process, self._reply
         try:
-            os.write(conn.fileno(), _REQUESTS[op])
+            os.write(conn.fileno(), REQUESTS[op])
             if reply_ready.poll(self.kill_after_ms):  # a child that dies closes it: EOFError
                 reply = msgpack.unpackb(read_message(conn.fileno()))
                 if reply.get("error") is not None:
@@ -422,143 +402,3 @@ class Supervisor:
                 except Exception:  # one decoder's check must not end the others'
                     log.exception("decoder %r: supervising its worker process failed",
                                   decoder.name)
-
-
-# --- the child --------------------------------------------------------------------------
-
-
-def _child_main(conn: Connection, config, info, where, base_dir, preprocess) -> None:
-    """The worker process: set its CPU placement, build the decoder, then serve windows."""
-    from rtbci.models import load_decoder
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the engine, which stops us
-    try:
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(config.compute_threads or 1, user_api="blas")  # its own cap, as in-engine
-        if config.cpu:
-            os.sched_setaffinity(0, config.cpu)
-        if config.nice:
-            os.nice(config.nice)
-        decoder = load_decoder(config, info, where, base_dir, preprocess)
-        decoder(np.zeros((decoder.n_samples, info.n_channels), np.float32))  # warm-up
-    except BaseException as exc:
-        message = str(exc) if isinstance(exc, RtbciError) else (
-            f"{where} ({config.name!r}): failed to start in its worker process: "
-            f"{describe_exception(exc)}")
-        conn.send_bytes(msgpack.packb({"error": message}))
-        return
-    conn.send_bytes(msgpack.packb({
-        "kind": decoder.kind, "labels": decoder.labels, "n_samples": decoder.n_samples,
-        "n_channels": decoder.n_channels, "output_size": decoder.output_size,
-        "window_start": decoder.window_start, "explains": bool(decoder.explains),
-        "channel_names": getattr(decoder, "channel_names", None),
-        "describe": decoder.describe()}, default=_plain))
-    _serve(conn, decoder, info.n_channels, describe_exception)
-
-
-def _serve(conn: Connection, decoder: Decoder, n_channels: int, describe_exception) -> None:
-    """Answer ``call`` / ``importance`` requests until ``stop`` or the pipe closes."""
-    window = out = None
-    fd = conn.fileno()
-    while True:
-        try:
-            request = msgpack.unpackb(read_message(fd))
-        except (EOFError, OSError):
-            return
-        op = request[0]
-        if op == "stop":
-            return
-        if op == "map":
-            window, out = _map_segments(request[1], request[2],
-                                        (decoder.n_samples, n_channels))
-            conn.send_bytes(msgpack.packb("mapped"))
-            continue
-        started = time.perf_counter()
-        reply: dict = {"error": None}
-        try:
-            if op == "call":
-                output = decoder(window)
-                if not isinstance(output, DecoderOutput):
-                    raise TypeError(f"returned {type(output).__name__}, not a DecoderOutput")
-                values = {name: getattr(output, name) for name in _FIELDS}
-                reply["labels"] = list(output.labels) if output.labels is not None else None
-            else:
-                values = {"importance": decoder.importance(window)}
-            reply["arrays"] = _write_arrays(out, values)
-        except BaseException as exc:  # user code: SystemExit, KeyboardInterrupt included
-            reply["error"] = describe_exception(exc)
-            log.debug("decoder raised:\n%s", traceback.format_exc())
-        reply["took"] = time.perf_counter() - started
-        os.write(fd, frame(msgpack.packb(reply, default=_plain)))
-
-
-def frame(payload: bytes) -> bytes:
-    """``payload`` framed as :class:`multiprocessing.connection.Connection` frames it (a 4-byte
-    big-endian length first), to go out in one ``os.write``."""
-    return _HEADER.pack(len(payload)) + payload
-
-
-def read_message(fd: int) -> bytes:
-    """One message framed as :func:`frame` does (or ``Connection.send_bytes``), in one
-    ``os.read`` when it fits: the hot path, where one request or one reply is in flight at a
-    time (so nothing follows it). Raises EOFError when the other end closed."""
-    data = os.read(fd, READ_BYTES)
-    while True:
-        need = _HEADER.size
-        if len(data) >= need:
-            need += _HEADER.unpack_from(data)[0]
-            if len(data) >= need:
-                return data[_HEADER.size:need]
-        more = os.read(fd, need - len(data))
-        if not more:
-            raise EOFError
-        data += more
-
-
-_REQUESTS = {op: frame(msgpack.packb([op])) for op in ("call", "importance")}  # packed once
-
-
-def _map_segments(input_name: str, output_name: str, shape: tuple[int, int]):
-    """The input segment mapped read-only (an in-place edit raises) and the output one
-    read-write, by their names under /dev/shm (plain mmaps: no resource tracker here)."""
-    def mapped(name: str, access: int) -> mmap.mmap:
-        flags = os.O_RDONLY if access == mmap.ACCESS_READ else os.O_RDWR
-        fd = os.open(f"/dev/shm/{name}", flags)
-        try:
-            return mmap.mmap(fd, 0, access=access)
-        finally:
-            os.close(fd)
-
-    window = np.frombuffer(mapped(input_name, mmap.ACCESS_READ), np.float32,
-                           shape[0] * shape[1]).reshape(shape)
-    return window, mapped(output_name, mmap.ACCESS_WRITE)
-
-
-def _write_arrays(out: mmap.mmap, values: dict) -> list:
-    """Write each array of ``values`` into ``out``; ``[name, dtype, shape, offset]`` each."""
-    placed, offset = [], 0
-    for name, value in values.items():
-        if value is None:
-            continue
-        array = np.ascontiguousarray(value)
-        if array.dtype == object:
-            raise TypeError(f"{name} is not numeric")
-        if offset + array.nbytes > len(out):
-            raise ValueError(f"output larger than the worker's result area "
-                             f"({OUTPUT_BYTES} bytes)")
-        np.frombuffer(out, array.dtype, array.size, offset)[:] = array.reshape(-1)
-        placed.append([name, array.dtype.str, list(array.shape), offset])
-        offset += -(-array.nbytes // 8) * 8  # keep every array 8-byte aligned
-    return placed
-
-
-def _plain(value):
-    """msgpack fallback: numpy scalars and arrays in metadata as plain Python."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, (tuple, Path)):
-        return list(value) if isinstance(value, tuple) else str(value)
-    raise TypeError(f"cannot send {type(value).__name__}")

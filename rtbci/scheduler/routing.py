@@ -20,11 +20,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rtbci.errors import describe_exception
 from rtbci.messages import Result
 from rtbci.models.base import DecoderOutput
 from rtbci.scheduler.process import SUPERVISOR_SAID
 from rtbci.scheduler.task import DecoderTask, Job
-from rtbci.scheduler.workers import describe_exception, output_problem, run_explain, run_job
+from rtbci.scheduler.workers import output_problem, run_explain, run_job
 
 log = logging.getLogger("rtbci.scheduler")
 

@@ -34,8 +34,9 @@ from collections.abc import Callable
 
 import numpy as np
 
+from rtbci.errors import describe_exception
 from rtbci.models.base import Decoder, DecoderOutput
-from rtbci.scheduler.process import ProcessDecoder, Supervisor, describe_exception
+from rtbci.scheduler.process import ProcessDecoder, Supervisor
 from rtbci.scheduler.task import DecoderTask, Job
 
 log = logging.getLogger("rtbci.scheduler")
