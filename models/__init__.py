@@ -9,7 +9,7 @@ from rtbci.errors import RtbciError
 from rtbci.models.base import Decoder, DecoderOutput
 
 if TYPE_CHECKING:
-    from rtbci.config import DecoderConfig
+    from rtbci.config import Config, DecoderConfig, SourceConfig
     from rtbci.preprocess import PreprocessConfig
     from rtbci.stream import StreamInfo
 
@@ -236,3 +236,28 @@ def compiled(decoder, config: DecoderConfig, where: str) -> Decoder:
                            (1, decoder.n_samples, decoder.n_channels), config.device,
                            config.precision, name=f"{where} ({config.name!r})", **threads)
     return CompiledDecoder(runtime, decoder.kind, decoder.labels)
+
+
+def source_preprocess(source: SourceConfig, config: Config) -> PreprocessConfig:
+    """A source's preprocessing: its ``preprocess`` table if the config sets one, else the
+    preprocessing its first checkpoint decoder was trained with (the default: none).
+
+    A checkpoint that cannot be read here is skipped; its decoder reports why when it starts.
+    """
+    import logging
+
+    from rtbci.models.checkpoint import load_checkpoint
+
+    if "preprocess" in source.model_fields_set:
+        return source.preprocess
+    for dec in config.decoders:
+        if dec.source == source.name and is_checkpoint(dec.model):
+            try:
+                contract = load_checkpoint(checkpoint_path(dec.model, config.base_dir)).contract
+            except RtbciError:
+                continue
+            logging.getLogger("rtbci.engine").info(
+                "source %r: preprocessing from %s: %s", source.name, dec.model,
+                contract.input.preprocess)
+            return contract.input.preprocess_config()
+    return source.preprocess

@@ -12,24 +12,24 @@ from functools import partial
 
 import numpy as np
 
-from rtbci import __version__
+from rtbci import __version__, diagnostics
+from rtbci import reload as decoder_reload
 from rtbci.acquisition import Acquisition
-from rtbci.config import Config, DecoderConfig, SourceConfig
-from rtbci.control import ControlServer, model_hash, updated_config, window_change
+from rtbci.builds import BuildCancelled, in_daemon_thread
+from rtbci.config import Config, DecoderConfig
+from rtbci.control import ControlServer, model_hash
 from rtbci.devices import make_source
 from rtbci.devices.lsl import MarkerReader
 from rtbci.devices.recording import Recording
 from rtbci.errors import RtbciError
-from rtbci.events import summarize_markers
 from rtbci.health import HealthWatch, Heartbeat, Watched, watch_thread
 from rtbci.latency import local_clock
 from rtbci.messages import Result
-from rtbci.models import checkpoint_path, is_checkpoint, load_decoder
-from rtbci.models.checkpoint import load_checkpoint
+from rtbci.models import load_decoder, source_preprocess
 from rtbci.offline import run_offline
-from rtbci.preprocess import PreprocessConfig, Preprocessor
+from rtbci.preprocess import Preprocessor
 from rtbci.presence import SessionPresence
-from rtbci.scheduler import DecoderTask, Scheduler, Swap, TriggerSpec
+from rtbci.scheduler import DecoderTask, Scheduler, TriggerSpec
 from rtbci.scheduler.process import ProcessDecoder
 from rtbci.scheduler.routing import DirectSinks
 from rtbci.scheduler.workers import choose_placement
@@ -41,12 +41,18 @@ log = logging.getLogger("rtbci.engine")
 WATCHDOG_S = 0.05
 FIRST_LOOK_S = 0.15  # start-up: how long to look for an earlier engine before publishing
 SESSION_SINKS = ("mqtt", "lsl")  # sinks that publish under the session's name on the network
-RELOAD_WAIT_S = 10.0  # a reload waits this long (at least) for the decoder's running window
-MARKER_HINT_AFTER = 10  # markers on a source before saying an on_marker decoder matched none
 
 
 class Engine:
     """Runs a validated :class:`~rtbci.config.Config`.
+
+    Threads: the event loop's thread runs :meth:`run`, :meth:`shutdown`, :meth:`reload`, the
+    decoders' attachment and the sinks' publishing of results that need the loop; each
+    source's acquisition thread runs :meth:`_on_stream` (once) and then the scheduler's
+    ``on_data`` per chunk (its fast decoders with it); marker reader threads run
+    :meth:`_on_marker` (its scheduling goes to the loop); builds run in daemon threads
+    (:mod:`rtbci.builds`), one at a time. :meth:`stats`, :meth:`status` and
+    :meth:`problems` may be called from any thread.
 
     Parameters
     ----------
@@ -71,7 +77,8 @@ class Engine:
         self.decoder_status: dict[str, dict] = {}  # status(): running or failed decoders
         # stats(): every configured decoder's state: loading → running | failed
         self.decoder_states: dict[str, str] = {cfg.name: "loading" for cfg in config.decoders}
-        self._unmatched = {cfg.name: cfg for cfg in config.decoders if cfg.on_marker}
+        self.quiet_decoders = {  # event-locked decoders none of whose markers matched yet
+            cfg.name: cfg for cfg in config.decoders if cfg.on_marker}
         self._streams: dict[str, Stream] = {}
         self.scheduler: Scheduler | None = None
         self._marker_readers: list[MarkerReader] = []
@@ -91,8 +98,8 @@ class Engine:
         self.health = HealthWatch(on_change=self._health_changed)
         self._loop_beat = Heartbeat()
         self._control: ControlServer | None = None  # live runs: rtbci ctl's socket
-        self._reloaded: dict[str, DecoderConfig] = {}  # decoder → its config since a reload
-        self._reloading: set[str] = set()  # decoders being reloaded now
+        self.reloaded: dict[str, DecoderConfig] = {}  # decoder → its config since a reload
+        self.reloading: set[str] = set()  # decoders being reloaded now
 
     def __repr__(self) -> str:
         return f"<Engine: session {self.session} | streams {list(self.streams)}>"
@@ -166,15 +173,15 @@ class Engine:
 
     async def _build_each(self, source: str, stream: Stream) -> None:
         """Build and register ``source``'s decoders one after another, each in a daemon
-        thread (:func:`_in_daemon_thread`): a stop abandons the one compiling."""
+        thread (:func:`~rtbci.builds.in_daemon_thread`): a stop abandons the one compiling."""
         for i, cfg in enumerate(self.config.decoders):
             if cfg.source != source:
                 continue
             where = f"decoders[{i}]"
             try:
-                decoder, trigger = await _in_daemon_thread(self._build, cfg, stream, where)
-                model = await _in_daemon_thread(model_hash, cfg, self.config.base_dir)
-            except _BuildCancelled:
+                decoder, trigger = await in_daemon_thread(self.build, cfg, stream, where)
+                model = await in_daemon_thread(model_hash, cfg, self.config.base_dir)
+            except BuildCancelled:
                 self.decoder_states[cfg.name] = "cancelled"
                 continue
             except Exception as exc:  # one decoder that cannot start must not stop the others
@@ -186,10 +193,10 @@ class Engine:
                 continue
             self._register_decoder(cfg, decoder, trigger, stream, model)
 
-    def _build(self, cfg: DecoderConfig, stream: Stream, where: str):
+    def build(self, cfg: DecoderConfig, stream: Stream, where: str):
         """Load and warm up a decoder, and work out its trigger in samples (any thread).
 
-        Raises :class:`_BuildCancelled` instead when the engine stops before it starts."""
+        Raises :class:`BuildCancelled` instead when the engine stops before it starts."""
         self._acquire_build_lock()
         try:
             if cfg.isolation == "process":  # built and warmed up in its worker process
@@ -213,13 +220,13 @@ class Engine:
                                     start=start)
 
     def _acquire_build_lock(self) -> None:
-        """Wait for the one build at a time; raise :class:`_BuildCancelled` once stopping."""
+        """Wait for the one build at a time; raise :class:`BuildCancelled` once stopping."""
         while not self._build_lock.acquire(timeout=0.05):
             if self._stopping.is_set():
-                raise _BuildCancelled
+                raise BuildCancelled
         if self._stopping.is_set():
             self._build_lock.release()
-            raise _BuildCancelled
+            raise BuildCancelled
 
     def _register_decoder(self, cfg: DecoderConfig, decoder, trigger: TriggerSpec,
                           stream: Stream, model: str | None = None) -> None:
@@ -252,7 +259,7 @@ class Engine:
         the loop), or ``on_loop``: on the loop's own thread (offline replay)."""
         self.markers[source].append((timestamp, text))
         self.markers_received[source] += 1
-        self._hint_unmatched(source, text)
+        diagnostics.hint_unmatched(self, source, text)
         for sink in self.sinks:
             sink.marker(source, timestamp, text)
         stream = self._streams.get(source)
@@ -262,23 +269,6 @@ class Engine:
             self.scheduler.on_marker(stream, timestamp, text)
         else:
             self._loop.call_soon_threadsafe(self.scheduler.on_marker, stream, timestamp, text)
-
-    def _hint_unmatched(self, source: str, text: str) -> None:
-        """Warn once per event-locked decoder whose ``on_marker`` matched none of the first
-        :data:`MARKER_HINT_AFTER` markers of its source, naming the markers there are."""
-        tasks = self.scheduler.tasks if self.scheduler else {}
-        for name, cfg in list(self._unmatched.items()):
-            if cfg.source != source or name not in tasks:
-                continue
-            if tasks[name].trigger.label(text) is not None:
-                del self._unmatched[name]
-            elif self.markers_received[source] >= MARKER_HINT_AFTER:
-                del self._unmatched[name]
-                i = self.config.decoders.index(cfg)
-                log.warning("decoders[%d] (%r).on_marker %r matched none of the %d markers on "
-                            "source %r so far; markers there: %s", i, name, cfg.on_marker,
-                            self.markers_received[source], source,
-                            summarize_markers(t for _, t in self.markers[source]))
 
     def status(self) -> dict:
         """The engine's status (sent retained on MQTT): session, streams, decoders."""
@@ -434,128 +424,17 @@ class Engine:
             if on_tick is not None:
                 on_tick(self)
 
-    # --- control (rtbci ctl: rtbci.control) ----------------------------------------------
+    # --- control (rtbci ctl: rtbci.control, rtbci.reload) --------------------------------
 
     def control_status(self) -> list[dict]:
         """Each configured decoder: name, state, model hash, model spec, reloads, results."""
-        tasks = self.scheduler.tasks if self.scheduler else {}
-        out = []
-        for name, state in self.decoder_states.items():
-            task = tasks.get(name)
-            out.append({"name": name, "state": state, "model": task.model if task else None,
-                        "spec": self._decoder_config(name)[1].model,
-                        "reloads": task.reloads if task else 0,
-                        "results": task.results if task else 0})
-        return out
-
-    def _decoder_config(self, name: str) -> tuple[int, DecoderConfig]:
-        """``(index in [[decoders]], config now)`` of decoder ``name`` (a reload's, if any)."""
-        i = next(i for i, cfg in enumerate(self.config.decoders) if cfg.name == name)
-        return i, self._reloaded.get(name, self.config.decoders[i])
+        return decoder_reload.control_status(self)
 
     async def reload(self, name: str, model: str | None = None,
                      settings: dict | None = None) -> dict:
-        """Swap running decoder ``name`` for one built from its config with ``model`` and
-        ``settings`` (decoder keys or ``options.KEY``) applied, without stopping anything.
-
-        The new decoder is built off the loop while the old one keeps decoding; it must take
-        the same windows; it replaces the old one between two windows (none is lost or decoded
-        half by each: :meth:`DecoderTask.swap`), and the old one is closed. Returns
-        ``{"decoder", "old", "new", "spec"}`` (model hashes); raises :class:`RtbciError` (one
-        line) and keeps the old decoder on any problem.
-        """
-        task = self.scheduler.tasks.get(name) if self.scheduler else None
-        if task is None or self.decoder_states.get(name) != "running":
-            raise RtbciError(f"no running decoder {name!r} (running: "
-                             + (", ".join(map(repr, self.scheduler.tasks if self.scheduler
-                                              else ())) or "none") + ")")
-        if name in self._reloading:
-            raise RtbciError(f"decoder {name!r}: a reload is under way already")
-        self._reloading.add(name)
-        try:
-            i, cfg = self._decoder_config(name)
-            where = f"decoders[{i}]"
-            new_cfg = updated_config(cfg, model, settings or {}, where)
-            decoder, identity = await self._build_reload(new_cfg, task, where)
-            old_model, old = task.model, await self._swap_in(task, decoder, identity, new_cfg)
-        finally:
-            self._reloading.discard(name)
-        self._reloaded[name] = new_cfg
-        self.decoder_status[name] = {**self.decoder_status[name], "kind": decoder.kind,
-                                     "labels": decoder.labels,
-                                     "output_size": decoder.output_size,
-                                     "budget_ms": new_cfg.budget_ms,
-                                     "runtime": decoder.describe(), "model": identity,
-                                     "spec": new_cfg.model}
-        log.info("decoder %r reloaded: %s → %s (%s)", name, old_model, identity, new_cfg.model)
-        self._push_status()
-        await self._close_decoder(name, old)
-        return {"decoder": name, "old": old_model, "new": identity, "spec": new_cfg.model}
-
-    async def _build_reload(self, cfg: DecoderConfig, task: DecoderTask, where: str):
-        """Build ``cfg``'s decoder off the loop (:meth:`_build`) and its model hash; refuse
-        one that would take other windows than ``task``'s."""
-        built = _in_daemon_thread(self._build, cfg, task.stream, where)
-        try:
-            decoder, trigger = await asyncio.shield(built)
-        except asyncio.CancelledError:  # the engine stops: close what the build still makes
-            built.add_done_callback(_close_built)
-            raise
-        except _BuildCancelled:
-            raise RtbciError("the engine is stopping") from None
-        except RtbciError:
-            raise
-        except Exception as exc:
-            raise RtbciError(f"{where} ({cfg.name!r}): failed to start: "
-                             f"{type(exc).__name__}: {exc}") from None
-        problem = window_change(task, decoder, trigger)
-        try:
-            if problem:
-                raise RtbciError(f"decoder {cfg.name!r} not reloaded: {problem}")
-            return decoder, await _in_daemon_thread(model_hash, cfg, self.config.base_dir)
-        except BaseException:
-            await self._close_decoder(cfg.name, decoder)
-            raise
-
-    async def _swap_in(self, task: DecoderTask, decoder, identity: str,
-                       cfg: DecoderConfig):
-        """Put ``decoder`` in ``task``'s place between two windows; the decoder it replaced.
-        One still busy after ``RELOAD_WAIT_S`` (or twice its ``timeout_ms``) keeps its own."""
-        loop = asyncio.get_running_loop()
-        done = loop.create_future()
-
-        def applied(swap: Swap) -> None:  # under the scheduler's lock, any thread
-            with contextlib.suppress(RuntimeError):  # the loop closed: the engine stopped
-                loop.call_soon_threadsafe(lambda: done.done() or done.set_result(swap.old))
-
-        swap = Swap(decoder, identity, cfg.budget_ms, cfg.timeout_ms, applied)
-        self.scheduler.swap(task.name, swap)
-        wait_s = max(RELOAD_WAIT_S, 2e-3 * task.timeout_ms)
-        try:
-            old = await asyncio.wait_for(asyncio.shield(done), wait_s)
-        except asyncio.CancelledError:  # the engine stops: the task keeps what it has
-            if self.scheduler.cancel_swap(task.name, swap):
-                _close_built_decoder(decoder)
-            raise
-        except TimeoutError:
-            if not self.scheduler.cancel_swap(task.name, swap):
-                return await done  # applied meanwhile
-            await self._close_decoder(task.name, decoder)
-            raise RtbciError(f"decoder {task.name!r} not reloaded: still busy with a window "
-                             f"after {wait_s:g} s; the old one keeps running") from None
-        self.scheduler.pool.supervise(task)  # a decoder in a worker process is supervised
-        self.scheduler.pool.supervisor.remove(old)
-        return old
-
-    async def _close_decoder(self, name: str, decoder) -> None:
-        """``decoder.close()`` if it has one (a worker process's), off the loop; logged."""
-        close = getattr(decoder, "close", None)
-        if not callable(close):
-            return
-        try:
-            await _in_daemon_thread(close)
-        except Exception as exc:
-            log.error("decoder %r: closing the replaced decoder failed: %s", name, exc)
+        """Swap running decoder ``name`` for one with ``model`` / ``settings`` applied
+        (:func:`rtbci.reload.reload`)."""
+        return await decoder_reload.reload(self, name, model, settings)
 
     # --- offline replay -------------------------------------------------------------------
 
@@ -591,165 +470,17 @@ class Engine:
         for companion in self._companions:
             companion.stop()
 
+    def stats(self) -> dict:
+        """The ``--stats-json`` document (:func:`rtbci.diagnostics.engine_stats`)."""
+        return diagnostics.engine_stats(self)
+
+    def problems(self, stats: dict) -> list[str]:
+        """The end of a run's ``rtbci: error:`` lines (:func:`rtbci.diagnostics.problems`)."""
+        return diagnostics.problems(self, stats)
+
     async def _close_sinks(self) -> None:
         for sink in self.sinks:
             try:
                 await sink.close()
             except Exception as exc:
                 log.error("closing sink %s: %s", sink.kind, exc)
-
-    def stats(self) -> dict:
-        """The ``--stats-json`` document: per-stream counters, per-decoder figures, sinks."""
-        streams = {}
-        for name in self.markers_received:
-            stream, acq = self._streams.get(name), self.acquisitions.get(name)
-            entry = stream.stats() if stream else {"samples": 0, "gaps": 0, "overflows": 0,
-                                                    "clock_jumps": 0, "rate_hz": 0.0,
-                                                    "nonfinite_samples": 0,
-                                                    "nonfinite_chunks": 0}
-            entry["markers"] = self.markers_received[name]
-            entry.update(self._peer_counters(name, acq))
-            entry["state"] = acq.state if acq else "unmatched" if name in self.unmatched \
-                else "replayed"
-            if acq and acq.error:
-                entry["error"] = acq.error
-            if name in self.unmatched:
-                entry["error"] = self.unmatched[name]
-            streams[name] = entry
-        tasks = self.scheduler.tasks if self.scheduler else {}
-        decoders = {}
-        for name in [*self.decoder_states, *(n for n in tasks if n not in self.decoder_states)]:
-            entry = tasks[name].stats() if name in tasks else {"results": 0}
-            entry["state"] = self.decoder_states.get(name, "running")
-            if entry.get("worker", {}).get("state") == "failed":  # its process kept dying
-                entry["state"] = "failed"
-                entry["error"] = tasks[name].decoder.down_reason()
-            if "error" in self.decoder_status.get(name, {}):
-                entry["error"] = self.decoder_status[name]["error"]
-            runtime = self.decoder_status.get(name, {}).get("runtime")
-            if isinstance(runtime, dict) and runtime.get("cpu_fallback"):
-                entry["cpu_fallback"] = runtime["cpu_fallback"]
-            decoders[name] = entry
-        sinks = {f"{s.kind}[{i}]": s.stats() for i, s in enumerate(self.sinks) if s.stats()}
-        return {"streams": streams, "decoders": decoders, "sinks": sinks,
-                "threads": self.health.report()}
-
-    def _peer_counters(self, name: str, acq: Acquisition | None) -> dict[str, int]:
-        """What source ``name``'s peers sent that was cut, replaced or refused: its marker
-        reader's counters and other streams matching its query (0 where none applies)."""
-        counters = {"markers_truncated": 0, "markers_undecodable": 0, "marker_errors": 0,
-                    "duplicate_streams": 0}
-        for reader, source in zip(self._marker_readers, self._marker_sources):
-            if source == name:
-                counters.update(reader.stats())
-        if acq is not None and hasattr(acq.source, "stats"):
-            counters.update(acq.source.stats())
-        return counters
-
-    def problems(self, stats: dict) -> list[str]:
-        """One line per source that matched no recorded stream and per configured decoder
-        that produced no result, with why where it is known (the ``rtbci: error:`` lines of
-        a run that ends with exit status 1)."""
-        lines = [f"source {name!r} {why}" for name, why in self.unmatched.items()]
-        lines += [f"{entry.label} died ({entry.why})" for entry in self.health.dead()]
-        lines += [f"{sink.kind}[{i}]: {problem}" for i, sink in enumerate(self.sinks)  # lost
-                  if (problem := getattr(sink, "problem", lambda: None)())]  # data (record)
-        for cfg in self.config.decoders:
-            entry = stats["decoders"].get(cfg.name, {})
-            if entry.get("worker", {}).get("state") == "failed":
-                lines.append(f"decoder {cfg.name!r}: its {entry['error']}")
-            elif entry.get("results", 0) == 0:
-                lines.append(f"decoder {cfg.name!r} produced no results ({self._why(cfg)})")
-        return lines
-
-    def _why(self, cfg: DecoderConfig) -> str:
-        """Why decoder ``cfg`` produced nothing, as far as the engine can tell."""
-        source, stream = cfg.source, self._streams.get(cfg.source)
-        error = self.decoder_status.get(cfg.name, {}).get("error")
-        acq = self.acquisitions.get(source)
-        if error:
-            return error
-        if source in self.unmatched:
-            return f"its source {source!r} matches no recorded stream"
-        if acq is not None and acq.error:
-            return f"its source {source!r} failed: {acq.error}"
-        if stream is None or stream.buffer.count == 0:
-            return f"no samples arrived from its source {source!r}"
-        if cfg.name not in self.decoder_status:
-            return "it was still starting"
-        window = self.decoder_status[cfg.name]["window"][1]
-        if stream.buffer.count < window:
-            return (f"its source {source!r} delivered {stream.buffer.count} samples, fewer "
-                    f"than its window of {window}")
-        if cfg.on_marker is None:
-            return "no window could be decoded: see its stats"
-        received = [text for _, text in self.markers[source]]
-        if not received:
-            return f"its source {source!r} received no markers"
-        trigger = TriggerSpec(length=window, marker=cfg.on_marker)
-        if not any(trigger.label(text) is not None for text in received):
-            return (f"none of the {self.markers_received[source]} markers of source "
-                    f"{source!r} matched on_marker {cfg.on_marker!r}, e.g. {received[0]!r}")
-        return f"no window around its markers on {source!r} could be decoded"
-
-
-def _close_built(built: asyncio.Future) -> None:
-    """Done-callback of a build nobody awaits any more: close the decoder it made."""
-    if not built.cancelled() and built.exception() is None:
-        _close_built_decoder(built.result()[0])
-
-
-def _close_built_decoder(decoder) -> None:
-    """``decoder.close()`` (a worker process's) in a daemon thread, not awaited."""
-    close = getattr(decoder, "close", None)
-    if callable(close):
-        threading.Thread(target=close, name="rtbci-close", daemon=True).start()
-
-
-class _BuildCancelled(Exception):
-    """A decoder build the engine's stop cancelled before it started."""
-
-
-def _in_daemon_thread(fn: Callable, *args) -> asyncio.Future:
-    """``fn(*args)`` in a daemon thread, awaited as a future of the running loop.
-
-    Unlike ``asyncio.to_thread`` (whose executor ``asyncio.run`` waits for at exit), a
-    build still compiling when the engine stops is abandoned: the process exits at once.
-    """
-    loop = asyncio.get_running_loop()
-    future = loop.create_future()
-
-    def settle(outcome, ok: bool) -> None:
-        if not future.done():
-            future.set_result(outcome) if ok else future.set_exception(outcome)
-
-    def target() -> None:
-        try:
-            outcome, ok = fn(*args), True
-        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
-            outcome, ok = exc, False
-        with contextlib.suppress(RuntimeError):  # the loop is closed: the engine stopped
-            loop.call_soon_threadsafe(settle, outcome, ok)
-
-    threading.Thread(target=target, name="rtbci-build", daemon=True).start()
-    return future
-
-
-def source_preprocess(source: SourceConfig, config: Config) -> PreprocessConfig:
-    """A source's preprocessing: its ``preprocess`` table if the config sets one, else the
-    preprocessing its first checkpoint decoder was trained with (the default: none).
-
-    A checkpoint that cannot be read here is skipped; its decoder reports why when it starts.
-    """
-    if "preprocess" in source.model_fields_set:
-        return source.preprocess
-    for dec in config.decoders:
-        if dec.source == source.name and is_checkpoint(dec.model):
-            try:
-                contract = load_checkpoint(checkpoint_path(dec.model, config.base_dir)).contract
-            except RtbciError:
-                continue
-            log.info("source %r: preprocessing from %s: %s", source.name, dec.model,
-                     contract.input.preprocess)
-            return contract.input.preprocess_config()
-    return source.preprocess
