@@ -18,10 +18,12 @@ import pyqtgraph as pg
 from PySide6 import QtCore, QtGui, QtWidgets
 
 from rtbci.gui import theme
+from rtbci.gui.fit import ElidedLabel, FitGrid
 from rtbci.gui.state import DecoderState, true_class
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 THUMBNAIL_PX = 36
+CARD_MIN_PX = 250  # narrowest card column
 
 
 def _label(text: str = "", name: str | None = None) -> QtWidgets.QLabel:
@@ -31,21 +33,22 @@ def _label(text: str = "", name: str | None = None) -> QtWidgets.QLabel:
     return label
 
 
+def _wrapping(name: str | None = None) -> QtWidgets.QLabel:
+    """A label that wraps its text instead of widening its card."""
+    label = _label("", name)
+    label.setWordWrap(True)
+    label.setSizePolicy(QtWidgets.QSizePolicy.Policy.Ignored,
+                        QtWidgets.QSizePolicy.Policy.Preferred)
+    return label
+
+
 def _bar() -> QtWidgets.QProgressBar:
     bar = QtWidgets.QProgressBar()
     bar.setRange(0, 1000)
     bar.setTextVisible(False)
-    bar.setMinimumWidth(120)
+    bar.setMinimumWidth(24)
+    bar.setFixedHeight(12)
     return bar
-
-
-def scroll_area(widget: QtWidgets.QWidget) -> QtWidgets.QScrollArea:
-    """A vertical-only scroll area around ``widget``."""
-    scroll = QtWidgets.QScrollArea()
-    scroll.setWidgetResizable(True)
-    scroll.setHorizontalScrollBarPolicy(QtCore.Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-    scroll.setWidget(widget)
-    return scroll
 
 
 def _set_highlight(bar: QtWidgets.QProgressBar, on: bool) -> None:
@@ -69,12 +72,10 @@ class DecoderCard(QtWidgets.QFrame):
     def __init__(self, name: str, parent=None):
         super().__init__(parent)
         self.name = name
+        self.compact = 0  # 0 full, 1 compact, 2 dense (rtbci.gui.fit)
         self.setObjectName("card")
         self.title = _label(name, "cardTitle")
-        self.info = _label("", "muted")
-        self.info.setWordWrap(True)
-        self.info.setSizePolicy(QtWidgets.QSizePolicy.Policy.Ignored,
-                                QtWidgets.QSizePolicy.Policy.Preferred)
+        self.info = ElidedLabel("", "muted")
         self.meta = _label("waiting for results", "muted")
         self.meta.setAlignment(QtCore.Qt.AlignmentFlag.AlignRight)
         head = QtWidgets.QHBoxLayout()
@@ -89,6 +90,7 @@ class DecoderCard(QtWidgets.QFrame):
         layout.addLayout(head)
         layout.addWidget(self.info)
         layout.addLayout(self.body)
+        layout.addStretch(1)  # a card taller than its content (its row's height): space below
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__}: {self.name}>"
@@ -102,6 +104,13 @@ class DecoderCard(QtWidgets.QFrame):
         parts = [entry.get("kind", "?"), str(entry.get("source", "")), trigger,
                  f"budget {budget:g} ms" if budget else "", runtime]
         self.info.setText(" · ".join(p for p in parts if p))
+
+    def set_compact(self, compact: int) -> None:
+        """1 compact: without the configuration line (it stays in the tooltip) and, per kind,
+        smaller; 2 dense: smaller still; 0: in full. For a panel with more cards than fit."""
+        if compact != self.compact:
+            self.compact = compact
+            self.info.setVisible(not compact)
 
     def show_result(self, state: DecoderState, now: float) -> None:
         """Draw the newest result of ``state``; ``now`` is the LSL clock, for the rate."""
@@ -129,6 +138,7 @@ class ClassesCard(DecoderCard):
     """
 
     kind = "classes"
+    ROWS_PER_GROUP = 4
 
     def __init__(self, name: str, parent=None):
         super().__init__(name, parent)
@@ -136,32 +146,41 @@ class ClassesCard(DecoderCard):
         self.values: dict[str, QtWidgets.QLabel] = {}
         self.names: dict[str, QtWidgets.QLabel] = {}
         self.argmax: str | None = None
+        self._last: tuple[dict, DecoderState] | None = None
         self.channel_names: list[str] | None = None
-        self.importance = _label("", "muted")
-        self.trial = _label("", "muted")
-        self.trial.setWordWrap(True)
-        self.trial.setSizePolicy(QtWidgets.QSizePolicy.Policy.Ignored,
-                                 QtWidgets.QSizePolicy.Policy.Preferred)
+        self.importance, self.trial = _wrapping("muted"), _wrapping("muted")
+        self.importance.hide()
 
     def _rows(self, labels: list[str]) -> None:
+        """One (name, bar, value) row per class; more than ``ROWS_PER_GROUP`` classes in two
+        groups side by side."""
         if list(self.bars) == labels:
             return
         for widget in [*self.bars.values(), *self.values.values(), *self.names.values()]:
             widget.deleteLater()
         self.bars, self.values, self.names = {}, {}, {}
-        for row, label in enumerate(labels):
+        groups = 1 if len(labels) <= self.ROWS_PER_GROUP else 2
+        rows = -(-len(labels) // groups)
+        for i, label in enumerate(labels):
             self.names[label], self.bars[label], self.values[label] = (
                 _label(label), _bar(), _label("", "muted"))
-            self.body.addWidget(self.names[label], row, 0)
-            self.body.addWidget(self.bars[label], row, 1)
-            self.body.addWidget(self.values[label], row, 2)
-        self.body.setColumnStretch(1, 1)
-        self.body.addWidget(self.trial, len(labels), 0, 1, 3)
-        self.body.addWidget(self.importance, len(labels) + 1, 0, 1, 3)
+            row, column = i % rows, 3 * (i // rows)
+            self.body.addWidget(self.names[label], row, column)
+            self.body.addWidget(self.bars[label], row, column + 1)
+            self.body.addWidget(self.values[label], row, column + 2)
+            self.body.setColumnStretch(column + 1, 1)
+        self.body.addWidget(self.trial, rows, 0, 1, 3 * groups)
+        self.body.addWidget(self.importance, rows + 1, 0, 1, 3 * groups)
 
     def set_status(self, entry: dict, streams: dict) -> None:
         super().set_status(entry, streams)
         self.channel_names = entry.get("channels")
+
+    def set_compact(self, compact: int) -> None:
+        changed = compact != self.compact
+        super().set_compact(compact)
+        if changed and self._last is not None:
+            self.trial.setText(self._trial_text(*self._last, bool(compact)))
 
     def draw(self, message: dict, state: DecoderState) -> None:
         probabilities = np.asarray(message["probabilities"], dtype=float)
@@ -176,8 +195,11 @@ class ClassesCard(DecoderCard):
             _set_highlight(self.bars[label], i == best)
             self.names[label].setStyleSheet(f"color: {theme.ACCENT if i == best else theme.TEXT};"
                                             f"font-weight: {600 if i == best else 400};")
-        self.trial.setText(self._trial_text(message, state))
-        self.importance.setText(self._importance_text(message.get("importance")))
+        self._last = (message, state)
+        self.trial.setText(self._trial_text(message, state, bool(self.compact)))
+        importance = self._importance_text(message.get("importance"))
+        self.importance.setText(importance)
+        self.importance.setVisible(bool(importance))
 
     def _importance_text(self, importance) -> str:
         """``importance Cz 21 % · C3 12 % · FCz 9 %``: the three most important channels."""
@@ -190,16 +212,23 @@ class ClassesCard(DecoderCard):
         return "importance " + " · ".join(f"{names[i]} {100 * values[i]:.0f} %" for i in top)
 
     @staticmethod
-    def _trial_text(message: dict, state: DecoderState) -> str:
+    def _trial_text(message: dict, state: DecoderState, compact: bool = False) -> str:
+        """The last marker, the prediction and the running accuracy with its chance level
+        (compact: ``stim/left → left ✓ · 67 % of 3 (CI 9–99) · chance 67 %``)."""
         marker = message.get("marker")
         if not marker:
             return ""
-        text = f"marker {marker}"
+        text = marker if compact else f"marker {marker}"
         truth = true_class(message)
         if truth is not None and state.scored:
             predicted = message["labels"][int(np.argmax(message["probabilities"]))]
             low, high = (figures := state.chance())["ci95"]
-            text += (f" → {predicted} {'✓' if predicted == truth else '✗'} · accuracy "
+            mark = "✓" if predicted == truth else "✗"
+            if compact:
+                return (f"{text} → {predicted} {mark} · {100 * state.correct / state.scored:.0f}"
+                        f" % of {state.scored} (CI {100 * low:.0f}–{100 * high:.0f}) · chance "
+                        f"{100 * figures['chance']:.0f} %")
+            text += (f" → {predicted} {mark} · accuracy "
                      f"{100 * state.correct / state.scored:.0f} % (95 % CI {100 * low:.0f}–"
                      f"{100 * high:.0f}) · chance {100 * figures['chance']:.0f} % (majority "
                      f"class; 1/n {100 * figures['chance_uniform']:.0f} %) · "
@@ -219,7 +248,7 @@ class RetrievalCard(DecoderCard):
     """
 
     kind = "retrieval"
-    MAX_ROWS = 8
+    ROWS = (8, 3, 1)  # the most candidates drawn in full, compact, dense
 
     def __init__(self, name: str, parent=None):
         super().__init__(name, parent)
@@ -228,6 +257,17 @@ class RetrievalCard(DecoderCard):
         self._rows: list[tuple[QtWidgets.QLabel, ...]] = []
         self._bars: list[QtWidgets.QProgressBar] = []
         self._pixmaps: dict[str, QtGui.QPixmap | None] = {}
+
+    def rows_shown(self) -> int:
+        """The most candidates drawn at the card's compactness (``ROWS``)."""
+        return self.ROWS[self.compact]
+
+    def set_compact(self, compact: int) -> None:
+        super().set_compact(compact)
+        shown = min(len(self.shown), self.rows_shown())
+        for i, (row, bar) in enumerate(zip(self._rows, self._bars)):
+            for widget in (*row, bar):
+                widget.setVisible(i < shown)
 
     def _row(self, i: int) -> tuple[QtWidgets.QLabel, ...]:
         while len(self._rows) <= i:
@@ -246,7 +286,7 @@ class RetrievalCard(DecoderCard):
         scores = np.asarray(message.get("scores") if message.get("scores") is not None else [])
         ids = message.get("ids")
         labels = message.get("labels") or [str(int(i)) for i in (ids if ids is not None else [])]
-        k = min(len(scores), len(labels), self.MAX_ROWS)
+        k = min(len(scores), len(labels), self.rows_shown())
         top = float(np.max(np.abs(scores[:k]))) if k else 1.0
         self.shown = [(str(labels[i]), float(scores[i])) for i in range(k)]
         for i, (label, score) in enumerate(self.shown):
@@ -293,12 +333,13 @@ class EmbeddingCard(DecoderCard):
     """
 
     kind = "embedding"
+    PLOT_PX, COMPACT_PLOT_PX = 64, 36
 
     def __init__(self, name: str, parent=None):
         super().__init__(name, parent)
         self.n_channels = 0
         self.plot = pg.PlotWidget()
-        self.plot.setFixedHeight(64)
+        self.plot.setFixedHeight(self.PLOT_PX)
         self.plot.hideAxis("left")
         self.plot.hideAxis("bottom")
         self.plot.setMouseEnabled(x=False, y=False)
@@ -311,6 +352,11 @@ class EmbeddingCard(DecoderCard):
         self.norm = _label("", "muted")
         self.body.addWidget(self.plot, 0, 0)
         self.body.addWidget(self.norm, 1, 0)
+
+    def set_compact(self, compact: int) -> None:
+        super().set_compact(compact)
+        self.plot.setFixedHeight(self.COMPACT_PLOT_PX if compact else self.PLOT_PX)
+        self.plot.setVisible(compact < 2)
 
     def set_status(self, entry: dict, streams: dict) -> None:
         super().set_status(entry, streams)
@@ -351,11 +397,14 @@ def make_card(name: str, kind: str) -> DecoderCard:
 
 
 class DecodersPanel(QtWidgets.QFrame):
-    """The decoder cards, in the order of the engine's status.
+    """The decoder cards, in the order of the engine's status, in a :class:`FitGrid`: as
+    many columns as it takes to show every card at once, compact cards when that is not
+    enough.
 
     Attributes
     ----------
     cards : dict of str to DecoderCard
+    grid : FitGrid
     """
 
     def __init__(self, session: str, parent=None):
@@ -363,18 +412,12 @@ class DecodersPanel(QtWidgets.QFrame):
         self.setObjectName("panel")
         self.cards: dict[str, DecoderCard] = {}
         self.placeholder = _label(f"waiting for session {session}", "muted")
-        inner = QtWidgets.QWidget()
-        inner.setObjectName("root")
-        inner.setStyleSheet(f"background: {theme.PANEL};")
-        self._cards = QtWidgets.QVBoxLayout(inner)
-        self._cards.setContentsMargins(0, 0, 0, 0)
-        self._cards.addWidget(self.placeholder)
-        self._cards.addStretch(1)
-        scroll = scroll_area(inner)
+        self.grid = FitGrid(min_column_px=CARD_MIN_PX)
         layout = QtWidgets.QVBoxLayout(self)
         layout.setContentsMargins(10, 8, 10, 10)
         layout.addWidget(_label("Decoders", "panelTitle"))
-        layout.addWidget(scroll, 1)
+        layout.addWidget(self.placeholder)
+        layout.addWidget(self.grid, 1)
 
     def sync(self, status: dict | None) -> None:
         """Create, update or remove cards to match the engine status (``None``: keep them)."""
@@ -382,15 +425,17 @@ class DecodersPanel(QtWidgets.QFrame):
             return
         decoders, streams = status.get("decoders") or {}, status.get("streams") or {}
         for name in [n for n in self.cards if n not in decoders]:
-            self.cards.pop(name).deleteLater()
-        for name, entry in decoders.items():
-            if "error" in entry:
-                continue
+            self.grid.remove(self.cards.pop(name))
+        for position, (name, entry) in enumerate(
+                (n, e) for n, e in decoders.items() if "error" not in e):
             card = self.cards.get(name)
             if card is None or card.kind != entry.get("kind"):
-                card = self._add(name, entry.get("kind", ""))
+                card = self._add(name, entry.get("kind", ""), position)
             card.set_status(entry, streams)
+        order = [name for name in decoders if name in self.cards]
+        self.grid.blocks.sort(key=lambda b: order.index(b.name) if b.name in order else len(order))
         self.placeholder.setVisible(not self.cards)
+        self.grid.relayout_later()
 
     def card_for(self, name: str, kind: str) -> DecoderCard:
         """The card of decoder ``name``, created if the status has not announced it."""
@@ -400,11 +445,12 @@ class DecodersPanel(QtWidgets.QFrame):
             self.placeholder.hide()
         return card
 
-    def _add(self, name: str, kind: str) -> DecoderCard:
+    def _add(self, name: str, kind: str, position: int | None = None) -> DecoderCard:
         old = self.cards.pop(name, None)
         if old is not None:
-            old.deleteLater()
+            position = self.grid.blocks.index(old)
+            self.grid.remove(old)
         card = make_card(name, kind)
-        self._cards.insertWidget(self._cards.count() - 1, card)
+        self.grid.add(card, position)
         self.cards[name] = card
         return card

@@ -21,13 +21,15 @@ import pyqtgraph as pg
 from PySide6 import QtCore, QtWidgets
 
 from rtbci.gui import theme
-from rtbci.gui.decoders import scroll_area
 from rtbci.gui.feeds import MqttFeed
+from rtbci.gui.fit import FitGrid
 from rtbci.gui.state import DecoderState, percentiles
 
 HIST_BINS = 40
 HIST_MAX_MS = 100.0  # histogram range cap (at least 4 × the budget)
 STATS_STALE_S = 3.0
+PLOT_PX, COMPACT_PLOT_PX = 72, 52  # histogram height, full and compact
+TIMING_MIN_PX = 250  # narrowest column of timing blocks
 COUNTERS = ("results", "late", "skipped", "errors", "timeouts")
 
 
@@ -75,6 +77,8 @@ class DecoderTiming(QtWidgets.QWidget):
     def __init__(self, name: str, parent=None):
         super().__init__(parent)
         self.name = name
+        self.compact = 0  # 0 full, 1 compact, 2 dense (rtbci.gui.fit)
+        self._percentiles: tuple[float, float, float, float, int] | None = None
         self.budget_ms = 0.0
         self.figures = _wrapping_label("no results yet")
         self.counters: dict[str, int | None] = dict.fromkeys(COUNTERS)
@@ -94,15 +98,14 @@ class DecoderTiming(QtWidgets.QWidget):
 
     def _histogram_plot(self) -> pg.PlotWidget:
         plot = pg.PlotWidget()
-        plot.setFixedHeight(92)
+        plot.setFixedHeight(PLOT_PX)
         item = plot.getPlotItem()
         item.hideButtons()
         item.setMenuEnabled(False)
         item.setMouseEnabled(x=False, y=False)
-        item.getAxis("bottom").setLabel("latency (ms)")
         item.getAxis("bottom").setTextPen(theme.TEXT)
         item.getAxis("left").setWidth(34)
-        item.getAxis("left").setStyle(maxTextLevel=0)  # major ticks only: 92 px is short
+        item.getAxis("left").setStyle(maxTextLevel=0)  # major ticks only: the plot is short
         self.e2e_curve = plot.plot(stepMode="center", fillLevel=0, pen=pg.mkPen(theme.ORANGE),
                                    brush=pg.mkBrush(255, 183, 77, 70))
         self.engine_curve = plot.plot(stepMode="center", fillLevel=0, pen=pg.mkPen(theme.ACCENT),
@@ -113,6 +116,16 @@ class DecoderTiming(QtWidgets.QWidget):
         self.budget_line.hide()
         plot.addItem(self.budget_line, ignoreBounds=True)
         return plot
+
+    def set_compact(self, compact: int) -> None:
+        """1 compact: a lower histogram, the engine's own percentiles only in the tooltip;
+        2 dense: no histogram either; 0: in full."""
+        if compact != self.compact:
+            self.compact = compact
+            self.plot.setFixedHeight(COMPACT_PLOT_PX if compact else PLOT_PX)
+            self.plot.setVisible(compact < 2)
+            self.engine_figures.setVisible(not compact)
+            self._show_figures()
 
     def set_budget(self, budget_ms: float | None) -> None:
         """Draw the decoder's latency budget as a line (None or 0: no line)."""
@@ -133,10 +146,23 @@ class DecoderTiming(QtWidgets.QWidget):
             counts, _ = np.histogram(np.clip(values, 0.0, top), edges)
             curve.setData(edges, counts)
         self.plot.setXRange(0, top, padding=0.02)
-        self.figures.setText(
-            f"<span style='color:{theme.ACCENT}'>engine</span> p50 {_ms(e50)} · p99 {_ms(e99)}"
-            f" ms &nbsp; <span style='color:{theme.ORANGE}'>end-to-end</span> p50 {_ms(t50)} · "
-            f"p99 {_ms(t99)} ms <span style='color:{theme.MUTED}'>(last {len(engine)})</span>")
+        self._percentiles = (e50, e99, t50, t99, len(engine))
+        self._show_figures()
+
+    def _show_figures(self) -> None:
+        if self._percentiles is None:
+            return
+        e50, e99, t50, t99, n = self._percentiles
+        engine = f"<span style='color:{theme.ACCENT}'>engine</span>"
+        e2e = f"<span style='color:{theme.ORANGE}'>end-to-end</span>"
+        last = f"<span style='color:{theme.MUTED}'>(last {n})</span>"
+        if self.compact:  # p50 / p99, as the tooltip says
+            self.figures.setText(f"{engine} {_ms(e50)} / {_ms(e99)} · {e2e} {_ms(t50)} / "
+                                 f"{_ms(t99)} ms")
+            self.figures.setToolTip(f"p50 / p99 of the last {n} results")
+        else:
+            self.figures.setText(f"{engine} p50 {_ms(e50)} · p99 {_ms(e99)} ms &nbsp; {e2e} "
+                                 f"p50 {_ms(t50)} · p99 {_ms(t99)} ms {last}")
 
     def show_stats(self, entry: dict) -> None:
         """Counters and engine-side percentiles from the engine statistics of this decoder."""
@@ -146,7 +172,7 @@ class DecoderTiming(QtWidgets.QWidget):
         self.engine_figures.setText(f"engine statistics: latency p50 {_ms(lat.get('p50'))} · "
                                     f"p99 {_ms(lat.get('p99'))} · max {_ms(lat.get('max'))} ms"
                                     + worker_text(entry.get("worker")))
-
+        self.setToolTip(self.engine_figures.text())
 
     def _show_counters(self) -> None:
         parts = []
@@ -244,11 +270,7 @@ class TimingPanel(QtWidgets.QFrame):
         self.engine = QtWidgets.QLabel("")
         self.engine.setWordWrap(True)
         self.decoders: dict[str, DecoderTiming] = {}
-        rows = QtWidgets.QWidget()
-        rows.setStyleSheet(f"background: {theme.PANEL};")
-        self._rows = QtWidgets.QVBoxLayout(rows)
-        self._rows.setContentsMargins(0, 0, 0, 0)
-        self._rows.addStretch(1)
+        self.grid = FitGrid(min_column_px=TIMING_MIN_PX, spacing=4)
         self.streams = StreamsList()
         title = QtWidgets.QLabel("Timing")
         title.setObjectName("panelTitle")
@@ -256,14 +278,14 @@ class TimingPanel(QtWidgets.QFrame):
         layout.setContentsMargins(10, 8, 10, 10)
         layout.addWidget(title)
         layout.addWidget(self.engine)
-        layout.addWidget(scroll_area(rows), 1)
+        layout.addWidget(self.grid, 1)
         layout.addWidget(self.streams)
 
     def timing_for(self, name: str) -> DecoderTiming:
-        """The row of decoder ``name`` (created on first use)."""
+        """The block of decoder ``name`` (created on first use)."""
         if name not in self.decoders:
             self.decoders[name] = DecoderTiming(name)
-            self._rows.insertWidget(self._rows.count() - 1, self.decoders[name])
+            self.grid.add(self.decoders[name])
         return self.decoders[name]
 
     def update_from(self, feed: MqttFeed, states: dict[str, DecoderState]) -> None:

@@ -20,6 +20,7 @@ import pyqtgraph as pg
 from PySide6 import QtCore, QtWidgets
 
 from rtbci.gui import theme
+from rtbci.gui.channel_axis import ChannelAxis
 from rtbci.gui.feeds import SignalFeed
 from rtbci.gui.raster import BinCache, RasterItem, coverage, span_rows
 from rtbci.stream import StreamInfo
@@ -63,59 +64,6 @@ class Frame:
 
 # raster index → colour: 0 background, 1 good trace, 2 bad trace, 3 both (good on top)
 RASTER_COLOURS = (theme.PANEL, theme.TRACE, theme.BAD_CHANNEL, theme.TRACE)
-
-
-class ChannelAxis(pg.AxisItem):
-    """Left axis labelled with channel names (channel ``i`` at ``y = −i``).
-
-    Labels are thinned to fit; bad channels are drawn grey. Clicking a name calls
-    ``on_click(channel_index)``.
-    """
-
-    LABEL_PX = 13  # minimum vertical distance between two labels
-
-    def __init__(self, on_click):
-        super().__init__("left")
-        self.names: list[str] = []
-        self.bad: set[int] = set()
-        self.on_click = on_click
-        self.setStyle(tickLength=-4)
-        self.setTextPen(theme.TEXT)
-
-    def set_names(self, names) -> None:
-        self.names = list(names)
-        self.picture = None
-        self.update()
-
-    def tickValues(self, minVal, maxVal, size):  # noqa: N802, N803 - pyqtgraph's API
-        n = len(self.names)
-        lo, hi = max(0, math.ceil(-maxVal)), min(n - 1, math.floor(-minVal))
-        if hi < lo or size <= 0:
-            return []
-        px_per_channel = size / max(maxVal - minVal, 1e-9)
-        stride = max(1, math.ceil(self.LABEL_PX / px_per_channel))
-        return [(stride, [-i for i in range(lo, hi + 1) if i % stride == 0])]
-
-    def tickStrings(self, values, scale, spacing):  # noqa: N802 - pyqtgraph's API
-        return [self.names[round(-v)] for v in values]
-
-    def drawPicture(self, p, axisSpec, tickSpecs, textSpecs):  # noqa: N802, N803
-        bad_names = {self.names[i] for i in self.bad if i < len(self.names)}
-        good = [spec for spec in textSpecs if spec[2] not in bad_names]
-        super().drawPicture(p, axisSpec, tickSpecs, good)
-        p.setPen(pg.mkPen(theme.BAD_CHANNEL))
-        for rect, flags, text in textSpecs:
-            if text in bad_names:
-                p.drawText(rect, int(flags), text)
-
-    def mouseClickEvent(self, event):  # noqa: N802 - pyqtgraph's API
-        view = self.linkedView()
-        if view is None or event.button() != QtCore.Qt.MouseButton.LeftButton:
-            return super().mouseClickEvent(event)
-        channel = round(-view.mapSceneToView(event.scenePos()).y())
-        if 0 <= channel < len(self.names):
-            event.accept()
-            self.on_click(channel)
 
 
 class TraceView(QtWidgets.QWidget):
@@ -190,6 +138,8 @@ class TraceView(QtWidgets.QWidget):
         bar = QtWidgets.QHBoxLayout()
         self.title = QtWidgets.QLabel(f"{self.feed.name}: waiting for the stream")
         self.title.setObjectName("muted")
+        self.title.setSizePolicy(QtWidgets.QSizePolicy.Policy.Ignored,  # long names: cut, the
+                                 QtWidgets.QSizePolicy.Policy.Preferred)  # panels keep width
         self.gain = _spin(0.05, 100.0, 1.0, 2, "×", "amplitude zoom (1 = auto scale)")
         self.gain.setSingleStep(0.25)
         self.auto_button = QtWidgets.QPushButton("Auto")
@@ -284,8 +234,7 @@ class TraceView(QtWidgets.QWidget):
         self.view.setLimits(yMin=-(n + 0.5), yMax=1.5, minYRange=1, maxYRange=n + 2)
         self.rows.setRange(1, n)
         self.view.setYRange(-(n - 0.5), 0.5, padding=0)
-        self.engine_source = None
-        self._set_title()
+        self._set_title()  # the engine source's label stays: match_engine owns it
         self._auto_pending = True
 
     def _set_title(self) -> None:
@@ -300,13 +249,20 @@ class TraceView(QtWidgets.QWidget):
                 text += f" · {self.feed.state}"
         if text != self.title.text():
             self.title.setText(text)
+            self.title.setToolTip(text)  # the whole of it, when the toolbar cuts it
 
     def reads_as(self, meta: dict) -> bool:
         """Whether an engine source (an entry of ``status["streams"]``) may read this stream.
 
-        True when the source's channel names are all channels of this stream (a source may
-        pick a subset).
+        By the stream's LSL name (``lsl_name``, and ``source_id`` when both sides know it);
+        without them, when the source's channel names are all channels of this stream (a
+        source may pick a subset).
         """
+        lsl_name = meta.get("lsl_name")
+        if lsl_name:
+            source_id = meta.get("source_id")
+            return self.feed.name == lsl_name and (
+                not source_id or self.info is None or self.info.source_id == source_id)
         names = meta.get("ch_names") or ()
         return self.info is not None and bool(names) and set(names) <= set(self.info.ch_names)
 
@@ -466,10 +422,16 @@ class TracesPanel(QtWidgets.QTabWidget):
         super().__init__(parent)
         self.seconds = seconds
         self.views: dict[str, TraceView] = {}
+        self.chosen = False  # the user picked a tab: the panel no longer picks one
+        self.tabBarClicked.connect(self._on_tab_clicked)
         self.placeholder = QtWidgets.QLabel("no LSL stream yet: looking for streams …")
         self.placeholder.setAlignment(QtCore.Qt.AlignmentFlag.AlignCenter)
         self.placeholder.setObjectName("muted")
         self.addTab(self.placeholder, "Traces")
+
+    def _on_tab_clicked(self, index: int) -> None:
+        if index >= 0:
+            self.chosen = True
 
     def add_feed(self, feed: SignalFeed) -> TraceView:
         """Add a tab for ``feed`` (named after its stream)."""
@@ -481,10 +443,13 @@ class TracesPanel(QtWidgets.QTabWidget):
         return view
 
     def match_engine(self, status: dict | None) -> None:
-        """Label the tabs the engine reads and show one of them if none is shown yet.
+        """Label each tab with the engine source that reads it, order the tabs as the
+        sources are configured, and show the first configured source's tab until the user
+        picks one.
 
-        An engine source matches the streams whose channels it names; when several do, only
-        those whose LSL name is the source's name (if any).
+        ``status["streams"]`` lists the sources in the config's order. A source reads the
+        stream named by its ``lsl_name``; without one, the streams whose channels it names
+        (when several do, those whose LSL name is the source's name, if any).
         """
         views = list(self.views.values())
         labels: dict[TraceView, str] = {}
@@ -492,11 +457,13 @@ class TracesPanel(QtWidgets.QTabWidget):
             candidates = [view for view in views if view.reads_as(meta)]
             named = [view for view in candidates if view.feed.name == source]
             for view in named or candidates:
-                labels[view] = source
+                labels.setdefault(view, source)  # a stream read by two sources: the first
         for view in views:
             view.set_engine_source(labels.get(view))
-        current = self.currentWidget()
-        if labels and not (isinstance(current, TraceView) and current.engine_source):
+        for position, view in enumerate(labels):
+            if self.indexOf(view) != position:
+                self.tabBar().moveTab(self.indexOf(view), position)
+        if labels and not self.chosen and self.currentWidget() is not next(iter(labels)):
             self.setCurrentWidget(next(iter(labels)))
 
     def refresh(self) -> None:

@@ -16,6 +16,7 @@ from PySide6 import QtCore, QtGui, QtWidgets
 from rtbci.gui import theme
 from rtbci.gui.decoders import DecodersPanel
 from rtbci.gui.feeds import MqttFeed, SignalFeed, StreamDiscovery
+from rtbci.gui.fit import LEVELS
 from rtbci.gui.state import DecoderState
 from rtbci.gui.timing import TimingPanel
 from rtbci.gui.traces import TracesPanel
@@ -102,21 +103,53 @@ class MainWindow(QtWidgets.QMainWindow):
         inner.addWidget(self.traces)
         self.decoders = DecodersPanel(session)
         self.timing = TimingPanel()
-        right = QtWidgets.QSplitter(QtCore.Qt.Orientation.Vertical)
+        right = self.right = QtWidgets.QSplitter(QtCore.Qt.Orientation.Vertical)
         right.addWidget(self.decoders)
         right.addWidget(self.timing)
         right.setSizes([350, 620])
+        self.split_by_user = False  # once the user drags it, the split stays theirs
+        self._balanced: tuple[list[int], int] | None = None
+        self._timing_blocks = (0, 0)
+        right.splitterMoved.connect(self._on_split_moved)
         split = QtWidgets.QSplitter(QtCore.Qt.Orientation.Horizontal)
         split.addWidget(traces_frame)
         split.addWidget(right)
-        split.setSizes([1000, 600])
-        split.setStretchFactor(0, 3)
-        split.setStretchFactor(1, 2)
+        split.setSizes([900, 700])
+        split.setStretchFactor(0, 9)
+        split.setStretchFactor(1, 7)
         layout = QtWidgets.QVBoxLayout(root)
         layout.setContentsMargins(10, 8, 10, 10)
         layout.addLayout(head)
         layout.addWidget(split, 1)
         self.setCentralWidget(root)
+
+    def _on_split_moved(self, *_) -> None:
+        self.split_by_user = True
+
+    def balance(self) -> None:
+        """Share the right column's height between Decoders and Timing in proportion to what
+        each needs to show all its blocks (at the fullest level at which both fit), until the
+        user drags the splitter. Called when blocks are added."""
+        total = sum(self.right.sizes())
+        if self.split_by_user or self._closed or total <= 0:
+            return
+        panels = (self.decoders, self.timing)
+        for level in LEVELS:  # the fullest level at which both fit, else the densest
+            needs = [self._need(panel, level) for panel in panels]
+            if sum(needs) <= total:
+                break
+        if (needs, total) == self._balanced:
+            return
+        self._balanced = (needs, total)
+        top = round(total * needs[0] / sum(needs))
+        self.right.setSizes([top, total - top])
+
+    @staticmethod
+    def _need(panel, compact: int) -> int:
+        """Height ``panel`` needs to show all its blocks: its grid's and everything else."""
+        grid = panel.grid
+        width = grid.width() - 2 * grid.frameWidth()
+        return panel.height() - grid.height() + grid.natural_height(width, compact)
 
     # -- feeds ---------------------------------------------------------------------------------
 
@@ -154,6 +187,10 @@ class MainWindow(QtWidgets.QMainWindow):
             feed.stop()
         self.mqtt.stop()
 
+    def resizeEvent(self, event: QtGui.QResizeEvent) -> None:  # noqa: N802 - Qt's API
+        super().resizeEvent(event)
+        QtCore.QTimer.singleShot(0, self.balance)  # once the panels have their new sizes
+
     def closeEvent(self, event: QtGui.QCloseEvent) -> None:  # noqa: N802 - Qt's API
         self.close_feeds()
         super().closeEvent(event)
@@ -167,6 +204,7 @@ class MainWindow(QtWidgets.QMainWindow):
         if self.mqtt.status is not self._status_seen:
             self._status_seen = self.mqtt.status
             self.decoders.sync(self._status_seen)
+            self.balance()
         self._draw_results()
         now = time.monotonic()
         if now - self._slow_at >= SLOW_S:
@@ -176,6 +214,11 @@ class MainWindow(QtWidgets.QMainWindow):
             self.traces.match_engine(status if status and status.get("state") == "online"
                                      else None)
             self._update_header()
+            grew = self.decoders.grid.check() | self.timing.grid.check()
+            blocks = (len(self.timing.decoders), len(self.timing.streams.labels))
+            if grew or blocks != self._timing_blocks:  # new blocks or stream lines
+                self._timing_blocks = blocks
+                QtCore.QTimer.singleShot(50, self.balance)  # once their panel is laid out
         self.frames += 1
 
     def _draw_results(self) -> None:

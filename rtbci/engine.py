@@ -43,6 +43,14 @@ FIRST_LOOK_S = 0.15  # start-up: how long to look for an earlier engine before p
 SESSION_SINKS = ("mqtt", "lsl")  # sinks that publish under the session's name on the network
 
 
+def in_config_order(entries: dict, configs) -> dict:
+    """``entries`` (by source or decoder name) in the order of ``configs`` (the status lists
+    them so: the display opens on the first source); names not configured last."""
+    names = [cfg.name for cfg in configs]
+    return dict(sorted(entries.items(),
+                       key=lambda item: names.index(item[0]) if item[0] in names else len(names)))
+
+
 class Engine:
     """Runs a validated :class:`~rtbci.config.Config`.
 
@@ -275,14 +283,10 @@ class Engine:
         streams = {name: {"lsl_name": s.raw_info.name, "source_id": s.raw_info.source_id,
                           "type": s.info.type, "n_channels": s.info.n_channels,
                           "srate": s.info.srate, "ch_names": list(s.info.ch_names)}
-                   for name, s in sorted(self.streams.items(), key=self._config_rank)}
+                   for name, s in in_config_order(self.streams, self.config.sources).items()}
         return {"session": self.session, "version": __version__, "streams": streams,
-                "decoders": dict(self.decoder_status), "threads": self.health.report()}
-
-    def _config_rank(self, item: tuple[str, object]) -> int:
-        """Sort key of ``(source name, …)``: the source's place in the config (status order)."""
-        names = [cfg.name for cfg in self.config.sources]
-        return names.index(item[0]) if item[0] in names else len(names)
+                "decoders": in_config_order(self.decoder_status, self.config.decoders),
+                "threads": self.health.report()}
 
     def _health_changed(self) -> None:
         """Health watch thread: a thread died, stalled or recovered: tell the sinks now."""
