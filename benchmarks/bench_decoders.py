@@ -28,8 +28,9 @@ Prints one line per step and markdown tables; writes ``benchmarks/results/decode
 ``decoders.png``. ``--families speech`` re-measures one family and keeps the others' entries
 of an existing ``decoders.json``.
 
-Run: ``python benchmarks/bench_decoders.py`` (about 10 minutes on 2 CPU cores; ``--skip-accuracy``
-or ``--skip-latency`` for one part, ``--replot`` to redraw the PNG from the JSON).
+Run: ``python benchmarks/bench_decoders.py`` (``--skip-accuracy`` or ``--skip-latency`` for one
+part, ``--replot`` to redraw the PNG from the JSON). Results: benchmarks/README.md, "Decoder
+families".
 """
 
 from __future__ import annotations
@@ -53,9 +54,11 @@ import torch
 from rtbci.devices.tasks import TARGET_DIM, TASKS, save_task
 from rtbci.errors import RtbciError
 from rtbci.models.families import FAMILIES, get_family
+from rtbci.models.options import TrainOptions
 from rtbci.models.runtimes import load_runtime, measure_latency
 from rtbci.models.runtimes.select import importable
-from rtbci.models.training import TrainOptions, load_windows, train
+from rtbci.models.training import train
+from rtbci.models.windows import load_windows
 
 RESULTS = Path(__file__).with_name("results")
 REPO = Path(__file__).resolve().parent.parent

@@ -15,25 +15,32 @@ Rows, all on the same trials, the same window and the same folds:
   on the raw windows (no filter, no baseline), flattened to ``n_samples · n_channels``;
 - one row per family (``linear``, ``riemann``, ``eegnet``, ``motor-gnn``, ``seeg-words``),
   trained as ``rtbci train FAMILY --window …`` trains it (its own preprocessing, cut by
-  :func:`rtbci.models.training.load_windows`, fitted by ``fit_family``). A family whose own
-  preprocessing cannot run on the recording is recorded with the error; seeg-words then runs
-  with auto's wide band instead (row ``seeg-words (wide band)``: 0.5–45 Hz, 0.5–40 Hz at
-  100 Hz). Budget on faceO (128 ch × 256 Hz: an EEGNet epoch takes ~16 s on the 2-core
-  machine): the neural families run on faces vs houses only (``--neural-tasks``), on the
-  first fold only (``--neural-folds 1``), for ``--neural-epochs`` eegnet=2, motor-gnn=5,
-  seeg-words=3 epochs (30 on finger movements, ``--epochs``);
+  :func:`rtbci.models.windows.load_windows`, fitted by
+  :func:`rtbci.models.fitting.fit_family`). A family whose own preprocessing cannot run on the
+  recording is recorded with the error; seeg-words then runs with auto's wide band instead
+  (row ``seeg-words (wide band)``). On faceO (128 ch × 256 Hz) the neural families run on
+  faces vs houses only (``--neural-tasks``), on the first fold only (``--neural-folds 1``),
+  for ``--neural-epochs`` epochs (``--epochs`` on finger movements);
+- ``logreg C=0.01 / FAMILY windows``: the same logistic regression on each family's
+  preprocessed windows, on every fold, one row per distinct preprocessing (a family whose
+  windows equal the raw ones or an earlier family's has none; its JSON row names which in
+  ``logreg_windows_as``);
 - ``auto``: :mod:`rtbci.models.selection`'s candidates, its inner cross-validation
-  (``_cross_validate``), its choice rule and its refit, run on the training part only
-  (nested: the test fold is never seen). On faceO the inner search compares the closed-form
-  families (``--auto-families linear,riemann``: 6 candidates) with 2 inner folds, on every
-  outer fold (``--auto-folds 1``: the first only, ~6 min less); the JSON also gives logistic
-  regression's accuracy on the same fold(s) (``logreg_same_folds``). On finger movements it
-  is ``rtbci train auto`` as it ships (all four families, 5 folds, 30 epochs) on the
-  training file.
+  (:func:`~rtbci.models.selection.cross_validate`) and its refit, run on the training part
+  only (nested: the test fold is never seen). On faceO the inner search compares the
+  closed-form families (``--auto-families linear,riemann``) with ``--inner-folds`` folds on
+  the first ``--auto-folds`` outer folds. On finger movements it is all four families with
+  ``--folds`` folds on the training file;
+- ``linear, shuffled labels``: the linear family on labels permuted with a fixed seed
+  (:data:`SHUFFLE_SEED`; train → test: the training labels), with the 95 % binomial interval
+  of all scored windows, which must hold the majority-class chance (``at_chance``);
+- ``train auto`` wall clock: :func:`rtbci.models.selection.select` as ``rtbci train auto``
+  runs it (every family, 5 folds, the default ``--budget``) on the task's training file(s):
+  seconds, choice and its cross-validated accuracy (``auto_select`` in the JSON).
 
 Writes ``benchmarks/results/real.json`` and ``real.png`` and prints a markdown table.
 
-Run: ``python benchmarks/bench_real.py`` (~20 min on the loaded 2-core machine); ``--tasks
+Run: ``python benchmarks/bench_real.py`` (benchmarks/README.md gives its time); ``--tasks
 faces-houses,finger-movements`` for a subset; ``--quick`` (one subject, 2 folds, 1 epoch) to
 check that it runs; ``--replot`` to redraw from the JSON.
 """
@@ -46,9 +53,9 @@ import logging
 import os
 import platform
 import re
+import tempfile
 import textwrap
 import time
-import warnings
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -59,32 +66,31 @@ from tqdm import tqdm
 
 from rtbci.devices.datasets import fetch
 from rtbci.errors import RtbciError
+from rtbci.models.artefacts import make_contract
 from rtbci.models.families import get_family
+from rtbci.models.fitting import classes_task, fit_family, predict
+from rtbci.models.options import TrainOptions, train_preprocess
 from rtbci.models.selection import (
     AUTO_FAMILIES,
+    DEFAULT_BUDGET,
     WIDE_BAND,
     Candidate,
-    _cross_validate,
-    _windows,
-    folds,
+    candidate_windows,
+    cross_validate,
     preprocessing_candidates,
+    select,
 )
-from rtbci.models.training import (
-    TrainOptions,
-    Windows,
-    _classes_task,
-    class_metrics,
-    fit_family,
-    load_windows,
-    make_contract,
-    predict,
-)
+from rtbci.models.splits import class_metrics, folds
+from rtbci.models.windows import Windows, load_windows
+from rtbci.scoring import chance_figures
 
 RESULTS = Path(__file__).with_name("results")
 CLOSED_FORM = ("linear", "riemann")
 NEURAL = ("eegnet", "motor-gnn", "seeg-words")
 RAW = {"bandpass": None, "notch": None, "resample_hz": None}  # no preprocessing at all
 LOGREG_C = (0.01, 1.0)
+LOGREG_SAME_C = 0.01  # logistic regression on each family's preprocessed windows
+SHUFFLE_SEED = 1234  # the shuffled-label row's permutation
 
 
 @dataclass(frozen=True)
@@ -149,7 +155,7 @@ def fit_score(family_name: str, opts: TrainOptions, train: Windows, test: Window
     """Accuracy on ``test`` of ``family_name`` fitted on ``train`` as ``opts`` asks."""
     family = get_family(family_name)
     torch.manual_seed(opts.seed)
-    task = _classes_task(train, replace(opts, val_fraction=0.0))
+    task = classes_task(train, replace(opts, val_fraction=0.0))
     contract = make_contract(family, train, opts, task)
     model, _, _ = fit_family(family, contract, train, task, np.ones(len(train.x), bool), opts)
     y = np.array([task["labels"].index(label) for label in test.labels])
@@ -175,9 +181,9 @@ def auto_score(candidates: list[Candidate], train: dict, test: dict, opts: Train
     rows = []
     for cand in candidates:
         win = train[cand]
-        task = _classes_task(win, replace(opts, val_fraction=0.0))
+        task = classes_task(win, replace(opts, val_fraction=0.0))
         masks = folds(win, task["target"], inner_folds, opts.seed)
-        rows.append((cand, _cross_validate((cand, "train", masks), {"train": win}, opts)))
+        rows.append((cand, cross_validate((cand, "train", masks), {"train": win}, opts)))
     scored = [(c, r) for c, r in rows if "accuracy" in r]
     if not scored:
         raise RtbciError("auto: no candidate could be trained")
@@ -186,6 +192,55 @@ def auto_score(candidates: list[Candidate], train: dict, test: dict, opts: Train
     acc = fit_score(cand.family, cand.options(opts, family), train[cand], test[cand])
     return acc, {"family": cand.family, "preprocessing": cand.preprocessing,
                  "inner_accuracy": round(best["accuracy"], 4)}
+
+
+def preprocessing_key(family_name: str, opts: TrainOptions) -> str:
+    """What the family's preprocessing under ``opts`` resolves to: equal keys, equal windows."""
+    family = get_family(family_name)
+    config = train_preprocess(family, opts).model_dump_json(exclude={"picks"})
+    return config + repr(opts.window or family.window) + repr(opts.baseline)
+
+
+def relabelled(win: Windows, labels: list[str]) -> Windows:
+    return Windows(win.x, labels, win.subject, win.info, win.file)
+
+
+def shuffled_row(opts: TrainOptions, win: Windows, test: Windows | None,
+                 masks: list[np.ndarray], started: float) -> dict:
+    """The ``linear`` family on labels permuted with :data:`SHUFFLE_SEED` (k-fold: every
+    window's; train → test: the training windows'), scored like the other rows; ``ci95`` is
+    the 95 % binomial interval of all the scored windows and ``at_chance`` whether it holds
+    the majority-class chance."""
+    rng = np.random.default_rng(SHUFFLE_SEED)
+    win = relabelled(win, [win.labels[i] for i in rng.permutation(len(win.labels))])
+    scores, correct, counts = [], 0, {}
+    for mask in masks:
+        train, held = (win, test) if test is not None else (subset(win, mask),
+                                                           subset(win, ~mask))
+        scores.append(fit_score("linear", opts, train, held))
+        correct += round(scores[-1] * len(held.labels))
+        for label in held.labels:
+            counts[label] = counts.get(label, 0) + 1
+    figures = chance_figures(correct, list(counts.values()), len(counts))
+    low, high = figures["ci95"]
+    return {"decoder": "linear, shuffled labels", "accuracy": float(np.mean(scores)),
+            "sd": float(np.std(scores)), "folds": len(scores),
+            "per_fold": [round(x, 4) for x in scores], "ci95": [round(low, 4), round(high, 4)],
+            "chance": figures["chance"], "at_chance": low <= figures["chance"] <= high,
+            "seed": SHUFFLE_SEED, "seconds": round(time.perf_counter() - started, 1)}
+
+
+def auto_select(opts: TrainOptions) -> dict:
+    """``rtbci train auto`` as it ships (every family, 5 folds, the default budget) on the
+    task's training files: its wall clock (``seconds``), choice and cross-validated score."""
+    with tempfile.TemporaryDirectory() as folder:
+        started = time.perf_counter()
+        metrics = select(replace(opts, out=Path(folder) / "auto.pt"), None, 5, DEFAULT_BUDGET)
+        seconds = time.perf_counter() - started
+    choice = metrics["auto"]["choice"]
+    return {"seconds": round(seconds, 1), "budget": DEFAULT_BUDGET,
+            "choice": f"{choice['family']} / {choice['preprocessing']}",
+            "cv_accuracy": round(choice["accuracy"], 4), "threads": metrics["auto"]["threads"]}
 
 
 # --- a task on one recording (k-fold) or a train/test pair --------------------------------
@@ -255,7 +310,8 @@ def run_dataset(task: Task, train_files: list[Path], test_files: list[Path] | No
             bar.update()
         record(f"logreg C={c:g}", scores, started)
 
-    # every family with its own preprocessing
+    # every family with its own preprocessing, and logistic regression on the same windows
+    seen = {preprocessing_key("linear", replace(base, preprocess=RAW)): "raw"}
     for name in args.families:
         neural = name in NEURAL and not test_files
         if neural and task.name not in args.neural_tasks:
@@ -277,11 +333,27 @@ def run_dataset(task: Task, train_files: list[Path], test_files: list[Path] | No
             label = f"{name} (wide band)"
             extra["bandpass_hz"] = list(opts.preprocess["bandpass"])
             w, wt = load(opts, name, label)
+        key = preprocessing_key(name, opts)
+        if key in seen:
+            extra["logreg_windows_as"] = seen[key]  # logreg on them: that row
         scores = []
         for mask in use:
             scores.append(fit_score(name, opts, *parts(w, wt, mask)))
             bar.update()
         record(label, scores, started, **extra)
+        if key not in seen:
+            seen[key] = label
+            started, scores = time.perf_counter(), []
+            for mask in masks:
+                scores.append(logreg_score(LOGREG_SAME_C, *parts(w, wt, mask)))
+            bar.update()
+            record(f"logreg C={LOGREG_SAME_C:g} / {label} windows", scores, started)
+
+    # shuffled labels: the linear family must score at chance
+    started = time.perf_counter()
+    w, wt = load(base, "linear", "linear")
+    rows.append(shuffled_row(base, w, wt, masks, started))
+    bar.update()
 
     # auto, nested
     fams = AUTO_FAMILIES if test_files else tuple(args.auto_families)
@@ -290,11 +362,11 @@ def run_dataset(task: Task, train_files: list[Path], test_files: list[Path] | No
     cands = [c for f in fams for c in preprocessing_candidates(get_family(f), srate)]
     cache, train_w, test_w = {}, {}, {}
     for cand in cands:
-        w = _windows(cache, cand, base)
+        w = candidate_windows(cache, cand, base)
         same_trials(raw_all, w, cand.name)
         train_w[cand] = w
         if test_files:
-            test_w[cand] = _windows({}, cand, replace(base, data=test_files))
+            test_w[cand] = candidate_windows({}, cand, replace(base, data=test_files))
     scores, choices = [], []
     for mask in masks if test_files else masks[:args.auto_folds]:
         tr = {c: w if test_files else subset(w, mask) for c, w in train_w.items()}
@@ -307,19 +379,20 @@ def run_dataset(task: Task, train_files: list[Path], test_files: list[Path] | No
             for r in rows if r["decoder"].startswith("logreg")}
     record("auto", scores, started, families=list(fams), inner_folds=inner, choices=choices,
            logreg_same_folds=same)
+    bar.update()
     return {"n_trials": len(y), "n_test": None if raw_test is None else len(raw_test.labels),
             "n_channels": raw_all.info.n_channels, "srate": srate, "chance": chance,
             "evaluation": "train → test" if test_files else f"{len(masks)}-fold",
-            "rows": rows}
+            "rows": rows, "auto_select": auto_select(base)}
 
 
 def units(args, task: Task, k_fold: bool) -> int:
     """Progress-bar steps of one recording."""
     if not k_fold:
-        return len(LOGREG_C) + len(args.families) + 1
+        return len(LOGREG_C) + 2 * len(args.families) + 3
     neural = sum(f in NEURAL for f in args.families)
     return ((len(LOGREG_C) + len(args.families) - neural) * args.folds
-            + min(args.auto_folds, args.folds)
+            + min(args.auto_folds, args.folds) + len(args.families) + 2
             + neural * min(args.neural_folds, args.folds) * (task.name in args.neural_tasks))
 
 
@@ -377,32 +450,47 @@ def column(row: dict) -> str:
 
 
 def decoders(out: dict) -> list[str]:
-    """The columns: logistic regression, the families, auto last."""
+    """The rows: logistic regression, the families, auto, the shuffled labels last."""
     names = []
     for res in out["results"]:
         for r in res["rows"]:
             if "accuracy" in r and column(r) not in names:
                 names.append(column(r))
-    return sorted(names, key=lambda n: n == "auto")
+    return sorted(names, key=lambda n: (n == "auto") + 2 * ("shuffled" in n))
+
+
+def cell(row: dict | None, res: dict, folds: int) -> str:
+    """One accuracy: mean ± sd over folds, the folds it ran on when fewer than all, and for
+    the shuffled-label row its 95 % interval and whether that holds chance."""
+    if row is None:
+        return "—"
+    text = f"{row['accuracy']:.3f}" + (f" ± {row['sd']:.3f}" if row["folds"] > 1 else "")
+    if res["evaluation"] != "train → test" and row["folds"] < folds:
+        text += f" (fold{'s' if row['folds'] > 1 else ''} 1–{row['folds']})".replace("1–1", "1")
+    if "ci95" in row:
+        low, high = row["ci95"]
+        text += f" [{low:.2f}–{high:.2f}]" + (" at chance" if row["at_chance"] else
+                                               " NOT at chance")
+    return text
 
 
 def table(out: dict) -> str:
-    names = decoders(out)
-    head = ("| task | subject | eval | chance | " + " | ".join(names) + " |\n|---|---|---|---:|"
-            + "---:|" * len(names))
-    lines = [head]
-    for res in out["results"]:
-        acc = {column(r): r for r in res["rows"] if "accuracy" in r}
-        cells = []
-        for n in names:
-            r = acc.get(n)
-            kfold = res["evaluation"] != "train → test"
-            cells.append("—" if r is None else f"{r['accuracy']:.3f}" + (
-                f" ± {r['sd']:.3f}" if r["folds"] > 1 else "") + (
-                f" (fold{'s' if r['folds'] > 1 else ''} 1–{r['folds']})".replace("1–1", "1")
-                if kfold and r["folds"] < out["settings"]["folds"] else ""))
-        lines.append(f"| {res['title']} | {res['subject']} | {res['evaluation']} | "
-                     f"{res['chance']:.3f} | " + " | ".join(cells) + " |")
+    """Markdown: a row per decoder, a column per recording, then chance and the wall clock
+    of ``rtbci train auto`` with the default budget."""
+    res = out["results"]
+    heads = [f"{r['task']} {r['subject'].removeprefix('sub-')}"
+             + (f" ({r['run']} run)" if "run" in r else "") for r in res]  # kept from a run
+    lines = ["| decoder | " + " | ".join(heads) + " |", "|---|" + "---:|" * len(res)]
+    lines.append("| chance (majority class) | " + " | ".join(
+        f"{r['chance']:.3f}" for r in res) + " |")
+    for name in decoders(out):
+        cells = [cell(next((x for x in r["rows"] if "accuracy" in x and column(x) == name),
+                           None), r, out["settings"]["folds"]) for r in res]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append("| `train auto` wall clock (budget 60 s), choice | " + " | ".join(
+        f"{r['auto_select']['seconds']:.0f} s, {r['auto_select']['choice']}"
+        if "auto_select" in r else "—" for r in res) + " |")
+    lines.append("| evaluation | " + " | ".join(r["evaluation"] for r in res) + " |")
     return "\n".join(lines)
 
 
@@ -424,7 +512,8 @@ def plot(out: dict, path: Path) -> None:
                 xs.append(i + (j - (len(names) - 1) / 2) * width)
                 ys.append(row["accuracy"])
                 es.append(row["sd"])
-        ax.bar(xs, ys, width, yerr=es, label=name, color=f"C{j}", capsize=1.5)
+        ax.bar(xs, ys, width, yerr=es, label=name, color=plt.get_cmap("tab20")(j % 20),
+               capsize=1.5)
     for i, r in enumerate(res):
         ax.hlines(r["chance"], i - 0.45, i + 0.45, color="k", linestyle="--",
                   label="chance" if i == 0 else None)
@@ -492,7 +581,6 @@ def main() -> None:
             args.subjects, args.folds, args.inner_folds, args.epochs = 1, 2, 2, 1
             args.neural_epochs = dict.fromkeys(NEURAL, 1)
         logging.basicConfig(level=logging.WARNING, format="%(message)s")
-        warnings.filterwarnings("ignore")  # sklearn convergence, export chatter
         out = run(args)
         (args.out / f"{name}.json").write_text(json.dumps(out, indent=1) + "\n")
         (args.out / f"{name}.partial.json").unlink(missing_ok=True)

@@ -12,7 +12,7 @@ with F1 = 8 temporal filters and D = 2 spatial filters per temporal filter (F2 =
 4. flatten → dense to the classes, weights of max-norm 0.25 → softmax (in
    :meth:`EEGNet.inference_module`; training uses cross-entropy on the logits).
 
-Trained by rtbci's Adam loop (:func:`rtbci.models.training.fit`, which applies the max-norm
+Trained by rtbci's Adam loop (:func:`rtbci.models.fitting.fit`, which applies the max-norm
 constraints after every step through :meth:`EEGNet.after_step`).
 
 Deviations from the paper:

@@ -618,7 +618,7 @@ def _output(family: str, spec: ReferenceSpec, opts: ImportOptions, n_samples: in
     """``(OutputContract, bank or None)`` from --labels or --targets."""
     from rtbci.models.checkpoint import OutputContract
     from rtbci.models.families import get_family
-    from rtbci.models.training import load_targets
+    from rtbci.models.windows import load_targets
 
     if get_family(family).kind == "classes":
         _check_names("--labels", opts.labels, spec.n_outputs, "class names", "labels",

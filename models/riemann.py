@@ -36,7 +36,7 @@ shrinkage, pyriemann's default is the unshrunk ``"scm"``), for the matrices and 
 signal covariance the Xdawn filters are solved against (``xdawn_estimator``), because short
 windows give fewer samples than dimensions and a flat or duplicated channel makes an unshrunk
 covariance singular. Such channels are named before fitting (:data:`FULL_RANK`:
-:func:`rtbci.models.training.degenerate_channels`).
+:func:`rtbci.models.fitting.degenerate_channels`).
 """
 
 from __future__ import annotations

@@ -22,25 +22,17 @@ import numpy as np
 
 from rtbci.cluster import parallel_map, session
 from rtbci.errors import RtbciError
+from rtbci.models.artefacts import channel_table, count_parameters, make_contract, save_trained
 from rtbci.models.families import Family, get_family
-from rtbci.models.training import (
-    TrainOptions,
-    Windows,
-    _classes_task,
-    channel_table,
-    class_metrics,
-    count_parameters,
-    fit_family,
-    load_windows,
-    make_contract,
-    predict,
-    save_trained,
-    train_preprocess,
-    training_threads,
-)
+from rtbci.models.fitting import classes_task, fit_family, predict, training_threads
+from rtbci.models.options import TrainOptions, train_preprocess
+from rtbci.models.selection_report import plot_table
+from rtbci.models.splits import class_metrics, folds
+from rtbci.models.windows import Windows, load_windows
+from rtbci.scoring import chance_figures
 
-__all__ = ["AUTO_FAMILIES", "DEFAULT_BUDGET", "Candidate", "preprocessing_candidates",
-           "select"]
+__all__ = ["AUTO_FAMILIES", "DEFAULT_BUDGET", "Candidate", "candidate_windows",
+           "cross_validate", "preprocessing_candidates", "select"]
 
 AUTO_FAMILIES = ("linear", "riemann", "eegnet", "motor-gnn")  # cheapest first
 NEURAL = ("eegnet", "motor-gnn")  # gradient-trained: run with enough trials, or when named
@@ -94,33 +86,6 @@ def preprocessing_candidates(family: Family, source_srate: float,
     return out
 
 
-def folds(win: Windows, y: np.ndarray, k: int, seed: int) -> list[np.ndarray]:
-    """Boolean training masks of ``k``-fold cross-validation: stratified by class, grouped by
-    file when the windows come from several files (at most one fold per file)."""
-    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
-
-    counts = np.bincount(y)
-    if counts.min() < 2:
-        name = sorted(set(win.labels))[int(counts.argmin())]
-        raise RtbciError(f"--events: class {name!r} has {counts.min()} trial; "
-                         "cross-validation needs at least 2 per class (--events can leave "
-                         "it out)")
-    n_files = len(np.unique(win.file))
-    if n_files > 1:
-        splitter = StratifiedGroupKFold(n_splits=min(k, n_files), shuffle=True,
-                                        random_state=seed)
-        splits = splitter.split(win.x, y, groups=win.file)
-    else:
-        splits = StratifiedKFold(n_splits=min(k, counts.min()), shuffle=True,
-                                 random_state=seed).split(win.x, y)
-    masks = []
-    for train_idx, _ in splits:
-        mask = np.zeros(len(y), bool)
-        mask[train_idx] = True
-        masks.append(mask)
-    return masks
-
-
 def select(opts: TrainOptions, families: tuple[str, ...] | None = None, k: int = 5,
            budget: float | None = DEFAULT_BUDGET) -> dict:
     """Cross-validate ``families`` × preprocessing on ``opts.data`` by successive halving
@@ -161,6 +126,8 @@ class _Run:
     masks: list[np.ndarray]
     scores: list[float] = field(default_factory=list)
     tested: int = 0  # windows scored so far (all folds)
+    correct: int = 0  # of them, predicted right
+    counts: np.ndarray | None = None  # of them, per true class
     seconds: float = 0.0
     error: str | None = None
     stopped: str | None = None
@@ -196,8 +163,8 @@ def _search(opts: TrainOptions, families: tuple[str, ...] | None, k: int,
     for cand in candidates:
         if cand.family in skipped:
             continue
-        win = _windows(windows, cand, quiet)
-        task = _classes_task(win, replace(opts, val_fraction=0.0))
+        win = candidate_windows(windows, cand, quiet)
+        task = classes_task(win, replace(opts, val_fraction=0.0))
         runs.append(_Run(cand, _key(cand, opts), folds(win, task["target"], k, opts.seed)))
     n_folds = max((len(r.masks) for r in runs), default=k)
     rounds = sorted({min(FIRST_ROUND_FOLDS, n_folds), n_folds})
@@ -260,7 +227,7 @@ class _Search:
                 return
             self.bar.set_postfix_str(self._postfix(run), refresh=False)
             self.bar.set_description_str(f"{run.cand.name} fold {fold + 1}/{n}")
-            result = _cross_validate((run.cand, run.key, [run.masks[fold]]),
+            result = cross_validate((run.cand, run.key, [run.masks[fold]]),
                                      self.windows, self.opts)
             _record(run, result)
             self.bar.update(1)
@@ -275,7 +242,7 @@ class _Search:
                 self._stop(run, self._stop_reason(run), upto)
         self.bar.set_description_str(f"{len(todo)} candidates in Ray, folds ≤ {upto}")
         items = [(r.cand, r.key, r.masks[len(r.scores):upto]) for r in todo]
-        results = parallel_map(partial(_cross_validate, windows=self.windows, opts=self.opts),
+        results = parallel_map(partial(cross_validate, windows=self.windows, opts=self.opts),
                                items, done=lambda i, _: self.bar.update(len(items[i][2])))
         for run, result in zip(todo, results, strict=True):
             _record(run, result)
@@ -334,9 +301,10 @@ class _Search:
     def remaining(self) -> float | None:
         """Estimated seconds left: the live candidates' folds of this round, and of the last
         for those that would survive on today's scores, at their (or their family's) time
-        per fit, plus the refit; capped by the budget. None while a family's time is
-        unknown (it has not run yet)."""
-        total = self._refit_reserve()
+        per fit, plus the refit; capped by the budget. While a family's time is unknown (it
+        has not run yet): the budget left if the timed work alone exceeds it (the budget
+        binds, whatever the rest takes), else None."""
+        total, untimed = self._refit_reserve(), False
         going_on = self.survivors()
         for run in self.alive:
             if run.error or run.stopped:
@@ -346,11 +314,14 @@ class _Search:
             upto = len(run.masks) if run.scores and run in going_on else self.upto
             per_fit = run.per_fit() or self._family_fit(run.cand.family)
             if per_fit is None:
-                return None
+                untimed = True
+                continue
             total += max(upto - len(run.scores), 0) * per_fit
         if self.budget is not None:
-            total = min(total, max(self.budget - self.elapsed(), 0.0))
-        return total
+            left = max(self.budget - self.elapsed(), 0.0)
+            if total >= left:
+                return left
+        return None if untimed else total
 
     def _postfix(self, run: _Run) -> str:
         left = self.remaining()
@@ -370,6 +341,8 @@ def _record(run: _Run, result: dict) -> None:
         return
     run.scores += result["scores"]
     run.tested += result["tested"]
+    run.correct += result["correct"]
+    run.counts = result["counts"] if run.counts is None else run.counts + result["counts"]
     run.seconds += result["seconds"]
 
 
@@ -391,8 +364,10 @@ def _table(search: dict) -> list[dict]:
         if run.error is not None:
             row["error"] = run.error
         elif run.scores:
+            ci95 = chance_figures(run.correct, run.counts, len(run.counts))["ci95"]
             row.update(accuracy=run.mean, sd=float(np.std(run.scores)), se=run.noise(),
-                       folds=len(run.scores), seconds=round(run.seconds, 1))
+                       ci95=[round(v, 4) for v in ci95], folds=len(run.scores),
+                       seconds=round(run.seconds, 1))
         if run.stopped is not None:
             row["stopped"] = run.stopped
         rows.append(row)
@@ -427,7 +402,7 @@ def _refit(opts: TrainOptions, search: dict, k: int, started: float) -> dict:
     cand, quiet = chosen.cand, replace(opts, progress=False)
     torch.manual_seed(opts.seed)
     win = search["windows"][chosen.key]
-    task = _classes_task(win, replace(opts, val_fraction=0.0))
+    task = classes_task(win, replace(opts, val_fraction=0.0))
     family = get_family(cand.family)
     final = cand.options(quiet, family)
     contract = make_contract(family, win, final, task)
@@ -436,7 +411,9 @@ def _refit(opts: TrainOptions, search: dict, k: int, started: float) -> dict:
               "accuracy": chosen.mean, "sd": float(np.std(chosen.scores)), "se": chosen.noise()}
     if tie:
         choice["tie"] = tie
-    metrics = {"auto": {"table": _table(search), "chance": _chance(task["target"]),
+    figures = chance_figures(0, np.bincount(task["target"]), task["n_outputs"])
+    metrics = {"auto": {"table": _table(search), "chance": figures["chance"],
+                        "chance_uniform": figures["chance_uniform"],
                         "folds": search["folds"], "choice": choice,
                         "seconds": round(time.perf_counter() - started, 1)},
                "n_train": len(win.x), "n_val": 0, "channels": channel_table(win),
@@ -459,7 +436,7 @@ def _candidates(opts: TrainOptions, families: tuple[str, ...],
         raise RtbciError(f"--families: {unknown[0]!r} is not one train auto compares "
                          f"({', '.join(AUTO_FAMILIES)})")
     raw = Candidate(families[0], "none", tuple(sorted(NO_PREPROCESSING.items())))
-    srate = _windows(windows, raw, replace(opts, progress=False)).info.srate
+    srate = candidate_windows(windows, raw, replace(opts, progress=False)).info.srate
     return [c for f in families
             for c in preprocessing_candidates(get_family(f), srate, opts.preprocess)
             if not (c.demean and opts.baseline is not None)]  # the user's --baseline holds
@@ -472,7 +449,9 @@ def _key(cand: Candidate, opts: TrainOptions) -> str:
     return config.model_dump_json() + repr(opts.window or family.window) + repr(cand.demean)
 
 
-def _windows(cache: dict, cand: Candidate, opts: TrainOptions) -> Windows:
+def candidate_windows(cache: dict, cand: Candidate, opts: TrainOptions) -> Windows:
+    """``cand``'s windows of ``opts.data``, loaded once into ``cache`` (keyed by how the
+    preprocessing resolves: candidates that resolve alike share them)."""
     key = _key(cand, opts)
     if key not in cache:
         family = get_family(cand.family)
@@ -480,20 +459,23 @@ def _windows(cache: dict, cand: Candidate, opts: TrainOptions) -> Windows:
     return cache[key]
 
 
-def _cross_validate(planned: tuple[Candidate, str, list[np.ndarray]],
+def cross_validate(planned: tuple[Candidate, str, list[np.ndarray]],
                     windows: dict[str, Windows], opts: TrainOptions) -> dict:
     """Fit and score one candidate on some folds: ``planned = (candidate, its windows' key,
     training masks)``; returns ``scores`` (accuracy per fold), ``tested`` (windows scored),
-    ``seconds`` and their ``accuracy`` mean, ``sd`` and ``folds``, or ``error`` (a Ray
-    task with ``--ray``, one BLAS/torch thread)."""
+    ``correct`` and ``counts`` (per true class) of them, ``seconds`` and their ``accuracy``
+    mean, ``sd`` and ``folds``, or ``error`` (a Ray task with ``--ray``, one BLAS/torch
+    thread)."""
     import torch
 
     cand, key, masks = planned
     win = windows[key]
-    task = _classes_task(win, replace(opts, val_fraction=0.0))
+    task = classes_task(win, replace(opts, val_fraction=0.0))
     family = get_family(cand.family)
     opts = cand.options(opts, family)
-    started, scores = time.perf_counter(), []
+    started, scores, correct = time.perf_counter(), [], 0
+    n = task["n_outputs"]
+    counts = np.zeros(n, int)
     with training_threads(1) if session() is not None else nullcontext():
         try:
             for mask in masks:
@@ -502,88 +484,12 @@ def _cross_validate(planned: tuple[Candidate, str, list[np.ndarray]],
                 model, _, _ = fit_family(family, contract, win, task, mask, opts)
                 out = predict(model, win.x[~mask], win.subject[~mask])
                 y = task["target"][~mask]
-                scores.append(class_metrics(out, y, task["n_outputs"])["accuracy"])
+                scores.append(class_metrics(out, y, n)["accuracy"])
+                correct += int(np.sum(out.argmax(1) == y))
+                counts += np.bincount(y, minlength=n)
         except (RtbciError, ValueError, RuntimeError) as exc:  # e.g. a window too short
             return {"error": str(exc).splitlines()[0]}
     return {"scores": scores, "tested": int(sum((~m).sum() for m in masks)),
+            "correct": correct, "counts": counts,
             "seconds": time.perf_counter() - started, "accuracy": float(np.mean(scores)),
             "sd": float(np.std(scores)), "folds": len(scores)}
-
-
-def _chance(y: np.ndarray) -> float:
-    return float(np.bincount(y).max() / len(y))
-
-
-def format_table(auto: dict, channels: dict | None = None) -> list[str]:
-    """The table as printed by ``rtbci train auto``: one line per candidate (stopped and
-    skipped ones say why), the choice marked (``tie → simpler`` when it was preferred to a
-    best mean within one standard error), then the input channels (``channels``: the
-    metrics' ``used`` and ``left_out``)."""
-    choice = auto["choice"]
-    lines = [f"{'family':<10} {'preprocessing':<20} {'accuracy':>15}  {'time':>7}"]
-    for r in auto["table"]:
-        lines.append(f"{r['family']:<10} {r['preprocessing']:<20} {_score(r):>15}  "
-                     f"{_took(r):>7}{_mark(r, choice)}{_stopped(r, auto['folds'])}")
-    budget = auto.get("budget")
-    lines.append(f"chance {auto['chance']:.3f} (majority class); {auto['folds']}-fold "
-                 f"cross-validation, {auto['seconds']:.0f} s in all"
-                 + (f" (budget {budget:g} s)" if budget else ""))
-    if channels is not None:
-        from rtbci.models.channels import summary
-
-        lines.append(summary(channels["used"], channels["left_out"]))
-    return lines
-
-
-def _score(row: dict) -> str:
-    if "skipped" in row:
-        return f"skipped: {row['skipped']}"
-    if "error" in row:
-        return f"failed: {row['error']}"
-    return f"{row['accuracy']:.3f} ± {row['sd']:.3f}" if "accuracy" in row else "-"
-
-
-def _stopped(row: dict, folds: int) -> str:
-    if "stopped" not in row:
-        return ""
-    return f"  stopped after {row.get('folds', 0)}/{folds} folds: {row['stopped']}"
-
-
-def _took(row: dict) -> str:
-    return f"{row['seconds']:6.1f}s" if "seconds" in row else ""
-
-
-def _mark(row: dict, choice: dict) -> str:
-    name = f"{row['family']} / {row['preprocessing']}"
-    if (row["family"], row["preprocessing"]) == (choice["family"], choice["preprocessing"]):
-        tie = choice.get("tie")
-        return " ← chosen" + (f" (tie → simpler: within 1 SE ({tie['se']:.3f}) of "
-                              f"{tie['with']})" if tie else "")
-    if choice.get("tie") and choice["tie"]["with"] == name:
-        return " (best mean; tied)"
-    return ""
-
-
-def plot_table(path, auto: dict) -> None:
-    """``CKPT.png``: cross-validated accuracy (mean ± sd) per candidate, with chance."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [r for r in auto["table"] if "accuracy" in r]
-    fig, ax = plt.subplots(figsize=(7, 0.35 * len(rows) + 1.2))
-    names = [f"{r['family']} / {r['preprocessing']}" for r in rows]
-    chosen = [(r["family"], r["preprocessing"]) == (auto["choice"]["family"],
-                                                   auto["choice"]["preprocessing"])
-              for r in rows]
-    ax.barh(names, [r["accuracy"] for r in rows], xerr=[r["sd"] for r in rows],
-            color=["C1" if c else "C0" for c in chosen])
-    ax.axvline(auto["chance"], color="0.4", linestyle="--", label="chance")
-    ax.set(xlim=(0, 1), xlabel=f"accuracy ({auto['folds']}-fold cross-validation)",
-           title="rtbci train auto")
-    ax.invert_yaxis()
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

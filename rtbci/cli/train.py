@@ -142,7 +142,8 @@ def run(args: argparse.Namespace) -> int:
         raise RtbciError("train needs torch and scikit-learn: pip install 'rtbci[neural]'")
     check_output(args.out, "--out")  # before minutes of training, not after
     from rtbci.models.channels import check_include_types
-    from rtbci.models.training import TrainOptions, train
+    from rtbci.models.options import TrainOptions
+    from rtbci.models.training import train
 
     hparams = _hparams(args.set)
     from rtbci.export import expand_data
@@ -200,7 +201,8 @@ def _print_metrics(metrics: dict, out: Path) -> None:
 
 def _train_auto(opts, args: argparse.Namespace) -> int:
     """``train auto``: cross-validate the candidates, print the table, refit the best; 0."""
-    from rtbci.models.selection import format_table, select
+    from rtbci.models.selection import select
+    from rtbci.models.selection_report import format_table
 
     if args.folds < 2:
         raise RtbciError(f"--folds: at least 2, got {args.folds}")

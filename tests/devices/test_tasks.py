@@ -109,7 +109,7 @@ def test_the_demo_streams_only_items_its_retrieval_checkpoints_never_trained_on(
     split (rtbci train's split_items, seed 0) of the session the checkpoint learnt."""
     import tomllib
 
-    from rtbci.models.training import split_items
+    from rtbci.models.splits import split_items
 
     config = tomllib.loads((Path(rtbci.__file__).parent / "demo.toml").read_text())
     streamed = {s["task"]: s.get("items") for s in config["sources"] if "task" in s}

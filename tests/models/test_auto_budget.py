@@ -17,9 +17,10 @@ pytest.importorskip("pyriemann", reason="the riemann family needs pyriemann")
 import torch  # noqa: E402
 
 from rtbci.devices.simulate import save_recording  # noqa: E402
-from rtbci.models import selection, training  # noqa: E402
-from rtbci.models.selection import Candidate, format_table, select  # noqa: E402
-from rtbci.models.training import TrainOptions  # noqa: E402
+from rtbci.models import fitting, selection  # noqa: E402
+from rtbci.models.options import TrainOptions  # noqa: E402
+from rtbci.models.selection import Candidate, select  # noqa: E402
+from rtbci.models.selection_report import format_table  # noqa: E402
 
 SIX = ["C3", "Cz", "C4", "FC3", "FC4", "CPz"]
 
@@ -156,11 +157,11 @@ def test_training_caps_torch_and_blas_threads_at_the_free_cores(few_trials, tmp_
                                                                 monkeypatch):
     from threadpoolctl import threadpool_info
 
-    monkeypatch.setattr(training.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
-    cores = len(training.os.sched_getaffinity(0))
-    assert training.free_cores() == cores
-    monkeypatch.setattr(training.os, "getloadavg", lambda: (50.0, 50.0, 50.0))
-    assert training.free_cores() == 1  # a busy machine: one thread, never none
+    monkeypatch.setattr(fitting.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    cores = len(fitting.os.sched_getaffinity(0))
+    assert fitting.free_cores() == cores
+    monkeypatch.setattr(fitting.os, "getloadavg", lambda: (50.0, 50.0, 50.0))
+    assert fitting.free_cores() == 1  # a busy machine: one thread, never none
     seen = []
     real = selection.fit_family
 
@@ -193,3 +194,52 @@ def test_the_cli_takes_a_budget_and_refuses_a_bad_one(few_trials, tmp_path, caps
             main([*args, "--budget", bad])
         assert exc.value.code == 2
         assert "--budget" in capsys.readouterr().err
+
+
+def test_each_row_of_the_table_gives_its_95_percent_binomial_interval(few_trials, tmp_path):
+    """issue 25 brief, point 2: every scored row states the exact binomial interval of all its
+    held-out windows, as the single-family table does (rtbci.scoring.chance_figures)."""
+    from scipy.stats import binomtest
+
+    metrics = select(options(few_trials, tmp_path / "ci.pt"), ("linear",), 3, None)
+    auto = metrics["auto"]
+    rows = [r for r in auto["table"] if "accuracy" in r]
+    assert rows
+    n = metrics["n_train"]
+    complete = [r for r in rows if r["folds"] == 3]  # every window held out once
+    assert complete, rows  # the cheapest candidate always completes
+    for row in complete:
+        correct = round(row["accuracy"] * n)  # equal-size folds: the mean is the pooled rate
+        expected = binomtest(correct, n).proportion_ci(0.95)
+        assert row["ci95"] == pytest.approx([expected.low, expected.high], abs=1e-3), row
+    for row in rows:  # stopped after fewer folds: the interval of the windows they scored
+        assert row["ci95"][0] <= row["accuracy"] <= row["ci95"][1], row
+        assert row["ci95"][1] - row["ci95"][0] > 0.1  # ~40 windows: a wide interval
+    assert auto["chance_uniform"] == 0.5
+    lines = format_table(auto)
+    assert "95 % CI" in lines[0]
+    for line, row in zip(lines[1:], auto["table"], strict=False):
+        low, high = row["ci95"]
+        assert f"{row['accuracy']:.3f} ± " in line and f"{low:.3f}–{high:.3f}" in line, line
+    assert "1/n 0.500" in lines[-1] and "chance" in lines[-1]
+
+
+def test_the_time_left_is_the_budget_left_once_timed_work_alone_exceeds_it():
+    """The brief's point 3 (issue 22 point 3: the estimate holds to ±50 %): on ~270 trials of
+    3.5 s (benchmarks/auto_estimate.py) motor-gnn never starts, so the line gave no estimate
+    at all; once the timed candidates' folds alone outlast the budget, the budget left is the
+    estimate, whatever the untimed family would take."""
+    linear = run("linear / family", [0.9], 10.0)  # 10 s a fit, 1 of 5 folds done
+    linear.masks = [np.ones(4, bool)] * 5
+    untimed = run("motor-gnn / family", [], 0.0)
+    untimed.masks = [np.ones(4, bool)] * 5
+    search = selection._Search([linear, untimed], {}, None, 20.0, time.perf_counter(), None, 1)
+    search.upto = 2
+    left = search.remaining()
+    assert left is not None and 19.0 <= left <= 20.0  # 4 folds × 10 s + the refit > 20 s
+    roomy = selection._Search([linear, untimed], {}, None, 600.0, time.perf_counter(), None, 1)
+    roomy.upto = 2
+    assert roomy.remaining() is None  # the untimed family could take anything up to 600 s
+    timed = selection._Search([linear], {}, None, 600.0, time.perf_counter(), None, 1)
+    timed.upto = 2
+    assert timed.remaining() == pytest.approx(4 * 10.0 + 10.0 * 5 / 4)  # folds + refit

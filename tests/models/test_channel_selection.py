@@ -24,8 +24,10 @@ from rtbci.cli import main  # noqa: E402
 from rtbci.devices.lsl import info_from_lsl  # noqa: E402
 from rtbci.errors import RtbciError  # noqa: E402
 from rtbci.models.checkpoint import load_checkpoint  # noqa: E402
-from rtbci.models.selection import format_table, select  # noqa: E402
-from rtbci.models.training import TrainOptions, train  # noqa: E402
+from rtbci.models.options import TrainOptions  # noqa: E402
+from rtbci.models.selection import select  # noqa: E402
+from rtbci.models.selection_report import format_table  # noqa: E402
+from rtbci.models.training import train  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -27,7 +27,8 @@ from rtbci.devices.tasks import save_task  # noqa: E402
 from rtbci.engine import Engine  # noqa: E402
 from rtbci.models import load_decoder  # noqa: E402
 from rtbci.models.checkpoint import load_checkpoint  # noqa: E402
-from rtbci.models.training import TrainOptions, train  # noqa: E402
+from rtbci.models.options import TrainOptions  # noqa: E402
+from rtbci.models.training import train  # noqa: E402
 from rtbci.preprocess import PreprocessConfig  # noqa: E402
 
 

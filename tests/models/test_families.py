@@ -27,8 +27,11 @@ from rtbci.models.checkpoint import load_checkpoint  # noqa: E402
 from rtbci.models.eegnet import EEGNet  # noqa: E402
 from rtbci.models.families import get_family  # noqa: E402
 from rtbci.models.linear import LinearNet  # noqa: E402
+from rtbci.models.options import TrainOptions  # noqa: E402
 from rtbci.models.runtimes import load_runtime  # noqa: E402
-from rtbci.models.training import TrainOptions, load_windows, split_trials, train  # noqa: E402
+from rtbci.models.splits import split_trials  # noqa: E402
+from rtbci.models.training import train  # noqa: E402
+from rtbci.models.windows import load_windows  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 WINDOW = (0.0, 0.5)

@@ -18,8 +18,9 @@ from rtbci.devices.simulate import save_recording  # noqa: E402
 from rtbci.errors import RtbciError  # noqa: E402
 from rtbci.models.checkpoint import load_checkpoint  # noqa: E402
 from rtbci.models.families import get_family  # noqa: E402
+from rtbci.models.options import TrainOptions  # noqa: E402
 from rtbci.models.selection import preprocessing_candidates, select  # noqa: E402
-from rtbci.models.training import TrainOptions, load_windows  # noqa: E402
+from rtbci.models.windows import load_windows  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

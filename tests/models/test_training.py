@@ -20,7 +20,8 @@ pytest.importorskip("sklearn", reason="training needs scikit-learn")
 from rtbci.devices.recording import read_recording  # noqa: E402
 from rtbci.devices.tasks import save_task  # noqa: E402
 from rtbci.models.checkpoint import load_checkpoint  # noqa: E402
-from rtbci.models.training import TrainOptions, train  # noqa: E402
+from rtbci.models.options import TrainOptions  # noqa: E402
+from rtbci.models.training import train  # noqa: E402
 
 # family: (trials, snr, epochs, extra options, minimum multiple of chance of val top-1/accuracy)
 CASES = {

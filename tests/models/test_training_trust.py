@@ -22,8 +22,10 @@ from rtbci.devices.tasks import save_task  # noqa: E402
 from rtbci.errors import RtbciError  # noqa: E402
 from rtbci.models.checkpoint import load_checkpoint  # noqa: E402
 from rtbci.models.families import get_family  # noqa: E402
+from rtbci.models.options import TrainOptions  # noqa: E402
 from rtbci.models.selection import select  # noqa: E402
-from rtbci.models.training import TrainOptions, load_windows, train  # noqa: E402
+from rtbci.models.training import train  # noqa: E402
+from rtbci.models.windows import load_windows  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -131,7 +133,7 @@ def test_riemann_shrinks_and_names_flat_or_duplicate_channels(kind, named, tmp_p
     raw = make_raw(["left", "right"] * 15, **{kind: [2] if kind == "flat" else [(0, 3)]})
     fif = save(raw, tmp_path / f"{kind}_raw.fif")
     flat = {"include_types": ("flat",)}  # flat channels are left out unless opted in
-    with caplog.at_level(logging.WARNING, logger="rtbci.models.training"):
+    with caplog.at_level(logging.WARNING, logger="rtbci.models.fitting"):
         metrics = train("riemann", options(fif, tmp_path / "r.pt", **flat))  # lwf: it fits
     assert metrics["n_train"] > 0
     assert any(named in r.getMessage() and "shrinkage estimator 'lwf'" in r.getMessage()
@@ -150,7 +152,7 @@ def test_windows_touching_bad_annotations_are_dropped_as_mne_drops_epochs(tmp_pa
     raw.set_annotations(raw.annotations + bad)
     fif = save(raw, tmp_path / "bad_raw.fif")
     family = get_family("linear")
-    with caplog.at_level(logging.WARNING, logger="rtbci.models.training"):
+    with caplog.at_level(logging.WARNING, logger="rtbci.models.windows"):
         win = load_windows([fif], family, options(fif, fif))
     # MNE's own answer: epochs over the same samples, rejected by annotation
     raw = mne.io.read_raw_fif(fif, preload=True, verbose="error")
@@ -169,7 +171,7 @@ def test_windows_lost_at_joins_are_counted_with_their_reason(tmp_path, caplog):
     first.crop(0, 6.3)  # its last trial (at 6 s) is cut short by the join
     joined = mne.concatenate_raws([first, second], verbose="error")
     fif = save(joined, tmp_path / "joined_raw.fif")
-    with caplog.at_level(logging.WARNING, logger="rtbci.models.training"):
+    with caplog.at_level(logging.WARNING, logger="rtbci.models.windows"):
         win = load_windows([fif], get_family("linear"), options(fif, fif))
     assert win.dropped["join"] == 1 and len(win.x) == 11
     assert ("joined_raw.fif: 1 of 12 windows dropped: they span a join of recordings "
