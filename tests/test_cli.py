@@ -360,3 +360,19 @@ def test_train_refuses_an_out_it_could_not_write_before_training(tmp_path, capsy
     assert capsys.readouterr().err == ("rtbci: error: --out: " + (
         f"{tmp_path} is a directory; give a file name\n" if where == "dir"
         else f"no folder '{tmp_path / 'missing'}' to write m.pt in\n"))
+
+
+def test_a_reader_that_leaves_early_ends_the_command_quietly():
+    """``rtbci data | head -1``: when the pipe's reader leaves, the command ends with 141, as a
+    shell tool killed by SIGPIPE does, and no BrokenPipeError traceback."""
+    import subprocess
+    import sys
+
+    script = ("import sys, rtbci.cli\n"  # the listing, again and again: past the pipe's buffer
+              "codes = {rtbci.cli.main(['data']) for _ in range(3000)}\n"
+              "sys.exit(max(codes))")
+    done = subprocess.run(["bash", "-c", f'"{sys.executable}" -c "$0" | head -1; '
+                           'echo "rc=${PIPESTATUS[0]}"', script],
+                          capture_output=True, text=True, timeout=300)
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
+    assert done.stdout.splitlines()[-1] == "rc=141"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from rtbci import __version__
@@ -72,3 +73,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C before the engine took over the signal (start-up)
         print("rtbci: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `rtbci … | head`: the reader left; as a shell tool ends
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return 141

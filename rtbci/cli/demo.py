@@ -17,9 +17,15 @@ log = logging.getLogger("rtbci")
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """``rtbci demo``: its arguments on ``sub``."""
-    p = sub.add_parser("demo", help="run the built-in demo (simulated amplifier)",
-                       description="Run the engine on the built-in demo config: a simulated "
-                                   "64-channel EEG amplifier streamed over LSL.")
+    p = sub.add_parser("demo", help="run the built-in demo (5 simulated amplifiers, 6 decoders)",
+                       description="Run the engine on the built-in demo config (rtbci/demo.toml): "
+                                   "5 simulated amplifiers streamed over LSL (64-ch EEG with "
+                                   "trial markers, and one task per neural decoder family: "
+                                   "motor EEG, sEEG words, image EEG, speech MEG), decoded by "
+                                   "2 band-power decoders and one demo checkpoint per family "
+                                   "(these need rtbci[neural]); results on the console and over "
+                                   "MQTT, with a local broker started if none runs on "
+                                   "127.0.0.1:1883.")
     p.add_argument("--print-config", action="store_true",
                    help="print the demo config (a starting point for your own) and exit")
     add_run_options(p)
