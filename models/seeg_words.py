@@ -1,5 +1,8 @@
 """``seeg-words``: Du-IN, word classification from sEEG (output kind ``classes``).
 
+(Over 500 lines on purpose: one paper's network with its own self-supervised pre-training,
+which the training loop finds as this family module's :func:`pretrain`.)
+
 Zheng et al., "Du-IN: Discrete units-guided mask modeling for decoding speech from
 intracranial brain signals" (NeurIPS 2024); public code liulab-repository/Du-IN
 (``params/duin_params.py``, ``models/duin/duin.py``).

@@ -24,167 +24,21 @@ affected, the filters' settling after the restart (:attr:`Preprocessor.settle_s`
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, replace
-from fractions import Fraction
-from typing import Literal
-
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy import signal
 
-from rtbci.errors import RtbciError
 from rtbci.preprocess_config import PreprocessConfig
+from rtbci.preprocess_design import (
+    Design,
+    design,
+    resample_times,
+    settle_samples,
+)
 from rtbci.stream import NonFinite, StreamInfo, find_nonfinite
 
-__all__ = ["PreprocessConfig", "Preprocessor", "preprocess_offline", "resample_filter"]
+__all__ = ["PreprocessConfig", "Preprocessor", "preprocess_offline"]
 
-STANDARDIZED_UNIT = "z-score"  # ch_units of standardised output channels
-SETTLE_TOLERANCE = 1e-3  # filters have settled once their slowest mode decayed to this
-
-
-def resample_filter(up: int, down: int) -> np.ndarray:
-    """Anti-alias FIR of ``scipy.signal.resample_poly`` for a rational factor ``up / down``.
-
-    Returns
-    -------
-    h : array, shape (20 * max(up, down) + 1,)
-        Kaiser-windowed (beta 5) low-pass at ``1 / max(up, down)`` of Nyquist, scaled by
-        ``up`` so the zero-inserted signal keeps its amplitude.
-    """
-    max_rate = max(up, down)
-    h = signal.firwin(2 * 10 * max_rate + 1, 1.0 / max_rate, window=("kaiser", 5.0))
-    return h * up
-
-
-@dataclass(frozen=True)
-class _Design:
-    """Everything fixed by (config, input info): channel indices, filters, rates."""
-
-    info_in: StreamInfo
-    info_out: StreamInfo
-    picks: np.ndarray | None  # input column of each output channel; None = all, in order
-    reference: Literal["none", "average", "channels"]
-    ref_idx: np.ndarray | None  # input columns averaged for a named reference
-    sos: np.ndarray | None  # notch sections then band-pass sections
-    up: int
-    down: int
-    fir: np.ndarray | None  # resampling FIR (None: no resampling)
-    std_decay: float | None  # per-sample decay of the running averages (None: off)
-    std_eps: float
-
-
-def _indices(names: list[str], info: StreamInfo, field: str) -> np.ndarray:
-    lookup = {name: i for i, name in enumerate(info.ch_names)}
-    missing = [name for name in names if name not in lookup]
-    if missing:
-        raise RtbciError(
-            f"{field}: channel(s) {missing} not in stream {info.name!r} "
-            f"(channels: {', '.join(info.ch_names)})"
-        )
-    return np.array([lookup[name] for name in names], dtype=np.intp)
-
-
-def _design_sos(config: PreprocessConfig, info: StreamInfo) -> np.ndarray | None:
-    nyquist = info.srate / 2
-    sections = []
-    for f0 in config.notch or []:
-        if f0 >= nyquist:
-            raise RtbciError(
-                f"notch: {f0:g} Hz must be below the Nyquist frequency ({nyquist:g} Hz) of "
-                f"stream {info.name!r}"
-            )
-        b, a = signal.iirnotch(f0, config.notch_q, fs=info.srate)
-        sections.append(signal.tf2sos(b, a))
-    if config.bandpass is not None:
-        lo, hi = config.bandpass
-        if hi >= nyquist:
-            raise RtbciError(
-                f"bandpass: high edge {hi:g} Hz must be below the Nyquist frequency "
-                f"({nyquist:g} Hz) of stream {info.name!r}"
-            )
-        sos = signal.butter(
-            config.filter_order, [lo, hi], btype="bandpass", output="sos", fs=info.srate
-        )
-        sections.append(sos)
-    return np.vstack(sections) if sections else None
-
-
-def _design(config: PreprocessConfig, info: StreamInfo) -> _Design:
-    needs_rate = (
-        config.notch or config.bandpass or config.resample_hz is not None or config.standardize
-    )
-    if needs_rate and not info.srate > 0:
-        raise RtbciError(
-            f"preprocess: stream {info.name!r} has no regular sampling rate; filters, "
-            "resampling and standardisation need one"
-        )
-    picks = _indices(config.picks, info, "picks") if config.picks is not None else None
-    ref_idx = None
-    reference = config.reference
-    if isinstance(reference, list):
-        ref_idx = _indices(reference, info, "reference")
-        reference = "channels"
-    up = down = 1
-    fir = None
-    if config.resample_hz is not None:
-        ratio = Fraction(config.resample_hz / info.srate).limit_denominator(1000)
-        if ratio == 0:
-            raise RtbciError(
-                f"resample_hz: {config.resample_hz:g} Hz is too low for stream {info.name!r} "
-                f"at {info.srate:g} Hz (the ratio must be at least 1/1000)"
-            )
-        up, down = ratio.numerator, ratio.denominator
-        fir = resample_filter(up, down) if ratio != 1 else None
-    srate_out = info.srate * up / down
-    std_decay = None
-    if config.standardize:
-        std_decay = 0.5 ** (1.0 / (config.standardize_halflife_s * srate_out))
-    return _Design(
-        info_in=info,
-        info_out=_output_info(info, picks, srate_out, config.standardize),
-        picks=picks,
-        reference=reference,
-        ref_idx=ref_idx,
-        sos=_design_sos(config, info),
-        up=up,
-        down=down,
-        fir=fir,
-        std_decay=std_decay,
-        std_eps=config.standardize_eps,
-    )
-
-
-def _output_info(
-    info: StreamInfo, picks: np.ndarray | None, srate: float, standardized: bool
-) -> StreamInfo:
-    idx = range(info.n_channels) if picks is None else picks.tolist()
-    units = tuple(STANDARDIZED_UNIT if standardized else info.ch_units[i] for i in idx)
-    positions = None if info.positions is None else np.asarray(info.positions)[list(idx)]
-    return replace(
-        info,
-        srate=srate,
-        ch_names=tuple(info.ch_names[i] for i in idx),
-        ch_types=tuple(info.ch_types[i] for i in idx),
-        ch_units=units,
-        positions=positions,
-    )
-
-
-def _resample_times(
-    d: _Design, t_in: np.ndarray, first_in: int, j: np.ndarray, out: np.ndarray
-) -> np.ndarray:
-    """Timestamps of output samples ``j`` (global indices) from input timestamps ``t_in``.
-
-    Output ``j`` sits at input position ``j * down / up``: its time is that of input sample
-    ``floor(j * down / up)`` plus the fractional remainder times the input period.
-    ``t_in[0]`` is the timestamp of global input sample ``first_in``.
-    """
-    pos = j * d.down
-    i, rem = np.divmod(pos, d.up)
-    np.take(t_in, i - first_in, out=out, mode="clip")
-    out += rem * (1.0 / (d.up * d.info_in.srate))
-    return out
 
 
 def _check_chunk(info: StreamInfo, data: np.ndarray, timestamps: np.ndarray) -> None:
@@ -242,7 +96,7 @@ class Preprocessor:
     up, down : int
         Resampling factor ``up / down`` (both 1 without resampling).
     fir : array, shape (n_taps,) | None
-        Resampling FIR (:func:`resample_filter`).
+        Resampling FIR (:func:`rtbci.preprocess_design.resample_filter`).
     delay_s : float
         Group delay of the resampling FIR in seconds (0 without resampling). The IIR filters
         have frequency-dependent delay and are not counted.
@@ -262,11 +116,11 @@ class Preprocessor:
             raise ValueError(f"max_chunk must be >= 1, got {max_chunk}")
         self.config = config
         self.max_chunk = int(max_chunk)
-        self._d = d = _design(config, info)
+        self._d = d = design(config, info)
         self.info = d.info_out
         self.sos, self.up, self.down, self.fir = d.sos, d.up, d.down, d.fir
         self.delay_s = 0.0 if d.fir is None else (len(d.fir) - 1) / 2 / (d.up * info.srate)
-        self.settle_samples = _settle_samples(d)
+        self.settle_samples = settle_samples(d)
         self.settle_s = self.settle_samples / self.info.srate if self.settle_samples else 0.0
         self.nonfinite: NonFinite | None = None
         n_in, n_out = info.n_channels, self.info.n_channels
@@ -426,7 +280,7 @@ class Preprocessor:
         else:
             first, last = self._n_resample_in, self._n_resample_in + n
             j0, j1 = -(-first * d.up // d.down), -(-last * d.up // d.down)
-            t_out = _resample_times(d, ts, first, self._count[: j1 - j0] + j0,
+            t_out = resample_times(d, ts, first, self._count[: j1 - j0] + j0,
                                     self._t_out[: j1 - j0])
             self._n_resample_in = last
             self._fir_fresh = True
@@ -474,7 +328,7 @@ class Preprocessor:
             i, phase = divmod((j0 + c) * d.down, d.up)
             rows = windows[i - first :: d.down][: len(range(c, j1 - j0, d.up))]
             np.matmul(rows, self._branches[phase], out=y[c :: d.up])
-        t = _resample_times(d, ts, first, self._count[: j1 - j0] + j0, self._t_out[: j1 - j0])
+        t = resample_times(d, ts, first, self._count[: j1 - j0] + j0, self._t_out[: j1 - j0])
         buf[:keep] = buf[n : n + keep]
         self._n_resample_in = last
         return y, t
@@ -496,18 +350,6 @@ class Preprocessor:
         x /= np.sqrt(var, out=var)
         self._n_std += n
         return x
-
-
-def _settle_samples(d: _Design) -> int:
-    """Output samples after a filter restart that still depend on it (see Preprocessor)."""
-    settle_in = 0
-    if d.sos is not None:
-        radius = float(np.max(np.abs(signal.sos2zpk(d.sos)[1])))
-        if 0 < radius < 1:  # stable (always, for the notch and Butterworth designs)
-            settle_in += math.ceil(math.log(SETTLE_TOLERANCE) / math.log(radius))
-    if d.fir is not None:
-        settle_in += -(-len(d.fir) // d.up) - 1  # input samples held in the FIR's history
-    return -(-settle_in * d.up // d.down)
 
 
 def _merge(a: NonFinite | None, b: NonFinite) -> NonFinite:
@@ -538,7 +380,7 @@ def preprocess_offline(
     data_out : array, shape (n_out, n_channels_out), float32
     timestamps_out : array, shape (n_out,), float64 seconds
     """
-    d = _design(config, info)
+    d = design(config, info)
     x = np.asarray(data, dtype=np.float64)
     t = np.asarray(timestamps, dtype=np.float64)
     _check_chunk(info, x, t)
@@ -558,16 +400,16 @@ def preprocess_offline(
     return x.astype(np.float32), t
 
 
-def _resample_offline(d: _Design, x: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _resample_offline(d: Design, x: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     n_pad = -(-(len(d.fir) - 1) // (d.up * d.down)) * d.down  # >= history, multiple of down
     padded = np.concatenate([np.repeat(x[:1], n_pad, axis=0), x])
     offset = n_pad // d.down * d.up
     n_out = -(-len(x) * d.up // d.down)
     y = signal.upfirdn(d.fir, padded, d.up, d.down, axis=0)[offset : offset + n_out]
-    return y, _resample_times(d, t, 0, np.arange(n_out), np.empty(n_out))
+    return y, resample_times(d, t, 0, np.arange(n_out), np.empty(n_out))
 
 
-def _standardize_offline(d: _Design, x: np.ndarray) -> np.ndarray:
+def _standardize_offline(d: Design, x: np.ndarray) -> np.ndarray:
     a = d.std_decay
     b, den = [1.0 - a], [1.0, -a]
     weight = (1.0 - a ** np.arange(1, len(x) + 1, dtype=np.float64))[:, None]

@@ -10,7 +10,8 @@ from pydantic import ValidationError
 from scipy import signal
 
 from rtbci.errors import RtbciError
-from rtbci.preprocess import PreprocessConfig, Preprocessor, preprocess_offline, resample_filter
+from rtbci.preprocess import PreprocessConfig, Preprocessor, preprocess_offline
+from rtbci.preprocess_design import resample_filter
 from rtbci.stream import StreamInfo
 
 SRATE = 500.0

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from rtbci.cli.arguments import _names, _positive, check_output, preprocess_overrides
 from rtbci.errors import RtbciError
-from rtbci.models.import_weights import REFERENCES
 from rtbci.models.import_weights import TOLERANCE as IMPORT_TOLERANCE
+from rtbci.models.reference_maps import REFERENCES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

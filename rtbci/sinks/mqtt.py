@@ -20,6 +20,9 @@ publish its ACL discards like any other (mosquitto 2.0 does), so nothing can tel
 
 Brokers should disable Nagle's algorithm (mosquitto: ``set_tcp_nodelay true``); the client
 side always does. Without it each QoS 1 round trip waits for TCP's delayed acknowledgement.
+
+(Over 500 lines on purpose: one connection's state machine — outbox, reconnect, protocol
+fallback, refusals — whose parts share all its state.)
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from rtbci.errors import RtbciError
 torch = pytest.importorskip("torch", reason="the networks need torch")
 
 from rtbci.models import import_weights as iw  # noqa: E402
+from rtbci.models import reference_maps as maps  # noqa: E402
 from rtbci.models.seeg_words import DuIN  # noqa: E402
 
 DATA = Path(__file__).parents[1] / "data" / "parity"
@@ -59,7 +60,7 @@ def test_speech_invalid_positions_get_no_weight():
 @pytest.mark.parametrize("family", FIXTURES)
 def test_the_mapping_names_every_reference_key(family):
     fx = fixture(family)
-    rules = iw.mapping_for(iw.reference_spec(family, fx.config)).rules
+    rules = maps.mapping_for(maps.reference_spec(family, fx.config)).rules
     assert sorted(rule.ref for rule in rules) == sorted(fx.state)
 
 
@@ -87,7 +88,7 @@ def test_a_missing_or_unknown_key_is_refused_naming_it(family):
 
 def test_du_in_keeps_its_unused_heads_out_and_checks_its_constants():
     fx = fixture("seeg-words")
-    rules = {r.ref: r for r in iw.mapping_for(iw.reference_spec("seeg-words", fx.config)).rules}
+    rules = {r.ref: r for r in maps.mapping_for(maps.reference_spec("seeg-words", fx.config)).rules}
     ignored = sorted(k for k, r in rules.items() if r.target is None and r.expect is None)
     assert ignored == sorted(k for k in fx.state if k.startswith(("vq_block", "contra_block")))
     scale = "encoder.1.xfmr_blocks.0.mha.attention.scale"
@@ -98,9 +99,9 @@ def test_du_in_keeps_its_unused_heads_out_and_checks_its_constants():
 def test_nice_reads_its_time_major_flatten():
     """Reading proj.0.weight filter-major (no column reordering) breaks the output."""
     fx = fixture("image-retrieval")
-    spec = iw.reference_spec("image-retrieval", fx.config)
-    mapping = iw.mapping_for(spec)
-    mapping.rules = [iw.Rule(r.ref, r.target) if r.ref == "proj.0.weight" else r
+    spec = maps.reference_spec("image-retrieval", fx.config)
+    mapping = maps.mapping_for(spec)
+    mapping.rules = [maps.Rule(r.ref, r.target) if r.ref == "proj.0.weight" else r
                      for r in mapping.rules]
     model = iw.build_network(spec, 250, 250.0)
     iw.load_mapped(mapping, fx.state, model)
@@ -115,7 +116,7 @@ def test_a_reference_option_rtbci_lacks_is_refused(option, value):
                                                 option: value}}
     with pytest.raises(RtbciError, match=f"reference option {option}={value!r} is not "
                                          "implemented"):
-        iw.reference_spec("speech", config)
+        maps.reference_spec("speech", config)
 
 
 def test_du_in_initialisation_is_the_references():
