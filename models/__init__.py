@@ -218,8 +218,8 @@ def compiled(decoder, config: DecoderConfig, where: str) -> Decoder:
     """Run a decoder that has a torch twin (``to_torch()``) through ``config.runtime``.
 
     ``numpy`` — or ``auto`` on the CPU or without torch — keeps the numpy implementation: on
-    the CPU it is the faster (band power, 64 ch × 500 samples: 0.041 ms p50 against 0.095 ms
-    through ONNX Runtime, 2026-12-07; benchmarks/README.md).
+    the CPU it is the faster (measured against ONNX Runtime: benchmarks/README.md, "`rtbci
+    bench`").
     """
     from rtbci.models.runtimes.select import importable
 

@@ -15,8 +15,7 @@ types and sizes, so rtbci's network is a plain, compile-friendly GCN:
 3. readout: ``readout="nodes"`` (default) concatenates the nodes' features → dropout →
    linear → class logits, so the decision can weight electrodes individually as a linear
    decoder does; ``"mean"`` averages over nodes first (permutation-invariant, the usual GNN
-   readout). On the simulated task, ``nodes`` raised validation accuracy at SNR 0.1 / 0.3 from
-   0.54 / 0.77 (``mean``, at chance at 0.1) to 0.81 / 0.96 (benchmarks/README.md).
+   readout).
 
 ``A`` joins each electrode to its ``k`` nearest neighbours (symmetrised) on the montage
 positions. Per-channel importance is gradient × input of the predicted class, summed over

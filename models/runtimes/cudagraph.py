@@ -7,7 +7,7 @@ the window into a pinned host tensor, and on the runtime's own stream: a non-blo
 host→device copy into the static input, one graph replay, non-blocking device→host copies of
 the static outputs into pinned host tensors, then a synchronisation of that stream only.
 The kernel launches of a whole forward become one launch, which is what makes the latency
-deterministic (FACTS: 0.70 / 0.76 ms p50/p99 against eager's 2.40 / 8.70 ms on an H100).
+deterministic (p99 close to p50, where eager's launches spread it).
 """
 
 from __future__ import annotations
