@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import time
 from pathlib import Path
@@ -67,8 +68,12 @@ PLACEMENTS = {
     "own": {"placement": "own", "runtime": "numpy"},
     "process": {"isolation": "process"},
     "slow-process": {},  # defaults; the slow neighbour runs in its own process
-    "slow-process-nice": {},  # … at nice 10 (the lowest priorities are 19)
+    "slow-process-nice": {},  # … at nice 10
+    "slow-process-pinned": {},  # … at nice 19 on the last core only
 }
+# the slow neighbour's own process settings, per placement
+SLOW_NICE = {"slow-process-nice": {"nice": 10},
+             "slow-process-pinned": {"nice": 19, "cpu": [max(os.sched_getaffinity(0))]}}
 
 
 def rtbci_config(streams: list[str], decoders: int, out: str, mqtt_port: int | None,
@@ -94,7 +99,7 @@ def rtbci_config(streams: list[str], decoders: int, out: str, mqtt_port: int | N
                      "options": {"ms": slow_ms},
                      **({"isolation": "process"} if placement.startswith("slow-process")
                         else {}),
-                     **({"nice": 10} if placement == "slow-process-nice" else {})})
+                     **SLOW_NICE.get(placement, {})})
     sinks = [{"kind": "mqtt", "url": f"mqtt://127.0.0.1:{mqtt_port}", "qos": 0}
              if mqtt_port else {"kind": "lsl", "prefix": out}]
     return {"engine": {"session": "bench"}, "sources": sources, "decoders": decs,

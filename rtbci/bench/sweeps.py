@@ -36,7 +36,9 @@ POINTS: dict[str, list[tuple]] = {
                           ("fast decoder + 30 ms decoder in its own process", {}, 1, 30.0,
                            "slow-process"),
                           ("fast decoder + 30 ms decoder in its own process, nice 10", {}, 1,
-                           30.0, "slow-process-nice")],
+                           30.0, "slow-process-nice"),
+                          ("fast decoder + 30 ms decoder in its own process, nice 19, on the "
+                           "last core", {}, 1, 30.0, "slow-process-pinned")],
     "placement": [("64 ch, defaults", {}, 1, 0.0, "defaults"),
                   ("64 ch, placement = own, runtime = numpy", {}, 1, 0.0, "own"),
                   ("64 ch, placement = source, runtime = numpy", {}, 1, 0.0, "source"),
