@@ -42,7 +42,7 @@ from rtbci.ringbuffer import RingBuffer  # noqa: E402
 
 RESULTS = Path(__file__).with_name("results")
 PROFILES = {64: "eeg64", 306: "meg306"}
-VIEW_SIZE = (1010, 930)  # the Traces panel in the default 1600 × 1000 window
+VIEW_SIZE = (1010, 930)  # px: a little larger than the Traces panel in the default window
 FPS = 30
 
 
