@@ -60,6 +60,11 @@ class EngineConfig(_Strict):
     max_marker_bytes: int = Field(
         1024, ge=16, le=1024**2, description="longest marker kept, in bytes (UTF-8); longer "
         "markers from a peer are cut to it and counted (markers_truncated)")
+    switch_interval_ms: float = Field(
+        0.5, gt=0, le=100, description="Python's GIL switch interval while the engine runs "
+        "(sys.setswitchinterval; Python's default is 5 ms): a thread that waits for the GIL "
+        "(a source's acquisition thread, while a decoder's thread runs numpy) gets it within "
+        "about this long")
 
 
 RESERVED_SOURCE_NAMES = ("session",)  # the recorder's session.json (devices/session.py)

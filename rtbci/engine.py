@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -373,6 +374,8 @@ class Engine:
                                                       self._loop_sinks))
         self._limit_blas()
         stop = stop or asyncio.Event()
+        switch_s = sys.getswitchinterval()  # process-wide: put back when the run ends
+        sys.setswitchinterval(self.config.engine.switch_interval_ms * 1e-3)
         self.health.start()  # before any thread starts: a crash at once is still named
         try:
             self._presence = await self._announce(stop)
@@ -383,6 +386,7 @@ class Engine:
             self._watch()
         except BaseException:
             self.health.stop()
+            sys.setswitchinterval(switch_s)
             raise
         watchdog = asyncio.create_task(self._watchdog())
         try:
@@ -392,6 +396,7 @@ class Engine:
             for task in list(self._attaching):
                 task.cancel()
             await self.shutdown()
+            sys.setswitchinterval(switch_s)
         if self._presence is not None and self._presence.refusal:
             raise RtbciError(self._presence.refusal)
         return self.stats()

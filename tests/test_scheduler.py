@@ -853,3 +853,19 @@ def test_a_python_decoder_sleeping_4_s_never_stalls_ingest_nor_the_band_power_be
     sleeper_results = [r for r in results if r.decoder == "sleeper"]
     assert max(r.latency_ms for r in sleeper_results) > 3500  # it did sleep
     assert stats["decoders"]["sleeper"]["skipped"] >= 40  # its own triggers, not bp's
+
+
+def test_the_engine_runs_with_a_short_gil_switch_interval_and_puts_it_back():
+    """``[engine] switch_interval_ms`` (default 0.5): while the engine runs, a thread waiting
+    for the GIL (a source's acquisition thread behind a decoder's numpy) gets it within about
+    0.5 ms instead of Python's 5 ms; the process's own setting is back when the run ends."""
+    import sys
+
+    seen = []
+    config = parse_config({"engine": {"session": "test", "stats_interval_s": 0.1},
+                           "sources": [{"name": "eeg", "kind": "simulate",
+                                        "stream_name": f"gil-{uuid.uuid4().hex[:8]}"}]})
+    before = sys.getswitchinterval()
+    asyncio.run(Engine(config).run(0.5, on_tick=lambda e: seen.append(sys.getswitchinterval())))
+    assert seen and all(s == pytest.approx(0.0005) for s in seen), seen
+    assert sys.getswitchinterval() == before
