@@ -70,7 +70,10 @@ PLACEMENTS = {
     "slow-process": {},  # defaults; the slow neighbour runs in its own process
     "slow-process-nice": {},  # … at nice 10
     "slow-process-pinned": {},  # … at nice 19 on the last core only
+    "python-switch": {},  # defaults, but the engine keeps Python's 5 ms GIL switch interval
 }
+# engine settings per placement (the [engine] table), besides the session
+ENGINE_SETTINGS = {"python-switch": {"switch_interval_ms": 5.0}}
 # the slow neighbour's own process settings, per placement
 SLOW_NICE = {"slow-process-nice": {"nice": 10},
              "slow-process-pinned": {"nice": 19, "cpu": [max(os.sched_getaffinity(0))]}}
@@ -102,8 +105,8 @@ def rtbci_config(streams: list[str], decoders: int, out: str, mqtt_port: int | N
                      **SLOW_NICE.get(placement, {})})
     sinks = [{"kind": "mqtt", "url": f"mqtt://127.0.0.1:{mqtt_port}", "qos": 0}
              if mqtt_port else {"kind": "lsl", "prefix": out}]
-    return {"engine": {"session": "bench"}, "sources": sources, "decoders": decs,
-            "sinks": sinks}
+    return {"engine": {"session": "bench", **ENGINE_SETTINGS.get(placement, {})},
+            "sources": sources, "decoders": decs, "sinks": sinks}
 
 
 def slow_decoder(n_samples: int, n_channels: int, srate: float, ms: float = 30.0):
