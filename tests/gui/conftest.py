@@ -101,9 +101,10 @@ def make_window(qapp) -> Callable:
 
     windows: list[MainWindow] = []
 
-    def make(session: str, broker: str, streams=(), seconds: float = 5.0) -> MainWindow:
+    def make(session: str, broker: str, streams=(), seconds: float = 5.0,
+             size: tuple[int, int] = (1400, 900)) -> MainWindow:
         window = MainWindow(session, broker, streams, seconds=seconds)
-        window.resize(1400, 900)
+        window.resize(*size)
         window.show()
         windows.append(window)
         return window

@@ -81,37 +81,16 @@ def _outside(block, viewport) -> str | None:
     return None
 
 
-@pytest.fixture
-def default_window(qapp):
-    """``default_window(session, broker)``: a window opened as ``rtbci gui`` opens it (sized,
-    then shown), closed at teardown."""
-    from rtbci.gui.window import MainWindow
-
-    windows = []
-
-    def make(session: str, broker: str) -> MainWindow:
-        window = MainWindow(session, broker, [f"{session}-none"])
-        window.resize(*DEFAULT_SIZE)
-        window.show()
-        windows.append(window)
-        return window
-
-    yield make
-    for window in windows:
-        window.close()
-    qapp.processEvents()
-
-
 @pytest.mark.parametrize("extra", [0, 2], ids=["demo-6", "8-decoders"])
 def test_every_card_and_timing_block_is_visible_at_the_default_size(
-        extra, mosquitto, publish, default_window, qt, unique):
+        extra, mosquitto, publish, make_window, qt, unique):
     entries = decoders(extra)
     sources = ["eeg", "motor", "words", "images", "speech"]
     status = {"state": "online", "session": unique, "version": "0", "decoders": entries,
               "threads": {}, "streams": {name: {"lsl_name": f"{unique}-{name}", "type": "EEG",
                                                 "n_channels": 64, "srate": 1000.0,
                                                 "ch_names": CH_NAMES} for name in sources}}
-    window = default_window(unique, mosquitto.url)
+    window = make_window(unique, mosquitto.url, [f"{unique}-none"], size=DEFAULT_SIZE)
     qt.wait_until(lambda: window.mqtt.connected, what="the MQTT subscription")
     root, rng = f"rtbci/{unique}", np.random.default_rng(0)
     publish(mosquitto.port, [(f"{root}/status", status, True)])
