@@ -42,7 +42,8 @@ Writes ``benchmarks/results/real.json`` and ``real.png`` and prints a markdown t
 
 Run: ``python benchmarks/bench_real.py`` (benchmarks/README.md gives its time); ``--tasks
 faces-houses,finger-movements`` for a subset; ``--quick`` (one subject, 2 folds, 1 epoch) to
-check that it runs; ``--replot`` to redraw from the JSON.
+check that it runs; ``--replot`` to redraw from the JSON; ``--auto-only`` to rerun only the
+``train auto`` wall clock of ``--tasks`` and merge it into the JSON.
 """
 
 from __future__ import annotations
@@ -232,15 +233,20 @@ def shuffled_row(opts: TrainOptions, win: Windows, test: Windows | None,
 
 def auto_select(opts: TrainOptions) -> dict:
     """``rtbci train auto`` as it ships (every family, 5 folds, the default budget) on the
-    task's training files: its wall clock (``seconds``), choice and cross-validated score."""
+    task's training files: its wall clock (``seconds``), choice, cross-validated score and
+    table (``table``: each candidate's accuracy, folds, seconds and why it stopped)."""
     with tempfile.TemporaryDirectory() as folder:
         started = time.perf_counter()
         metrics = select(replace(opts, out=Path(folder) / "auto.pt"), None, 5, DEFAULT_BUDGET)
         seconds = time.perf_counter() - started
     choice = metrics["auto"]["choice"]
+    rows = [{"candidate": f"{r['family']} / {r['preprocessing']}",
+             **{k: r[k] for k in ("accuracy", "folds", "seconds", "stopped", "skipped", "error")
+                if k in r}} for r in metrics["auto"]["table"]]
     return {"seconds": round(seconds, 1), "budget": DEFAULT_BUDGET,
             "choice": f"{choice['family']} / {choice['preprocessing']}",
-            "cv_accuracy": round(choice["accuracy"], 4), "threads": metrics["auto"]["threads"]}
+            "cv_accuracy": round(choice["accuracy"], 4), "threads": metrics["auto"]["threads"],
+            "table": rows}
 
 
 # --- a task on one recording (k-fold) or a train/test pair --------------------------------
@@ -396,7 +402,8 @@ def units(args, task: Task, k_fold: bool) -> int:
             + neural * min(args.neural_folds, args.folds) * (task.name in args.neural_tasks))
 
 
-def run(args) -> dict:
+def plan_of(args) -> list[tuple[Task, str, list[Path], list[Path] | None]]:
+    """(task, subject, training files, test files or None) of each recording to run."""
     plan = []
     for name in args.tasks:
         task = TASKS[name]
@@ -406,6 +413,11 @@ def run(args) -> dict:
         else:
             for f in files[:args.subjects]:
                 plan.append((task, f.name.split("_")[0], [f], None))
+    return plan
+
+
+def run(args) -> dict:
+    plan = plan_of(args)
     results = []
     total = sum(units(args, task, test is None) for task, _, _, test in plan)
     with tqdm(total=total, desc="bench_real", unit="fit") as bar:
@@ -430,6 +442,27 @@ def run(args) -> dict:
                          "auto_folds_faceo": args.auto_folds, "seed": args.seed,
                          "quick": args.quick},
             "results": results}
+
+
+def auto_only(args) -> dict:
+    """Rerun only the ``train auto`` wall clock (:func:`auto_select`) of ``args.tasks`` and
+    merge it into ``args.out``/real.json (the other rows are kept); the run (date, machine,
+    recordings) is added to its ``runs``."""
+    path = args.out / f"{args.name}.json"
+    out, plan, at_start = json.loads(path.read_text()), plan_of(args), machine()
+    for task, subject, train_files, _ in plan:
+        res = next((r for r in out["results"]
+                    if r["task"] == task.name and r["subject"] == subject), None)
+        if res is None:
+            raise SystemExit(f"--auto-only: {task.name} {subject} is not in {path}")
+        res["auto_select"] = auto_select(options(task, train_files, args.epochs, args.seed))
+        tqdm.write(f"{task.name} {subject}: train auto {res['auto_select']['seconds']} s, "
+                   f"{res['auto_select']['choice']}")
+    out.setdefault("runs", []).append({
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"), "machine": at_start,
+        "command": "python benchmarks/bench_real.py --auto-only --tasks " + ",".join(args.tasks),
+        "tasks": [[t.name, subject] for t, subject, _, _ in plan]})
+    return out
 
 
 def machine() -> dict:
@@ -487,7 +520,7 @@ def table(out: dict) -> str:
         cells = [cell(next((x for x in r["rows"] if "accuracy" in x and column(x) == name),
                            None), r, out["settings"]["folds"]) for r in res]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines.append("| `train auto` wall clock (budget 60 s), choice | " + " | ".join(
+    lines.append(f"| `train auto` wall clock (budget {DEFAULT_BUDGET:g} s), choice | " + " | ".join(
         f"{r['auto_select']['seconds']:.0f} s, {r['auto_select']['choice']}"
         if "auto_select" in r else "—" for r in res) + " |")
     lines.append("| evaluation | " + " | ".join(r["evaluation"] for r in res) + " |")
@@ -557,6 +590,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     parser.add_argument("--replot", action="store_true",
                         help="only redraw real.png (and print the table) from real.json")
+    parser.add_argument("--auto-only", action="store_true",
+                        help="rerun only the train auto wall clock of --tasks, merged into "
+                             "real.json (then redrawn)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     name = args.name = "real_quick" if args.quick else "real"
@@ -581,7 +617,7 @@ def main() -> None:
             args.subjects, args.folds, args.inner_folds, args.epochs = 1, 2, 2, 1
             args.neural_epochs = dict.fromkeys(NEURAL, 1)
         logging.basicConfig(level=logging.WARNING, format="%(message)s")
-        out = run(args)
+        out = auto_only(args) if args.auto_only else run(args)
         (args.out / f"{name}.json").write_text(json.dumps(out, indent=1) + "\n")
         (args.out / f"{name}.partial.json").unlink(missing_ok=True)
     plot(out, args.out / f"{name}.png")

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -20,11 +22,14 @@ from rtbci.models.options import TrainOptions
 from rtbci.models.splits import class_metrics, split_items, split_trials
 from rtbci.models.windows import Windows, load_targets, load_windows
 
+if TYPE_CHECKING:
+    from rtbci.models.selection import Candidate
+
 log = logging.getLogger("rtbci.models.fitting")
 
-__all__ = ["BIN_S", "binned_features", "classes_task", "degenerate_channels", "fit",
-           "fit_family", "free_cores", "linear_classes", "linear_retrieval", "predict",
-           "retrieval_task", "training_threads"]
+__all__ = ["BIN_S", "binned_features", "classes_task", "cross_validate", "degenerate_channels",
+           "fit", "fit_family", "free_cores", "linear_classes", "linear_retrieval", "predict",
+           "predict_fit_seconds", "retrieval_task", "training_threads"]
 
 _WARNED: set[tuple] = set()  # warnings given once per process
 
@@ -288,3 +293,70 @@ def _pretrain(model, module, family: Family, opts: TrainOptions, task: dict, lr:
                  epochs=opts.pretrain_epochs, batch_size=opts.batch_size, lr=lr,
                  seed=opts.seed + 1, desc=f"pretrain {family.name}", progress=opts.progress)
     return {"windows": len(pre.x), "final_loss": losses[-1]}
+
+
+def predict_fit_seconds(family: Family, win: Windows, task: dict, train_mask: np.ndarray,
+                        opts: TrainOptions) -> float | None:
+    """Seconds :func:`fit_family` will take on the windows ``train_mask`` selects, for a
+    gradient-trained family, from a probe: one epoch on one mini-batch (``opts.batch_size``
+    windows), timed twice (the first run bears one-time costs: kernels chosen, memory
+    mapped), the faster times the mini-batches of an epoch times ``opts.epochs`` (measured
+    against real fits in docs/decoders.md). None if the family cannot be fitted on them (the
+    fit says why)."""
+    from rtbci.models.artefacts import make_contract
+
+    idx = np.flatnonzero(train_mask)
+    n_probe = min(len(idx), opts.batch_size)
+    probe = np.zeros_like(train_mask)
+    probe[idx[:n_probe]] = True
+    contract, one = make_contract(family, win, opts, task), replace(opts, epochs=1,
+                                                                    progress=False)
+    seconds = []
+    try:
+        for _ in range(2):
+            started = time.perf_counter()
+            fit_family(family, contract, win, task, probe, one)
+            seconds.append(time.perf_counter() - started)
+    except (RtbciError, ValueError, RuntimeError):
+        return None
+    return min(seconds) * -(-len(idx) // n_probe) * opts.epochs
+
+
+def cross_validate(planned: tuple[Candidate, str, list[np.ndarray]],
+                    windows: dict[str, Windows], opts: TrainOptions) -> dict:
+    """Fit and score one candidate on some folds: ``planned = (candidate, its windows' key,
+    training masks)``; returns ``scores`` (accuracy per fold), ``tested`` (windows scored),
+    ``correct`` and ``counts`` (per true class) of them, ``seconds`` and their ``accuracy``
+    mean, ``sd`` and ``folds``, or ``error`` (a Ray task with ``--ray``, one BLAS/torch
+    thread)."""
+    import torch
+
+    from rtbci.cluster import session
+    from rtbci.models.artefacts import make_contract
+    from rtbci.models.families import get_family
+
+    cand, key, masks = planned
+    win = windows[key]
+    task = classes_task(win, replace(opts, val_fraction=0.0))
+    family = get_family(cand.family)
+    opts = cand.options(opts, family)
+    started, scores, correct = time.perf_counter(), [], 0
+    n = task["n_outputs"]
+    counts = np.zeros(n, int)
+    with training_threads(1) if session() is not None else nullcontext():
+        try:
+            for mask in masks:
+                torch.manual_seed(opts.seed)
+                contract = make_contract(family, win, opts, task)
+                model, _, _ = fit_family(family, contract, win, task, mask, opts)
+                out = predict(model, win.x[~mask], win.subject[~mask])
+                y = task["target"][~mask]
+                scores.append(class_metrics(out, y, n)["accuracy"])
+                correct += int(np.sum(out.argmax(1) == y))
+                counts += np.bincount(y, minlength=n)
+        except (RtbciError, ValueError, RuntimeError) as exc:  # e.g. a window too short
+            return {"error": str(exc).splitlines()[0]}
+    return {"scores": scores, "tested": int(sum((~m).sum() for m in masks)),
+            "correct": correct, "counts": counts,
+            "seconds": time.perf_counter() - started, "accuracy": float(np.mean(scores)),
+            "sd": float(np.std(scores)), "folds": len(scores)}

@@ -14,7 +14,6 @@ and the choice, ``CKPT.png`` plots it.
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from functools import partial
 
@@ -23,11 +22,12 @@ import numpy as np
 from rtbci.cluster import parallel_map, session
 from rtbci.errors import RtbciError
 from rtbci.models.artefacts import channel_table, count_parameters, make_contract, save_trained
+from rtbci.models.checkpoint import subtract_baseline
 from rtbci.models.families import Family, get_family
-from rtbci.models.fitting import classes_task, fit_family, predict, training_threads
-from rtbci.models.options import TrainOptions, train_preprocess
+from rtbci.models.fitting import classes_task, cross_validate, fit_family, training_threads
+from rtbci.models.options import TrainOptions, train_preprocess, window_baseline
 from rtbci.models.selection_report import plot_table
-from rtbci.models.splits import class_metrics, folds
+from rtbci.models.splits import folds
 from rtbci.models.windows import Windows, load_windows
 from rtbci.scoring import chance_figures
 
@@ -95,9 +95,11 @@ def select(opts: TrainOptions, families: tuple[str, ...] | None = None, k: int =
     Candidates run cheapest first (:data:`AUTO_FAMILIES` order). Every one is scored on the
     first :data:`FIRST_ROUND_FOLDS` folds; the rest of the ``k`` folds go only to those still
     within noise of the leader (and, for the closed-form families, the top half). A neural
-    candidate stops as soon as it cannot reach the leader within 2 noise units, and none is
-    started when ``budget`` (seconds from the start, the refit reserved; None: no cap) is
-    spent. ``families=None`` takes every family, the neural ones only with
+    candidate stops as soon as it cannot reach the leader within 2 noise units. No fit starts
+    that is predicted to end past ``budget`` (seconds of the whole call, reading and refit
+    included; None: no cap): windows are read when a candidate first runs, a gradient-trained
+    family's first fit is predicted by a probe (``fitting.predict_fit_seconds``).
+    ``families=None`` takes every family, the neural ones only with
     :data:`MIN_TRIALS_PER_CLASS` trials per class; named ones always run. Among the complete
     rows the simplest, cheapest within one standard error of the best mean is chosen.
 
@@ -131,6 +133,7 @@ class _Run:
     seconds: float = 0.0
     error: str | None = None
     stopped: str | None = None
+    ready: bool = False  # its windows loaded and its folds cut from them (_Search.prepare)
 
     @property
     def mean(self) -> float:
@@ -158,20 +161,19 @@ def _search(opts: TrainOptions, families: tuple[str, ...] | None, k: int,
     families = tuple(sorted(families or AUTO_FAMILIES, key=_cost_rank))
     windows: dict[str, Windows] = {}
     candidates = _candidates(opts, families, windows)
+    loaded = time.perf_counter() - started  # the source read once, unprocessed
     skipped = _too_few_trials(windows, families) if not asked else {}
-    runs = []
-    for cand in candidates:
-        if cand.family in skipped:
-            continue
-        win = candidate_windows(windows, cand, quiet)
-        task = classes_task(win, replace(opts, val_fraction=0.0))
-        runs.append(_Run(cand, _key(cand, opts), folds(win, task["target"], k, opts.seed)))
+    raw = next(iter(windows.values()))
+    masks = folds(raw, classes_task(raw, replace(opts, val_fraction=0.0))["target"], k,
+                  opts.seed)  # each candidate's own, cut when its windows load: the same
+    runs = [_Run(c, _key(c, opts), masks) for c in candidates if c.family not in skipped]
     n_folds = max((len(r.masks) for r in runs), default=k)
     rounds = sorted({min(FIRST_ROUND_FOLDS, n_folds), n_folds})
     fmt = "{desc} | {n_fmt}/{total_fmt} fits [{elapsed}{postfix}]"
     with tqdm(total=len(runs) * rounds[0], desc="train auto", disable=not opts.progress,
               bar_format=fmt) as bar:
         search = _Search(runs, windows, quiet, budget, started, bar, threads)
+        search.load_seconds.append(loaded)
         for i, upto in enumerate(rounds):
             search.round(upto)
             if i + 1 < len(rounds):
@@ -182,7 +184,8 @@ def _search(opts: TrainOptions, families: tuple[str, ...] | None, k: int,
 
 class _Search:
     """The rounds of successive halving over ``runs`` (cheapest first), fold by fold here or
-    one Ray task per candidate and round with ``--ray``."""
+    one Ray task per candidate and round with ``--ray``. A candidate's windows are loaded
+    when it first runs (:meth:`prepare`), so a candidate the budget stops costs nothing."""
 
     def __init__(self, runs: list[_Run], windows: dict, opts: TrainOptions,
                  budget: float | None, started: float, bar, threads: int):
@@ -190,6 +193,8 @@ class _Search:
         self.budget, self.started, self.threads = budget, started, threads
         self.alive = list(runs)
         self.upto = 0  # the current round's last fold
+        self.load_seconds: list[float] = []  # each reading of the recording(s)
+        self.probes: dict[str, float] = {}  # family → predicted seconds of one fit
 
     def round(self, upto: int) -> None:
         """Score every live candidate on its folds up to ``upto``."""
@@ -221,12 +226,10 @@ class _Search:
     def _run_folds(self, run: _Run, upto: int) -> None:
         n = len(run.masks)
         for fold in range(len(run.scores), min(upto, n)):
-            reason = self._stop_reason(run)
-            if reason:
-                self._stop(run, reason, upto)
+            self.bar.set_description_str(f"{run.cand.name} fold {fold + 1}/{n}")
+            if self._stop(run, self._stop_reason(run) or self.prepare(run), upto):
                 return
             self.bar.set_postfix_str(self._postfix(run), refresh=False)
-            self.bar.set_description_str(f"{run.cand.name} fold {fold + 1}/{n}")
             result = cross_validate((run.cand, run.key, [run.masks[fold]]),
                                      self.windows, self.opts)
             _record(run, result)
@@ -236,10 +239,8 @@ class _Search:
                 return
 
     def _round_ray(self, upto: int) -> None:
-        todo = [r for r in self.alive if not self._stop_reason(r)]
-        for run in self.alive:
-            if run not in todo:
-                self._stop(run, self._stop_reason(run), upto)
+        todo = [r for r in self.alive
+                if not self._stop(r, self._stop_reason(r) or self.prepare(r), upto)]
         self.bar.set_description_str(f"{len(todo)} candidates in Ray, folds ≤ {upto}")
         items = [(r.cand, r.key, r.masks[len(r.scores):upto]) for r in todo]
         results = parallel_map(partial(cross_validate, windows=self.windows, opts=self.opts),
@@ -258,10 +259,40 @@ class _Search:
             return f"cannot reach {leader.cand.name} ({leader.mean:.3f})"
         if self.budget is None:
             return None
-        expected = run.per_fit() or self._family_fit(run.cand.family) or 0.0
-        if self.elapsed() + expected + self._refit_reserve() > self.budget:
-            return f"budget {self.budget:g} s"
+        expected = (self._per_fit(run) or 0.0) + (  # and its windows, if still to read
+            max(self.load_seconds, default=0.0) if run.key not in self.windows else 0.0)
+        left = self.budget - self.elapsed() - self._refit_reserve()
+        if expected > left:
+            return f"budget {self.budget:g} s (next ≈{expected:.0f} s, {max(left, 0):.0f} s left)"
         return None
+
+    def prepare(self, run: _Run) -> str | None:
+        """Before ``run``'s first fit: load its windows (timed), cut its folds from them and,
+        within a budget, predict a gradient-trained family's first fit
+        (:func:`~rtbci.models.fitting.predict_fit_seconds`); the budget's stop reason if
+        that fit can no longer end in time, else None."""
+        from rtbci.models.fitting import predict_fit_seconds
+
+        if run.ready:
+            return None
+        started, fresh = time.perf_counter(), run.key not in self.windows
+        win = candidate_windows(self.windows, run.cand, self.opts)
+        self.load_seconds += [time.perf_counter() - started] if fresh else []
+        task = classes_task(win, replace(self.opts, val_fraction=0.0))
+        run.masks, run.ready = folds(win, task["target"], len(run.masks), self.opts.seed), True
+        name, family = run.cand.family, get_family(run.cand.family)
+        if self.budget is None or name in CLOSED_FORM or self._per_fit(run) is not None:
+            return None
+        predicted = predict_fit_seconds(family, win, task, run.masks[0],
+                                        run.cand.options(self.opts, family))
+        if predicted is not None:  # else the fold will say why it cannot be fitted
+            self.probes[name] = predicted
+        return None if run is self.runs[0] else self._stop_reason(run)
+
+    def _per_fit(self, run: _Run) -> float | None:
+        """Seconds of ``run``'s next fit: its own so far, its family's, or the probe's."""
+        family = run.cand.family
+        return run.per_fit() or self._family_fit(family) or self.probes.get(family)
 
     def _behind(self, run: _Run) -> _Run | None:
         """The leader, when ``run`` is a neural candidate whose mean plus 2 standard errors
@@ -272,10 +303,14 @@ class _Search:
             return leader
         return None
 
-    def _stop(self, run: _Run, reason: str, upto: int) -> None:
+    def _stop(self, run: _Run, reason: str | None, upto: int) -> bool:
+        """Stop ``run`` for ``reason`` (None: it goes on); whether it stopped."""
+        if reason is None:
+            return False
         run.stopped = reason
         self.bar.total -= max(0, min(upto, len(run.masks)) - len(run.scores))
         self.bar.refresh()
+        return True
 
     def _leader(self, run: _Run) -> _Run | None:
         """The best mean of the other candidates with at least as many folds as ``run``."""
@@ -312,7 +347,7 @@ class _Search:
             if self._behind(run):
                 continue  # stops before its next fold
             upto = len(run.masks) if run.scores and run in going_on else self.upto
-            per_fit = run.per_fit() or self._family_fit(run.cand.family)
+            per_fit = self._per_fit(run)
             if per_fit is None:
                 untimed = True
                 continue
@@ -453,43 +488,13 @@ def candidate_windows(cache: dict, cand: Candidate, opts: TrainOptions) -> Windo
     """``cand``'s windows of ``opts.data``, loaded once into ``cache`` (keyed by how the
     preprocessing resolves: candidates that resolve alike share them)."""
     key = _key(cand, opts)
-    if key not in cache:
-        family = get_family(cand.family)
+    if key in cache:
+        return cache[key]
+    family = get_family(cand.family)
+    if cand.demean:  # the same windows minus their mean: not read again
+        win = candidate_windows(cache, replace(cand, demean=False), opts)
+        samples = window_baseline(cand.options(opts, family), family, win.info.srate)
+        cache[key] = replace(win, x=subtract_baseline(win.x, samples))
+    else:
         cache[key] = load_windows(opts.data, family, cand.options(opts, family))
     return cache[key]
-
-
-def cross_validate(planned: tuple[Candidate, str, list[np.ndarray]],
-                    windows: dict[str, Windows], opts: TrainOptions) -> dict:
-    """Fit and score one candidate on some folds: ``planned = (candidate, its windows' key,
-    training masks)``; returns ``scores`` (accuracy per fold), ``tested`` (windows scored),
-    ``correct`` and ``counts`` (per true class) of them, ``seconds`` and their ``accuracy``
-    mean, ``sd`` and ``folds``, or ``error`` (a Ray task with ``--ray``, one BLAS/torch
-    thread)."""
-    import torch
-
-    cand, key, masks = planned
-    win = windows[key]
-    task = classes_task(win, replace(opts, val_fraction=0.0))
-    family = get_family(cand.family)
-    opts = cand.options(opts, family)
-    started, scores, correct = time.perf_counter(), [], 0
-    n = task["n_outputs"]
-    counts = np.zeros(n, int)
-    with training_threads(1) if session() is not None else nullcontext():
-        try:
-            for mask in masks:
-                torch.manual_seed(opts.seed)
-                contract = make_contract(family, win, opts, task)
-                model, _, _ = fit_family(family, contract, win, task, mask, opts)
-                out = predict(model, win.x[~mask], win.subject[~mask])
-                y = task["target"][~mask]
-                scores.append(class_metrics(out, y, n)["accuracy"])
-                correct += int(np.sum(out.argmax(1) == y))
-                counts += np.bincount(y, minlength=n)
-        except (RtbciError, ValueError, RuntimeError) as exc:  # e.g. a window too short
-            return {"error": str(exc).splitlines()[0]}
-    return {"scores": scores, "tested": int(sum((~m).sum() for m in masks)),
-            "correct": correct, "counts": counts,
-            "seconds": time.perf_counter() - started, "accuracy": float(np.mean(scores)),
-            "sd": float(np.std(scores)), "folds": len(scores)}
